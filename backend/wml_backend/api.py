@@ -1,0 +1,164 @@
+"""The REST API (JSON over HTTP, bearer tokens, OpenAPI at /openapi.json).
+
+Routes are thin: they authenticate, call ``Service`` or ``RunnerReports``, and return wire
+models. Domain errors become HTTP codes in exactly one place, ``_domain_error``.
+"""
+
+
+import json
+from typing import Annotated, Optional
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from . import __version__
+from .errors import WmlError
+from .models import (AccountCreated, Experiment, ExperimentRequest, LogAppend, LogChunk, MetricPoint,
+                     Run, RunSpec, StateReport, Usage)
+from .reports import RunnerReports
+from .service import Service
+from .store import Account, RunRow
+
+_bearer = HTTPBearer(auto_error=False)
+Token = Annotated[Optional[HTTPAuthorizationCredentials], Depends(_bearer)]
+
+
+class Error(BaseModel):
+    """Every error response: a machine code and a one-line message."""
+
+    code: str
+    message: str
+
+
+class AccountRequest(BaseModel):
+    """A new account's name and GPU quota."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    gpus: int = Field(ge=0, le=10_000)
+
+
+class Count(BaseModel):
+    """How many items an operation accepted, or where a log continues."""
+
+    count: int
+
+
+def create_app(service: Service) -> FastAPI:
+    """The ASGI application serving ``service``."""
+    app = FastAPI(title="wml backend", version=__version__,
+                  responses={400: {"model": Error}, 401: {"model": Error}, 404: {"model": Error}})
+    reports = RunnerReports(service)
+
+    @app.exception_handler(WmlError)
+    async def _domain_error(request: Request, exc: WmlError) -> JSONResponse:
+        return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"code": "invalid", "message": f"{where}: {first['msg']}"}, status_code=422)
+
+    def account(token: Token) -> Account:
+        return service.authenticate(token.credentials if token else None)
+
+    Caller = Annotated[Account, Depends(account)]
+
+    def runner(run_id: str, token: Token) -> RunRow:
+        return reports.authenticate(run_id, token.credentials if token else None)
+
+    RunnerRun = Annotated[RunRow, Depends(runner)]
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True, "version": __version__, "executor": service.executor.name}
+
+    @app.post("/v1/experiments", status_code=201)
+    def submit(caller: Caller, body: ExperimentRequest) -> Experiment:
+        return service.submit(caller, body)
+
+    @app.get("/v1/experiments")
+    def experiments(caller: Caller) -> list[Experiment]:
+        return service.experiments(caller)
+
+    @app.get("/v1/experiments/{experiment_id}")
+    def experiment(caller: Caller, experiment_id: str) -> Experiment:
+        return service.experiment(caller, experiment_id)
+
+    @app.post("/v1/experiments/{experiment_id}/cancel")
+    def cancel_experiment(caller: Caller, experiment_id: str) -> Experiment:
+        return service.cancel_experiment(caller, experiment_id)
+
+    @app.get("/v1/runs")
+    def runs(caller: Caller, experiment: Optional[str] = None, state: Optional[str] = None) -> list[Run]:
+        return service.runs(caller, experiment, state)
+
+    @app.get("/v1/runs/{run_id}")
+    def run(caller: Caller, run_id: str) -> Run:
+        return service.run(caller, run_id)
+
+    @app.post("/v1/runs/{run_id}/cancel")
+    def cancel_run(caller: Caller, run_id: str) -> Run:
+        return service.cancel_run(caller, run_id)
+
+    @app.get("/v1/runs/{run_id}/logs")
+    def logs(caller: Caller, run_id: str, offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
+             learner: Annotated[int, Query(ge=1, le=10_000)] = 1) -> LogChunk:
+        return service.logs(caller, run_id, offset, learner)
+
+    @app.get("/v1/runs/{run_id}/metrics")
+    def metrics(caller: Caller, run_id: str,
+                since: Annotated[int, Query(ge=-1, le=2**53)] = -1) -> list[MetricPoint]:
+        return service.metrics(caller, run_id, since)
+
+    @app.get("/v1/usage")
+    def usage(caller: Caller) -> Usage:
+        return service.usage(caller)
+
+    @app.post("/v1/accounts", status_code=201)
+    def create_account(caller: Caller, body: AccountRequest) -> AccountCreated:
+        return service.create_account(caller, body.name, body.gpus)
+
+    @app.get("/v1/events", response_class=StreamingResponse,
+             responses={200: {"content": {"text/event-stream": {}}}})
+    async def events(caller: Caller) -> StreamingResponse:
+        return StreamingResponse(_sse(service, caller.name), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # -- runners --------------------------------------------------------------------------
+    @app.get("/v1/runner/{run_id}/spec", include_in_schema=False)
+    def runner_spec(run: RunnerRun) -> RunSpec:
+        return reports.spec(run)
+
+    @app.get("/v1/runner/{run_id}/code", include_in_schema=False)
+    def runner_code(run: RunnerRun) -> Response:
+        return Response(reports.code(run), media_type="application/zip")
+
+    @app.post("/v1/runner/{run_id}/state", include_in_schema=False)
+    def runner_state(run: RunnerRun, body: StateReport) -> Count:
+        reports.state(run, body)
+        return Count(count=1)
+
+    @app.post("/v1/runner/{run_id}/metrics", include_in_schema=False)
+    def runner_metrics(run: RunnerRun, body: list[MetricPoint]) -> Count:
+        return Count(count=reports.metrics(run, body))
+
+    @app.post("/v1/runner/{run_id}/logs", include_in_schema=False)
+    def runner_logs(run: RunnerRun, body: LogAppend) -> Count:
+        return Count(count=reports.log(run, body))
+
+    return app
+
+
+async def _sse(service: Service, account: str):
+    """Server-sent events of ``account``: run changes and new metrics, with heartbeats."""
+    yield ": connected\n\n"
+    async for event in service.events.subscribe(account):
+        if event is None:
+            yield ": heartbeat\n\n"
+        else:
+            yield f"event: {event['type']}\ndata: {json.dumps(jsonable_encoder(event))}\n\n"

@@ -1,0 +1,118 @@
+"""The local executor: each run's runner is a subprocess of this host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import psutil
+
+from .base import Capacity, Executor, Launch
+
+#: How often a re-attached runner (not our child) is checked for exit.
+REATTACH_POLL_S = 0.2
+
+
+def detect_gpus() -> int:
+    """Number of NVIDIA GPUs on this host (0 when there is no driver)."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+
+
+class LocalExecutor(Executor):
+    """Runs each runner as a process group of its own, pinned to GPUs by CUDA_VISIBLE_DEVICES."""
+
+    name = "local"
+
+    def __init__(self, work_dir: Path, gpus: Optional[int] = None, slots: Optional[int] = None):
+        super().__init__()
+        self.work_dir = Path(work_dir)
+        detected = detect_gpus()
+        self._real = gpus is None and detected > 0 or (gpus is not None and gpus <= detected)
+        count = detected if gpus is None else gpus
+        if gpus is None and detected == 0:
+            count = os.cpu_count() or 1  # counted slots on a machine without GPUs
+        self._capacity = Capacity(gpu_ids=tuple(range(count)),
+                                  slots=slots or max(count, os.cpu_count() or 1), real_gpus=self._real)
+        self._procs: dict[str, subprocess.Popen] = {}
+
+    def capacity(self) -> Capacity:
+        return self._capacity
+
+    def start(self, launch: Launch) -> dict[str, Any]:
+        run_dir = self.work_dir / launch.run_id
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        env = {**os.environ, **launch.env, "WML_WORK_DIR": str(run_dir),
+               "CUDA_VISIBLE_DEVICES": ",".join(map(str, launch.gpu_ids))}
+        if not self._real:
+            env["WML_VIRTUAL_GPUS"] = "1"
+        with open(run_dir / "runner.log", "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "wml_backend.runner"], env=env,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, cwd=run_dir)
+        self._procs[launch.run_id] = proc
+        threading.Thread(target=self._wait_child, args=(launch.run_id, proc), daemon=True).start()
+        return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
+
+    def _wait_child(self, run_id: str, proc: subprocess.Popen) -> None:
+        code = proc.wait()
+        self._procs.pop(run_id, None)
+        self.on_exit(run_id, code)
+
+    def cancel(self, run_id: str, handle: dict[str, Any]) -> None:
+        process = self._process(handle)
+        if process is not None:
+            try:
+                process.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+
+    def kill(self, run_id: str, handle: dict[str, Any]) -> None:
+        """Kill the runner and every process it started, at once."""
+        process = self._process(handle)
+        if process is None:
+            return
+        try:
+            family = process.children(recursive=True) + [process]
+        except psutil.Error:
+            family = [process]
+        for member in family:
+            try:
+                member.kill()
+            except psutil.Error:
+                pass
+
+    def reattach(self, run_id: str, handle: dict[str, Any]) -> bool:
+        process = self._process(handle)
+        if process is None:
+            return False
+        threading.Thread(target=self._poll_orphan, args=(run_id, process), daemon=True).start()
+        return True
+
+    def _poll_orphan(self, run_id: str, process: psutil.Process) -> None:
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(REATTACH_POLL_S)
+        self.on_exit(run_id, None)
+
+    @staticmethod
+    def _process(handle: dict[str, Any]) -> Optional[psutil.Process]:
+        """The live process a handle names (same pid *and* start time), or None."""
+        try:
+            process = psutil.Process(handle["pid"])
+            if abs(process.create_time() - handle["create_time"]) < 0.01:
+                return process
+        except (KeyError, psutil.Error):
+            pass
+        return None

@@ -1,0 +1,175 @@
+"""Run lifecycle: state changes, admission, runner reports and runner exits, in one place.
+
+Every state change goes through ``Lifecycle.move`` so that it is stored, published as an
+event, and wakes the scheduler when GPUs are freed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from typing import Any, Optional
+
+from .errors import Conflict
+from .events import EventBus
+from .executors import Executor, Launch
+from .scheduler import plan_admissions
+from .settings import Settings
+from .states import ACTIVE, RunState
+from .store import RunRow, RunStore
+from .views import run_view
+
+log = logging.getLogger("wml_backend")
+
+#: Lines of the training log kept with a failed run.
+LOG_TAIL_LINES = 20
+#: A cancelled runner that has not reported HALTED after this long is killed.
+CANCEL_GRACE_S = 10.0
+
+
+def token_hash(token: str) -> str:
+    """How tokens are stored: never in plain text."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Lifecycle:
+    """Moves runs through their states and keeps the executor busy within quotas."""
+
+    def __init__(self, settings: Settings, store: RunStore, executor: Executor, events: EventBus):
+        self.settings, self.store, self.executor, self.events = settings, store, executor, events
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._admit_lock = threading.Lock()
+        self._cancelled: set[str] = set()
+        self._thread: Optional[threading.Thread] = None
+        executor.on_exit = self.runner_exited
+
+    # -- state changes ---------------------------------------------------------------------
+    def move(self, run_id: str, state: RunState, **fields: Any) -> RunRow:
+        """Store a transition, publish it, and wake the scheduler if GPUs were freed."""
+        row = self.store.transition(run_id, state, time.time(), **fields)
+        self.events.publish(row.account, {"type": "run", "run": run_view(row).model_dump(mode="json")})
+        if state.terminal:
+            self._cancelled.discard(run_id)
+        if not state.active:
+            self._wake.set()
+        return row
+
+    def fail(self, run: RunRow, reason: str, exit_code: Optional[int] = None,
+             log_tail: Optional[list[str]] = None) -> RunRow:
+        """End a run as FAILED, or queue it again while it has retries left."""
+        fields = {"reason": reason, "exit_code": exit_code, "log_tail": log_tail or run.log_tail}
+        if run.attempt <= run.max_retries:
+            return self.move(run.id, RunState.QUEUED, attempt=run.attempt + 1, gpu_ids=[], handle={},
+                             **fields)
+        return self.move(run.id, RunState.FAILED, **fields)
+
+    # -- admission -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Re-attach runs that survived a restart, then start admitting."""
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="wml-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop admitting (running runs go on)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.executor.close()
+
+    def wake(self) -> None:
+        """Ask the scheduler to look at the queue now."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            try:
+                self.admit()
+            except Exception:  # keep scheduling whatever one bad run did
+                log.exception("admission failed")
+
+    def admit(self) -> None:
+        """Start every queued run that fits now."""
+        with self._admit_lock:
+            queued = self.store.runs(states=[RunState.QUEUED])
+            if not queued:
+                return
+            active = self.store.runs(states=ACTIVE)
+            quotas = {a.name: a.gpu_quota for a in self.store.accounts()}
+            for admission in plan_admissions(queued, active, quotas, self.executor.capacity()):
+                self._launch(admission.run, admission.gpu_ids)
+
+    def _launch(self, run: RunRow, gpu_ids: tuple[int, ...]) -> None:
+        token = secrets.token_urlsafe(24)
+        row = self.move(run.id, RunState.PENDING, gpu_ids=list(gpu_ids), runner_token_hash=token_hash(token))
+        definition = self.store.experiment(run.experiment_id).definition
+        launch = Launch(
+            run_id=run.id, experiment_id=run.experiment_id, account=run.account, gpus=run.gpus,
+            gpu_ids=gpu_ids, learners=run.learners, cpus=definition.get("cpus", 1),
+            memory_bytes=definition.get("memory_bytes"), framework=definition.get("framework", "custom"),
+            framework_version=definition.get("framework_version"), gpu_type=definition.get("gpu_type"),
+            env={"WML_RUN_ID": run.id, "WML_RUNNER_TOKEN": token, "WML_BACKEND_URL": self.settings.url})
+        try:
+            handle = self.executor.start(launch)
+        except Exception as exc:  # the executor could not start it: say why on the run
+            log.exception("could not start %s", run.id)
+            self.fail(row, f"could not start the run: {exc}")
+            return
+        self.store.update_run(run.id, handle=handle)
+
+    # -- cancellation -----------------------------------------------------------------------
+    def cancel(self, run: RunRow) -> None:
+        """HALT a queued run at once; ask a running one's runner to stop and store its results."""
+        if run.state.terminal:
+            return
+        if run.state is RunState.QUEUED:
+            try:
+                self.move(run.id, RunState.HALTED, reason="cancelled by the user")
+                return
+            except Conflict:  # admitted meanwhile: cancel it as a running run
+                run = self.store.run(run.id)
+        self._cancelled.add(run.id)
+        self.executor.cancel(run.id, run.handle)
+        threading.Timer(CANCEL_GRACE_S, self._force_halt, args=(run.id,)).start()
+
+    def _force_halt(self, run_id: str) -> None:
+        run = self.store.run(run_id)
+        if run and not run.state.terminal:
+            kill = getattr(self.executor, "kill", None)
+            if kill:
+                kill(run_id, run.handle)
+            self._end_lost(run, None)
+
+    # -- runner reports and exits -------------------------------------------------------------
+    def runner_exited(self, run_id: str, exit_code: Optional[int]) -> None:
+        """The runner process ended: if it did not report an end, the run failed (or halted)."""
+        run = self.store.run(run_id)
+        if run is not None and not run.state.terminal and run.state is not RunState.QUEUED:
+            self._end_lost(run, exit_code)
+        self._wake.set()
+
+    def _end_lost(self, run: RunRow, exit_code: Optional[int]) -> None:
+        try:
+            if run.id in self._cancelled:
+                self.move(run.id, RunState.HALTED, reason="cancelled by the user")
+            else:
+                self.fail(run, f"the runner ended without reporting (exit code {exit_code})", exit_code)
+        except Conflict:
+            pass  # it reported an end meanwhile
+
+    def recover(self) -> None:
+        """After a restart: watch runs whose runners still live; fail or requeue the others."""
+        for run in self.store.runs(states=ACTIVE):
+            if run.handle and self.executor.reattach(run.id, run.handle):
+                continue
+            if not run.handle:  # admitted but never started: it simply waits again
+                self.move(run.id, RunState.QUEUED, gpu_ids=[], reason="requeued after a backend restart")
+            else:
+                self.fail(run, "the run's process was lost while the backend was down")

@@ -1,0 +1,170 @@
+"""The wire model: every object the REST API returns, defined once.
+
+The client parses responses into these classes and the JupyterLab sidebar mirrors them
+(``labextension/src/model.ts``), so a field is added here first.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from pydantic import BaseModel, Field
+
+from .states import RunState
+
+
+class Transition(BaseModel):
+    """A run entered ``state`` at ``time`` (UTC)."""
+
+    state: RunState
+    time: datetime
+    attempt: int = 1
+
+
+class Run(BaseModel):
+    """One training run: one hyperparameter assignment of an experiment."""
+
+    id: str
+    experiment_id: str
+    account: str
+    name: str
+    state: RunState
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    gpus: int = 0
+    learners: int = 1
+    gpu_seconds: float = 0.0
+    exit_code: Optional[int] = None
+    reason: Optional[str] = None
+    #: The last lines of the training log, kept when a run fails.
+    log_tail: list[str] = Field(default_factory=list)
+    #: Latest value of each metric the run logged (plus ``step``).
+    metrics: dict[str, float] = Field(default_factory=dict)
+    transitions: list[Transition] = Field(default_factory=list)
+    #: Where its outputs are: ``bucket/training-<id>/``.
+    results: Optional[str] = None
+    #: 1-based place in its account's queue while QUEUED.
+    queue_position: Optional[int] = None
+    attempt: int = 1
+    created: datetime
+
+
+class BestRun(BaseModel):
+    """The experiment's best run so far by its metric and mode."""
+
+    run_id: str
+    metric: str
+    value: float
+
+
+class Experiment(BaseModel):
+    """A definition plus a hyperparameter search: N runs."""
+
+    id: str
+    account: str
+    name: str
+    #: A summary: QUEUED, RUNNING, COMPLETED (all ended well), FAILED (some failed), HALTED.
+    state: str
+    runs: dict[str, int] = Field(default_factory=dict)
+    best: Optional[BestRun] = None
+    metric: Optional[str] = None
+    mode: str = "max"
+    gpu_seconds: float = 0.0
+    created: datetime
+    definition: dict[str, Any] = Field(default_factory=dict)
+
+
+class MetricPoint(BaseModel):
+    """One ``run.log()`` call: its sequence number in the run, time, step and values."""
+
+    seq: int
+    time: float
+    step: Optional[float] = None
+    values: dict[str, float]
+
+
+class LogChunk(BaseModel):
+    """Part of a run's training log from byte ``offset``; ``next_offset`` is where to ask next."""
+
+    offset: int
+    next_offset: int
+    data: str
+    learner: int = 1
+    complete: bool = False
+
+
+class ExperimentUsage(BaseModel):
+    """GPU time of one experiment."""
+
+    id: str
+    name: str
+    gpu_seconds: float
+
+
+class Usage(BaseModel):
+    """An account's quota, what it holds now and the GPU time it has used."""
+
+    account: str
+    gpu_quota: int
+    gpus_in_use: int
+    queued_gpus: int
+    gpu_seconds: float
+    experiments: list[ExperimentUsage] = Field(default_factory=list)
+
+
+class AccountCreated(BaseModel):
+    """A new account and its token (shown once)."""
+
+    name: str
+    gpu_quota: int
+    token: str
+
+
+class ExperimentRequest(BaseModel):
+    """What a client submits: a manifest's text, the code as a base64 zip, and overrides."""
+
+    manifest: str
+    manifest_name: str = "manifest.yml"
+    code_zip_b64: str
+    #: Hyperparameter flags (``lr=loguniform(1e-4,1e-1)``) added to the manifest's space.
+    sweep: list[str] = Field(default_factory=list)
+    runs: Optional[int] = Field(None, ge=1, le=1000)
+    #: Environment for ``${VAR}`` credentials in the manifest, resolved client-side at submit.
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class StateReport(BaseModel):
+    """A runner telling the backend its run entered ``state``."""
+
+    state: RunState
+    exit_code: Optional[int] = None
+    reason: Optional[str] = None
+    log_tail: list[str] = Field(default_factory=list)
+
+
+class LogAppend(BaseModel):
+    """A runner appending log text at byte ``offset`` (idempotent: resent chunks are ignored)."""
+
+    learner: int = 1
+    offset: int = Field(ge=0)
+    data: str
+
+
+class RunSpec(BaseModel):
+    """What a runner needs to run its run: the command, the hyperparameters, where data goes."""
+
+    run_id: str
+    experiment_id: str
+    attempt: int
+    command: str
+    hparams: dict[str, Any]
+    gpus: int
+    learners: int
+    framework: str
+    evaluation_metrics: Optional[dict[str, Any]] = None
+    #: The object store (with credentials: only runners see this), and the buckets/prefixes.
+    store: dict[str, Any]
+    data_bucket: Optional[str] = None
+    data_prefix: str = ""
+    results_bucket: str
+    results_prefix: str

@@ -1,0 +1,84 @@
+"""The training command: its environment, its hyperparameters, and running it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+from ..models import RunSpec
+from .workspace import Workspace
+
+#: Seconds between SIGTERM and SIGKILL when a run is stopped.
+TERM_GRACE_S = 1.0
+#: Variables of the runner that the training command must not see.
+PRIVATE_ENV = ("WML_RUNNER_TOKEN", "WML_BACKEND_URL", "WML_WORK_DIR")
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def substitute(command: str, hparams: dict[str, Any]) -> str:
+    """``${name}`` of each hyperparameter replaced by its (shell-quoted) value; others left."""
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        return shlex.quote(str(hparams[name])) if name in hparams else match.group(0)
+    return _PLACEHOLDER.sub(value, " ".join(command.split("\n")))
+
+
+def environment(spec: RunSpec, ws: Workspace, data_dir: Path, learner: int = 1) -> dict[str, str]:
+    """FfDL's variables and ours, on top of the runner's environment minus its secrets."""
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    env.update({
+        "DATA_DIR": str(data_dir), "RESULT_DIR": str(ws.results), "LOG_DIR": str(ws.logs),
+        "JOB_STATE_DIR": str(ws.state), "CHECKPOINT_DIR": str(ws.checkpoints), "MODEL_DIR": str(ws.model),
+        "TRAINING_ID": spec.run_id, "GPU_COUNT": str(spec.gpus), "NUM_LEARNERS": str(spec.learners),
+        "LEARNER_ID": str(learner), "WML_EXPERIMENT_ID": spec.experiment_id,
+        "WML_HPARAMS": json.dumps(spec.hparams), "WML_METRICS_FILE": str(ws.state / "wml-metrics.jsonl"),
+        "WML_ATTEMPT": str(spec.attempt), "PYTHONUNBUFFERED": "1",
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+    })
+    return env
+
+
+class Command:
+    """The training command as a process group of its own, stoppable from a signal handler."""
+
+    def __init__(self, command: str, env: dict[str, str], cwd: Path, log_path: Path):
+        self.command, self.env, self.cwd, self.log_path = command, env, cwd, log_path
+        self._proc: Optional[subprocess.Popen] = None
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def run(self) -> int:
+        """Run to the end; return its exit code (negative: killed by that signal)."""
+        with open(self.log_path, "ab") as log, self._lock:
+            if self.stopped:
+                return -signal.SIGTERM
+            self._proc = subprocess.Popen(["bash", "-c", self.command], cwd=self.cwd, env=self.env,
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          process_group=0)
+        return self._proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the command's process group, SIGKILL it after ``TERM_GRACE_S``."""
+        with self._lock:
+            self.stopped = True
+            proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        threading.Timer(TERM_GRACE_S, _signal_group, args=(proc.pid, signal.SIGKILL)).start()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass

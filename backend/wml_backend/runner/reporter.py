@@ -1,0 +1,70 @@
+"""The runner's side of the backend API, patient with a backend that restarts."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Optional
+
+import httpx
+
+from ..models import LogAppend, MetricPoint, RunSpec, StateReport
+from ..states import RunState
+
+log = logging.getLogger("wml_runner")
+
+#: How long a report keeps being retried while the backend is unreachable.
+REPORT_DEADLINE_S = 600.0
+
+
+class Reporter:
+    """Calls the backend as one run's runner; retries through connection errors and 5xx."""
+
+    def __init__(self, url: str, run_id: str, token: str, deadline_s: float = REPORT_DEADLINE_S):
+        self.run_id, self.deadline_s = run_id, deadline_s
+        self._http = httpx.Client(base_url=f"{url.rstrip('/')}/v1/runner/{run_id}",
+                                  headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        deadline, delay = time.monotonic() + self.deadline_s, 0.05
+        while True:
+            late = time.monotonic() > deadline
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if late:
+                    raise
+                log.warning("backend unreachable (%s); retrying", type(exc).__name__)
+            else:
+                if response.status_code < 500 or late:
+                    response.raise_for_status()
+                    return response
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def spec(self) -> RunSpec:
+        """What to run."""
+        return RunSpec.model_validate(self._call("GET", "/spec").json())
+
+    def code(self) -> bytes:
+        """The code zip."""
+        return self._call("GET", "/code").content
+
+    def state(self, state: RunState, exit_code: Optional[int] = None, reason: Optional[str] = None,
+              log_tail: Optional[list[str]] = None) -> None:
+        """Report that the run entered ``state``."""
+        report = StateReport(state=state, exit_code=exit_code, reason=reason, log_tail=log_tail or [])
+        self._call("POST", "/state", json=report.model_dump(mode="json"))
+
+    def metrics(self, points: list[MetricPoint]) -> None:
+        """Ship metric points (idempotent by sequence number)."""
+        self._call("POST", "/metrics", json=[p.model_dump() for p in points])
+
+    def log(self, learner: int, offset: int, text: str) -> int:
+        """Append log text at ``offset``; return the log's length on the backend."""
+        body = LogAppend(learner=learner, offset=offset, data=text).model_dump()
+        return self._call("POST", "/logs", json=body).json()["count"]
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._http.close()

@@ -1,0 +1,107 @@
+"""A run's directories, and moving code, data and results in and out of them."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidInput
+from ..models import RunSpec
+from ..storage import ObjectStore, StoreConfig, open_store
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The directories FfDL gives a run, under one root."""
+
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Kept across attempts of the same run, so that training can resume."""
+        return self.root / "checkpoints"
+
+    def training_log(self, learner: int = 1) -> Path:
+        """Where the command's stdout and stderr go."""
+        return self.root / f"learner-{learner}" / "training-log.txt"
+
+    def reset(self) -> None:
+        """Fresh directories for an attempt (checkpoints excepted)."""
+        for path in (self.model, self.data, self.results, self.logs, self.state, self.training_log().parent):
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+
+def unpack_code(archive: bytes, dest: Path) -> None:
+    """Unzip the code into ``dest``, refusing entries that would land outside it."""
+    root = dest.resolve()
+    with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+        for info in zf.infolist():
+            target = (root / info.filename).resolve()
+            if not target.is_relative_to(root):
+                raise InvalidInput(f"code: zip entry {info.filename!r} points outside the model directory")
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+            mode = info.external_attr >> 16
+            if mode & 0o111:
+                target.chmod(0o755)
+
+
+def open_run_store(spec: RunSpec) -> ObjectStore:
+    """The object store the run's data and results live in."""
+    fields = {k: spec.store.get(k) for k in ("kind", "root", "endpoint", "region", "access_key", "secret_key")}
+    return open_store(StoreConfig(**{k: v for k, v in fields.items() if v is not None}))
+
+
+def fetch_data(store: ObjectStore, spec: RunSpec, ws: Workspace) -> Path:
+    """``DATA_DIR``: the data in place when the store is local, else a streamed copy."""
+    if not spec.data_bucket:
+        return ws.data
+    local = store.local_path(spec.data_bucket, spec.data_prefix)
+    if local is not None:
+        return local
+    from ..storage.sync import download
+    download(store, spec.data_bucket, spec.data_prefix, ws.data)
+    return ws.data
+
+
+def store_results(store: ObjectStore, spec: RunSpec, ws: Workspace, code: bytes) -> None:
+    """Upload ``RESULT_DIR``, the training logs and the submitted code under ``training-<id>/``."""
+    prefix = spec.results_prefix
+    store.create_bucket(spec.results_bucket)
+    for path in sorted(ws.results.rglob("*")):
+        if path.is_file():
+            store.put_file(spec.results_bucket, prefix + path.relative_to(ws.results).as_posix(), path)
+    for learner in range(1, spec.learners + 1):
+        log = ws.training_log(learner)
+        if log.exists():
+            store.put_file(spec.results_bucket, f"{prefix}learner-{learner}/training-log.txt", log)
+    store.put_bytes(spec.results_bucket, f"{prefix}_submitted_code/model.zip", code)

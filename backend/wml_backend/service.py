@@ -1,0 +1,162 @@
+"""The backend's operations, as the REST API offers them: one method per route."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Optional
+
+from .errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from .events import EventBus
+from .executors import Executor
+from .lifecycle import Lifecycle, token_hash
+from .models import (AccountCreated, Experiment, ExperimentRequest, LogChunk, MetricPoint, Run, Usage)
+from .settings import Settings
+from .states import ACTIVE, RunState
+from .store import Account, RunRow, RunStore
+from .submit import build_experiment
+from .views import experiment_view, queue_positions, run_view, usage_view
+
+log = logging.getLogger("wml_backend")
+
+#: The embedded backend's first account, its administrator.
+ADMIN_ACCOUNT = "local"
+#: Most bytes of log one request returns.
+LOG_PAGE_BYTES = 1 << 20
+
+
+class Service:
+    """Accounts, experiments, runs, logs, metrics and usage over a run store and an executor."""
+
+    def __init__(self, settings: Settings, store: RunStore, executor: Executor):
+        self.settings, self.store, self.executor = settings, store, executor
+        self.events = EventBus()
+        self.lifecycle = Lifecycle(settings, store, executor, self.events)
+
+    def start(self) -> None:
+        """Create the admin account on first start, recover runs, start admitting."""
+        self.bootstrap_admin()
+        self.lifecycle.start()
+
+    def stop(self) -> None:
+        """Stop admitting runs."""
+        self.lifecycle.stop()
+
+    # -- accounts ---------------------------------------------------------------------------
+    def bootstrap_admin(self) -> None:
+        """On first start, create account ``local`` and write its token to ``$WML_HOME``."""
+        token_file = self.settings.home / "backend" / "token"
+        if self.store.accounts() and token_file.exists():
+            return
+        token = secrets.token_urlsafe(32)
+        quota = max(len(self.executor.capacity().gpu_ids), 1)
+        if not self.store.accounts():
+            self.store.create_account(Account(name=ADMIN_ACCOUNT, gpu_quota=quota, admin=True), token_hash(token))
+            _write_private(token_file, token)
+
+    def authenticate(self, token: Optional[str]) -> Account:
+        """The account a bearer token belongs to."""
+        account = self.store.account_by_token(token_hash(token)) if token else None
+        if account is None:
+            raise Unauthorized("missing or unknown token")
+        return account
+
+    def create_account(self, caller: Account, name: str, gpus: int) -> AccountCreated:
+        """A new account with a GPU quota (administrators only); its token is shown once."""
+        if not caller.admin:
+            raise Forbidden("only an administrator may create accounts")
+        token = secrets.token_urlsafe(32)
+        self.store.create_account(Account(name=name, gpu_quota=gpus), token_hash(token))
+        return AccountCreated(name=name, gpu_quota=gpus, token=token)
+
+    # -- experiments ------------------------------------------------------------------------
+    def submit(self, account: Account, request: ExperimentRequest) -> Experiment:
+        """Validate and store an experiment; its runs wait in the queue."""
+        new = build_experiment(account, request, self.settings.store_config)
+        self.store.insert_experiment(new.experiment, new.runs, new.code, new.secret)
+        self.lifecycle.wake()
+        return self.experiment(account, new.experiment.id)
+
+    def experiment(self, account: Account, experiment_id: str) -> Experiment:
+        """One experiment with its run counts and best run."""
+        row = self.store.experiment(experiment_id, account.name)
+        if row is None:
+            raise NotFound(f"no experiment {experiment_id!r}")
+        return experiment_view(row, self.runs(account, experiment=experiment_id))
+
+    def experiments(self, account: Account) -> list[Experiment]:
+        """The account's experiments, newest first."""
+        runs = self.runs(account)
+        by_exp: dict[str, list[Run]] = {}
+        for run in runs:
+            by_exp.setdefault(run.experiment_id, []).append(run)
+        return [experiment_view(row, by_exp.get(row.id, [])) for row in self.store.experiments(account.name)]
+
+    def cancel_experiment(self, account: Account, experiment_id: str) -> Experiment:
+        """Halt every live run of an experiment."""
+        self.experiment(account, experiment_id)
+        for run in self.store.runs(account=account.name, experiment=experiment_id):
+            self.lifecycle.cancel(run)
+        return self.experiment(account, experiment_id)
+
+    # -- runs -------------------------------------------------------------------------------
+    def _row(self, account: Account, run_id: str) -> RunRow:
+        row = self.store.run(run_id, account.name)
+        if row is None:
+            raise NotFound(f"no run {run_id!r}")
+        return row
+
+    def run(self, account: Account, run_id: str) -> Run:
+        """One run, with queue position and GPU time."""
+        row = self._row(account, run_id)
+        return run_view(row, self._positions(account) if row.state is RunState.QUEUED else None)
+
+    def runs(self, account: Account, experiment: Optional[str] = None,
+             state: Optional[str] = None) -> list[Run]:
+        """The account's runs, filtered by experiment and state."""
+        states = None
+        if state:
+            try:
+                states = [RunState(state.upper())]
+            except ValueError:
+                raise InvalidInput(f"state: {state!r} is not one of {', '.join(s.value for s in RunState)}") from None
+        rows = self.store.runs(account=account.name, experiment=experiment, states=states)
+        positions = self._positions(account)
+        now = time.time()
+        return [run_view(r, positions, now) for r in rows]
+
+    def _positions(self, account: Account) -> dict[str, int]:
+        return queue_positions(self.store.runs(account=account.name, states=[RunState.QUEUED]))
+
+    def cancel_run(self, account: Account, run_id: str) -> Run:
+        """Halt one run (stored partial results included)."""
+        self.lifecycle.cancel(self._row(account, run_id))
+        return self.run(account, run_id)
+
+    def logs(self, account: Account, run_id: str, offset: int = 0, learner: int = 1) -> LogChunk:
+        """The run's training log from ``offset``."""
+        row = self._row(account, run_id)
+        data = self.store.read_log(run_id, learner, max(offset, 0), LOG_PAGE_BYTES)
+        return LogChunk(offset=offset, next_offset=offset + len(data), data=data.decode("utf-8", "replace"),
+                        learner=learner, complete=row.state.terminal and len(data) < LOG_PAGE_BYTES)
+
+    def metrics(self, account: Account, run_id: str, since: int = -1) -> list[MetricPoint]:
+        """Every metric point the run logged after ``since``."""
+        self._row(account, run_id)
+        return self.store.metrics(run_id, since)
+
+    def usage(self, account: Account) -> Usage:
+        """The account's quota, GPUs in use and queued, and GPU time per experiment."""
+        return usage_view(account, self.experiments(account),
+                          self.store.runs(account=account.name, states=ACTIVE),
+                          self.store.runs(account=account.name, states=[RunState.QUEUED]))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(text)

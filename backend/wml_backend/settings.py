@@ -1,0 +1,59 @@
+"""The backend's configuration: one frozen object, built from flags and the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .storage import StoreConfig
+
+#: Port of the embedded backend when none is configured.
+DEFAULT_PORT = 8642
+#: Bucket of the default store that takes results of definitions that name none.
+DEFAULT_RESULTS_BUCKET = "wml-results"
+#: Largest code zip a client may submit.
+MAX_CODE_BYTES = 64 * 1024 * 1024
+
+
+def wml_home() -> Path:
+    """``$WML_HOME`` or ``~/.wml``: configuration and the embedded backend's state."""
+    return Path(os.environ.get("WML_HOME") or Path.home() / ".wml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the backend process is configured with."""
+
+    home: Path = field(default_factory=wml_home)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    executor: str = "local"
+    #: Local executor: GPUs to schedule (None: detect; on a machine without GPUs, virtual slots).
+    gpus: Optional[int] = None
+    #: Local executor: most runs at once (None: max(GPUs, CPU cores)).
+    slots: Optional[int] = None
+    storage: Optional[StoreConfig] = None
+    #: URL runners use to reach the backend (defaults to http://host:port).
+    public_url: Optional[str] = None
+
+    @property
+    def database(self) -> Path:
+        """The SQLite file of the run store."""
+        return self.home / "backend" / "wml.db"
+
+    @property
+    def work_dir(self) -> Path:
+        """Where local runs keep their directories."""
+        return self.home / "backend" / "runs"
+
+    @property
+    def store_config(self) -> StoreConfig:
+        """The default object store: configured, or the embedded file store."""
+        return self.storage or StoreConfig(kind="file", root=str(self.home / "storage"))
+
+    @property
+    def url(self) -> str:
+        """Where runners and clients reach this backend."""
+        return self.public_url or f"http://{self.host}:{self.port}"

@@ -1,0 +1,17 @@
+"""Build the object store a configuration names."""
+
+from __future__ import annotations
+
+from ..errors import InvalidInput
+from .base import ObjectStore, StoreConfig
+
+
+def open_store(config: StoreConfig) -> ObjectStore:
+    """The ``ObjectStore`` for ``config.kind`` (``file`` or ``s3``)."""
+    if config.kind == "file":
+        from .file import FileStore
+        return FileStore(config)
+    if config.kind == "s3":
+        from .s3 import S3Store
+        return S3Store(config)
+    raise InvalidInput(f"unknown storage kind {config.kind!r}; expected 'file' or 's3'")

@@ -1,0 +1,76 @@
+"""Build the wire objects users see from stored rows (derived fields computed here only)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Optional
+
+from .billing import gpu_seconds
+from .models import BestRun, Experiment, ExperimentUsage, Run, Usage
+from .states import RunState
+from .store import Account, ExperimentRow, RunRow
+
+
+def queue_positions(queued: list[RunRow]) -> dict[str, int]:
+    """1-based place of each QUEUED run in its account's FIFO queue."""
+    seen: Counter = Counter()
+    positions = {}
+    for run in sorted(queued, key=lambda r: r.seq):
+        seen[run.account] += 1
+        positions[run.id] = seen[run.account]
+    return positions
+
+
+def run_view(row: RunRow, positions: Optional[dict[str, int]] = None, now: Optional[float] = None) -> Run:
+    """The public ``Run`` with its GPU time and queue position filled in."""
+    run = row.wire()
+    run.gpu_seconds = round(gpu_seconds(row.transitions, row.gpus * row.learners, now), 3)
+    if row.state is RunState.QUEUED and positions:
+        run.queue_position = positions.get(row.id)
+    return run
+
+
+def best_run(runs: list[Run], metric: Optional[str], mode: str) -> Optional[BestRun]:
+    """The run with the best latest value of ``metric`` (max or min), if any logged it."""
+    scored = [r for r in runs if metric and metric in r.metrics]
+    if not scored:
+        return None
+    pick = (max if mode == "max" else min)(scored, key=lambda r: r.metrics[metric])
+    return BestRun(run_id=pick.id, metric=metric, value=pick.metrics[metric])
+
+
+def summary_state(counts: Counter) -> str:
+    """One word for an experiment: RUNNING while any run lives, else how it ended."""
+    live = sum(counts[s.value] for s in RunState if not s.terminal)
+    if live:
+        queued_only = counts[RunState.QUEUED.value] == live
+        return "QUEUED" if queued_only else "RUNNING"
+    if counts[RunState.FAILED.value]:
+        return "FAILED"
+    if counts[RunState.HALTED.value]:
+        return "HALTED"
+    return "COMPLETED"
+
+
+def experiment_view(row: ExperimentRow, runs: list[Run]) -> Experiment:
+    """The public ``Experiment``: state counts, summary state, best run, GPU time."""
+    counts = Counter(r.state.value for r in runs)
+    return Experiment(
+        id=row.id, account=row.account, name=row.name, state=summary_state(counts),
+        runs=dict(counts), best=best_run(runs, row.metric, row.mode), metric=row.metric,
+        mode=row.mode, gpu_seconds=round(sum(r.gpu_seconds for r in runs), 3),
+        created=datetime.fromtimestamp(row.created, timezone.utc), definition=row.definition)
+
+
+def usage_view(account: Account, experiments: list[Experiment], active: list[RunRow],
+               queued: list[RunRow]) -> Usage:
+    """An account's quota, GPUs held and waited for, and GPU time per experiment."""
+    now = time.time()
+    return Usage(
+        account=account.name, gpu_quota=account.gpu_quota,
+        gpus_in_use=sum(r.gpus * r.learners for r in active),
+        queued_gpus=sum(r.gpus * r.learners for r in queued),
+        gpu_seconds=round(sum(e.gpu_seconds for e in experiments), 3),
+        experiments=[ExperimentUsage(id=e.id, name=e.name, gpu_seconds=e.gpu_seconds) for e in experiments])

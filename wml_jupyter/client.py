@@ -1,0 +1,182 @@
+"""The Python API: ``Client`` talks to the backend over HTTP and to object storage directly."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import httpx
+
+from wml_backend import models
+from wml_backend.errors import ERRORS_BY_CODE, BackendUnavailable, InvalidInput, WmlError
+from wml_backend.settings import wml_home
+
+from .codezip import package
+from .config import Profile, load_profile
+from .objects import Experiment, Run
+
+#: Seconds a call waits for the backend.
+HTTP_TIMEOUT_S = 60.0
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Client:
+    """Everything wml does, from Python: train, watch, fetch, cancel."""
+
+    def __init__(self, backend: Optional[str] = None, token: Optional[str] = None,
+                 profile: Optional[str] = None):
+        self.profile: Profile = load_profile(profile)
+        url = backend or self.profile.backend
+        token = token or self.profile.token
+        if not url:
+            url, token = _embedded_backend(token)
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S,
+                                  headers={"Authorization": f"Bearer {token}"} if token else {})
+
+    # -- transport ------------------------------------------------------------------------
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Call the backend; a domain error comes back as the same ``WmlError`` class."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(f"cannot reach the backend at {self.url} ({type(exc).__name__})") from None
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.json()
+
+    # -- training -------------------------------------------------------------------------
+    def train(self, manifest: str | os.PathLike, model: Optional[str | os.PathLike] = None, *,
+              sweep: Optional[list[str]] = None, runs: Optional[int] = None,
+              code: Optional[bytes] = None, manifest_text: Optional[str] = None) -> Experiment:
+        """Submit a definition (manifest file + code directory or zip) as an experiment."""
+        path = Path(manifest)
+        if manifest_text is None:
+            try:
+                manifest_text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                raise InvalidInput(f"{path}: no such file") from None
+            except UnicodeDecodeError:
+                raise InvalidInput(f"{path}:1: not UTF-8 text") from None
+        body = models.ExperimentRequest(
+            manifest=manifest_text, manifest_name=str(path),
+            code_zip_b64=base64.b64encode(code if code is not None else package(model, path)).decode(),
+            sweep=list(sweep or []), runs=runs, env=_referenced_env(manifest_text))
+        data = self.request("POST", "/v1/experiments", json=body.model_dump())
+        return Experiment(models.Experiment.model_validate(data), self)
+
+    def rerun(self, run_id: str) -> Experiment:
+        """Not yet offered: submitting a run again needs the search issue's reproducibility record."""
+        raise WmlError("rerun is not available yet")
+
+    # -- queries --------------------------------------------------------------------------
+    def experiments(self) -> list[Experiment]:
+        """Your experiments, newest first."""
+        return [Experiment(models.Experiment.model_validate(e), self)
+                for e in self.request("GET", "/v1/experiments")]
+
+    def experiment(self, experiment_id: str) -> Experiment:
+        """One experiment."""
+        return Experiment(models.Experiment.model_validate(
+            self.request("GET", f"/v1/experiments/{experiment_id}")), self)
+
+    def runs(self, experiment: Optional[str] = None, state: Optional[str] = None) -> list[Run]:
+        """Your runs, optionally of one experiment and/or in one state."""
+        params = {k: v for k, v in {"experiment": experiment, "state": state}.items() if v}
+        return [Run(models.Run.model_validate(r), self) for r in self.request("GET", "/v1/runs", params=params)]
+
+    def run(self, run_id: str) -> Run:
+        """One run."""
+        return Run(models.Run.model_validate(self.request("GET", f"/v1/runs/{run_id}")), self)
+
+    def cancel(self, id: str) -> Any:
+        """Cancel a run, or every live run of an experiment."""
+        if _is_run_id(id):
+            return Run(models.Run.model_validate(self.request("POST", f"/v1/runs/{id}/cancel")), self)
+        return Experiment(models.Experiment.model_validate(
+            self.request("POST", f"/v1/experiments/{id}/cancel")), self)
+
+    def logs(self, run_id: str, offset: int = 0, learner: int = 1) -> models.LogChunk:
+        """The run's training log from byte ``offset``."""
+        return models.LogChunk.model_validate(self.request(
+            "GET", f"/v1/runs/{run_id}/logs", params={"offset": offset, "learner": learner}))
+
+    def follow_logs(self, run_id: str, learner: int = 1, poll_s: float = 0.5) -> Iterator[str]:
+        """Yield log text as it comes until the run has ended."""
+        offset = 0
+        while True:
+            chunk = self.logs(run_id, offset, learner)
+            if chunk.data:
+                yield chunk.data
+            offset = chunk.next_offset
+            if chunk.complete:
+                return
+            if not chunk.data:
+                time.sleep(poll_s)
+
+    def metrics(self, run_id: str, since: int = -1) -> list[models.MetricPoint]:
+        """Every metric point a run logged (after sequence number ``since``)."""
+        return [models.MetricPoint.model_validate(p) for p in self.request(
+            "GET", f"/v1/runs/{run_id}/metrics", params={"since": since})]
+
+    def usage(self) -> models.Usage:
+        """Your GPU quota, GPUs in use and queued, and GPU time per experiment."""
+        return models.Usage.model_validate(self.request("GET", "/v1/usage"))
+
+    def create_account(self, name: str, gpus: int) -> models.AccountCreated:
+        """A new account with a GPU quota (administrators only)."""
+        return models.AccountCreated.model_validate(
+            self.request("POST", "/v1/accounts", json={"name": name, "gpus": gpus}))
+
+    # -- storage --------------------------------------------------------------------------
+    def store(self):
+        """The object store this client uploads to and downloads from."""
+        from .storage import client_store
+        return client_store(self.profile)
+
+    def upload(self, path: str | os.PathLike, bucket: str, progress: Any = None):
+        """Sync a local file or directory to ``bucket[/prefix]``; return what was sent."""
+        from wml_backend.storage.sync import upload
+        bucket, _, prefix = bucket.partition("/")
+        return upload(self.store(), Path(path), bucket, prefix, progress=progress)
+
+    def download(self, run_id: str, dest: str | os.PathLike = ".", progress: Any = None):
+        """Pull a run's results (``RESULT_DIR``, logs, code) into ``dest``."""
+        from wml_backend.storage.sync import download
+        results = self.run(run_id).results
+        bucket, _, prefix = results.partition("/")
+        return download(self.store(), bucket, prefix, Path(dest), progress=progress)
+
+
+def _error(response: httpx.Response) -> WmlError:
+    try:
+        body = response.json()
+        return ERRORS_BY_CODE.get(body.get("code"), WmlError)(body.get("message") or response.reason_phrase)
+    except ValueError:
+        return WmlError(f"the backend answered {response.status_code} {response.reason_phrase}")
+
+
+def _referenced_env(manifest: str) -> dict[str, str]:
+    """Values of the environment variables a manifest names as ``${VAR}`` (for credentials)."""
+    return {name: os.environ[name] for name in set(_ENV_REF.findall(manifest)) if name in os.environ}
+
+
+def _is_run_id(value: str) -> bool:
+    return bool(re.fullmatch(r"[a-z0-9]+-\d+", value))
+
+
+def _embedded_backend(token: Optional[str]) -> tuple[str, Optional[str]]:
+    """Find or start the embedded backend; return its URL and the admin token."""
+    from wml_backend import daemon
+    from wml_backend.settings import Settings
+    info = daemon.status()
+    if not info["running"]:
+        info = daemon.start(Settings())
+    if token is None:
+        token_file = wml_home() / "backend" / "token"
+        token = token_file.read_text().strip() if token_file.exists() else None
+    return info["url"], token

@@ -1,0 +1,108 @@
+"""A real backend process for tests: its own $WML_HOME, a free port, killable with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class BackendProcess:
+    """``wml backend serve`` in a subprocess, plus helpers to drive it like a user would."""
+
+    def __init__(self, home: Path, gpus: int = 2, slots: Optional[int] = None, extra_env: Optional[dict] = None):
+        self.home, self.gpus, self.slots = Path(home), gpus, slots
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("WML_", "AWS_"))}
+        self.env.update({"WML_HOME": str(self.home), "WML_BACKEND": self.url, **(extra_env or {})})
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 30.0) -> "BackendProcess":
+        """Start the server and wait until it answers."""
+        args = [sys.executable, "-m", "wml_backend.daemon", "serve", "--port", str(self.port),
+                "--gpus", str(self.gpus)]
+        if self.slots:
+            args += ["--slots", str(self.slots)]
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.home / "backend-test.log", "ab")
+        self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"backend exited: {(self.home / 'backend-test.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    self.env["WML_TOKEN"] = self.token
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("backend did not answer in time")
+
+    @property
+    def token(self) -> str:
+        """The admin account's token, as the backend wrote it."""
+        return (self.home / "backend" / "token").read_text().strip()
+
+    def kill(self) -> None:
+        """SIGKILL the server (runs it started keep going)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the server and wait for it."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def cli(self, *args: str, check: bool = False, token: Optional[str] = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run ``wml ARGS`` as a user would, against this backend."""
+        env = dict(self.env)
+        if token is not None:
+            env["WML_TOKEN"] = token
+        result = subprocess.run([sys.executable, "-m", "wml_jupyter", *args], env=env, capture_output=True,
+                                text=True, timeout=timeout, cwd=REPO)
+        if check and result.returncode != 0:
+            raise AssertionError(f"wml {' '.join(args)} exited {result.returncode}: {result.stderr}")
+        return result
+
+    def cli_json(self, *args: str, token: Optional[str] = None):
+        """``wml ARGS --json``, parsed."""
+        return json.loads(self.cli(*args, "--json", check=True, token=token).stdout)
+
+    def client(self, token: Optional[str] = None):
+        """A ``Client`` for this backend."""
+        from wml_jupyter import Client
+        return Client(backend=self.url, token=token or self.token)
+
+    def wait_experiment(self, experiment_id: str, timeout: float = 180, token: Optional[str] = None) -> dict:
+        """Poll until every run of the experiment has ended; return the experiment object."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            exp = self.cli_json("show", experiment_id, token=token)
+            if exp["state"] not in ("QUEUED", "RUNNING"):
+                return exp
+            time.sleep(0.3)
+        raise AssertionError(f"experiment {experiment_id} did not end in {timeout} s")

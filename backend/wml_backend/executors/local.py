@@ -108,10 +108,11 @@ class LocalExecutor(Executor):
 
     @staticmethod
     def _process(handle: dict[str, Any]) -> Optional[psutil.Process]:
-        """The live process a handle names (same pid *and* start time), or None."""
+        """The live process a handle names (same pid *and* start time, not a zombie), or None."""
         try:
             process = psutil.Process(handle["pid"])
-            if abs(process.create_time() - handle["create_time"]) < 0.01:
+            same = abs(process.create_time() - handle["create_time"]) < 0.01
+            if same and process.status() != psutil.STATUS_ZOMBIE:
                 return process
         except (KeyError, psutil.Error):
             pass

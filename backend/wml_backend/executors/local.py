@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -31,6 +32,27 @@ def detect_gpus() -> int:
     return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
+#: Runners are forked from a server that has already imported the runner, so starting one
+#: costs milliseconds instead of a Python start-up and its imports.
+_FORKSERVER = multiprocessing.get_context("forkserver")
+_FORKSERVER.set_forkserver_preload(["wml_backend.runner.main", "wml_backend.daemon"])
+
+
+def _run_runner(env: dict[str, str], run_dir: str) -> None:
+    """Body of a forked runner: its own session, environment, directory and log file."""
+    os.setsid()
+    os.chdir(run_dir)
+    os.environ.clear()
+    os.environ.update(env)
+    log = os.open("runner.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    from wml_backend.runner.main import main
+    sys.exit(main())
+
+
 class LocalExecutor(Executor):
     """Runs each runner as a process group of its own, pinned to GPUs by CUDA_VISIBLE_DEVICES."""
 
@@ -46,7 +68,6 @@ class LocalExecutor(Executor):
             count = os.cpu_count() or 1  # counted slots on a machine without GPUs
         self._capacity = Capacity(gpu_ids=tuple(range(count)),
                                   slots=slots or max(count, os.cpu_count() or 1), real_gpus=self._real)
-        self._procs: dict[str, subprocess.Popen] = {}
 
     def capacity(self) -> Capacity:
         return self._capacity
@@ -58,18 +79,14 @@ class LocalExecutor(Executor):
                "CUDA_VISIBLE_DEVICES": ",".join(map(str, launch.gpu_ids))}
         if not self._real:
             env["WML_VIRTUAL_GPUS"] = "1"
-        with open(run_dir / "runner.log", "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "wml_backend.runner"], env=env,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=run_dir)
-        self._procs[launch.run_id] = proc
+        proc = _FORKSERVER.Process(target=_run_runner, args=(env, str(run_dir)), daemon=False)
+        proc.start()
         threading.Thread(target=self._wait_child, args=(launch.run_id, proc), daemon=True).start()
         return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
 
-    def _wait_child(self, run_id: str, proc: subprocess.Popen) -> None:
-        code = proc.wait()
-        self._procs.pop(run_id, None)
-        self.on_exit(run_id, code)
+    def _wait_child(self, run_id: str, proc: multiprocessing.Process) -> None:
+        proc.join()
+        self.on_exit(run_id, proc.exitcode)
 
     def cancel(self, run_id: str, handle: dict[str, Any]) -> None:
         process = self._process(handle)

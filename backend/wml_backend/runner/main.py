@@ -26,7 +26,8 @@ STORE_RETRY_S = 300.0
 
 def main() -> int:
     """Run the run named by the environment; the exit code is 0 whenever the end was reported."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s: %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     reporter = Reporter(os.environ["WML_BACKEND_URL"], os.environ["WML_RUN_ID"], os.environ["WML_RUNNER_TOKEN"])
     ws = Workspace(Path(os.environ.get("WML_WORK_DIR") or "/job"))
     runner = Runner(reporter, ws)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from collections import deque
@@ -80,7 +81,8 @@ class Runner:
         if self.cancelled:
             self.command.stop()
         self.reporter.state(RunState.PROCESSING)
-        shipper = Shipper(self.reporter, log_path, self.ws.state / "wml-metrics.jsonl").start()
+        shipper = Shipper(self.reporter, log_path, self.ws.state / "wml-metrics.jsonl",
+                          tensorboard_dir=_tensorboard_dir(spec, self.command.env)).start()
         exit_code = self.command.run()
         shipper.finish()
         self.reporter.state(RunState.STORING)
@@ -90,6 +92,14 @@ class Runner:
     def _end(self, state: RunState, exit_code: int | None, reason: str | None) -> None:
         tail = _tail(self.ws.training_log(1)) if state is RunState.FAILED else []
         self.reporter.state(state, exit_code=exit_code, reason=reason, log_tail=tail)
+
+
+def _tensorboard_dir(spec: RunSpec, env: dict[str, str]) -> Path | None:
+    """The folder of TensorBoard event files the manifest's ``evaluation_metrics`` names, if any."""
+    metrics = spec.evaluation_metrics or {}
+    if metrics.get("type") != "tensorboard" or not metrics.get("path"):
+        return None
+    return Path(re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), metrics["path"]))
 
 
 def _exit_reason(code: int) -> str:

@@ -11,9 +11,11 @@ import json
 import logging
 import threading
 from pathlib import Path
+from typing import Optional
 
 from ..models import MetricPoint
 from .reporter import Reporter
+from .tensorboard import EventFileTail
 
 log = logging.getLogger("wml_runner")
 
@@ -28,8 +30,10 @@ METRICS_BATCH = 5000
 class Shipper:
     """A thread sending new lines of a log file and a metrics file every ``SHIP_INTERVAL_S``."""
 
-    def __init__(self, reporter: Reporter, log_path: Path, metrics_path: Path, learner: int = 1):
+    def __init__(self, reporter: Reporter, log_path: Path, metrics_path: Path, learner: int = 1,
+                 tensorboard_dir: Optional[Path] = None):
         self.reporter, self.log_path, self.metrics_path, self.learner = reporter, log_path, metrics_path, learner
+        self._tensorboard = EventFileTail(tensorboard_dir) if tensorboard_dir else None
         self._log_pos = 0          # bytes of the local file already sent
         self._remote_offset = 0    # length of the log on the backend
         self._metrics_pos = 0
@@ -56,9 +60,18 @@ class Shipper:
                 log.warning("shipping failed: %s", exc)
 
     def ship(self) -> None:
-        """Send what is new in the log and the metrics file."""
+        """Send what is new in the log and the metrics file (TensorBoard scalars joined to it)."""
         self._ship_log()
+        if self._tensorboard:
+            self._append_tensorboard_scalars()
         self._ship_metrics()
+
+    def _append_tensorboard_scalars(self) -> None:
+        lines = "".join(json.dumps({"time": t, "step": step, "values": values}) + "\n"
+                        for t, step, values in self._tensorboard.new_scalars())
+        if lines:
+            with open(self.metrics_path, "a") as f:
+                f.write(lines)
 
     def _ship_log(self) -> None:
         while True:

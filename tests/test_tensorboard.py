@@ -1,0 +1,52 @@
+"""TensorBoard scalars become run metrics, as FfDL's evaluation_metrics promised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+from wml_backend.runner.tensorboard import EventFileTail, events
+
+DEFINITION = Path(__file__).parent / "definitions" / "tensorboard"
+
+
+def write_scalars(folder: Path, values: list[float]) -> None:
+    writer = SummaryWriter(str(folder))
+    for step, value in enumerate(values, start=1):
+        writer.add_scalar("acc", value, step)
+    writer.close()
+
+
+def test_reader_decodes_what_pytorch_writes(tmp_path):
+    write_scalars(tmp_path, [0.25, 0.5, 0.75])
+    data = next(tmp_path.glob("*tfevents*")).read_bytes()
+    assert [(step, values) for _, step, values in events(data)] == [
+        (1, {"acc": 0.25}), (2, {"acc": 0.5}), (3, {"acc": 0.75})]
+
+
+def test_tail_returns_only_new_complete_records(tmp_path):
+    write_scalars(tmp_path / "a", [0.5, 0.75])
+    tail = EventFileTail(tmp_path)
+    assert [s for _, s, _ in tail.new_scalars()] == [1, 2]
+    assert tail.new_scalars() == []
+    path = next((tmp_path / "a").glob("*tfevents*"))
+    whole = path.read_bytes()
+    write_scalars(tmp_path / "b", [0.125])
+    partial = next((tmp_path / "b").glob("*tfevents*"))
+    complete = partial.read_bytes()
+    partial.write_bytes(complete[:-3])  # a record half written
+    assert tail.new_scalars() == []
+    partial.write_bytes(complete)
+    assert [v for _, _, v in tail.new_scalars()] == [{"acc": 0.125}]
+    assert path.read_bytes() == whole
+
+
+def test_run_with_tensorboard_metrics(backend):
+    result = backend.cli("train", str(DEFINITION / "manifest.yml"), str(DEFINITION), "--wait")
+    assert result.returncode == 0, result.stderr
+    run_id = f"{result.stdout.strip().splitlines()[-1]}-01"
+    run = backend.cli_json("show", run_id)
+    assert run["metrics"]["accuracy"] == pytest.approx(1.0) and run["metrics"]["step"] == 5
+    assert sorted(p["step"] for p in backend.cli_json("metrics", run_id)) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]

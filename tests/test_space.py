@@ -9,20 +9,17 @@ import time
 import pytest
 from wml_backend.definition import ParamSpec, Search
 from wml_backend.errors import InvalidInput
+from wml_backend.search import distributions, random_points, sample, startup_runs
 from wml_backend.space import (
     DEFAULT_RUNS,
     MAX_RUNS,
     SpaceError,
-    distributions,
     grid,
     grid_size,
     is_finite,
     parse_param,
     parse_space,
     parse_sweep_flag,
-    random_points,
-    sample,
-    startup_runs,
 )
 
 LR = ParamSpec(kind="loguniform", low=1e-4, high=1e-1)

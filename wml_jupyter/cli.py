@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from wml_backend.errors import (Forbidden, InvalidInput, NotFound, QuotaExceeded, Unauthorized,
@@ -70,7 +69,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from wml_backend.manifest import load_manifest_file, manifest_format
+    from wml_backend.manifest import load_manifest_file
     definition = load_manifest_file(args.manifest)
     fmt = {"ffdl": "FfDL (ManifestV1)", "wml": "Watson ML"}[definition.format]
     print(f"{args.manifest}: valid {fmt} manifest: {definition.name}, framework {definition.framework}, "

@@ -70,7 +70,8 @@ def backend_status(info: dict) -> str:
     """One line about the embedded backend."""
     if not info.get("running"):
         return "backend: not running"
-    gpus = f"{info.get('gpus')} GPU(s)" if info.get("real_gpus") else f"{info.get('gpus')} GPU slot(s) (no GPU detected)"
+    count = info.get("gpus")
+    gpus = f"{count} GPU(s)" if info.get("real_gpus") else f"{count} GPU slot(s) (no GPU detected)"
     return f"backend: running at {info['url']} (pid {info['pid']}, executor {info['executor']}, {gpus})"
 
 

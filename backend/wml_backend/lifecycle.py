@@ -43,7 +43,8 @@ class Lifecycle:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._admit_lock = threading.Lock()
-        self._cancelled: set[str] = set()
+        #: Runs asked to stop, with the state and reason they end with (HALTED or STOPPED).
+        self._stopping: dict[str, tuple[RunState, str]] = {}
         self._thread: Optional[threading.Thread] = None
         executor.on_exit = self.runner_exited
 
@@ -53,7 +54,7 @@ class Lifecycle:
         row = self.store.transition(run_id, state, time.time(), **fields)
         self.events.publish(row.account, {"type": "run", "run": run_view(row).model_dump(mode="json")})
         if state.terminal:
-            self._cancelled.discard(run_id)
+            self._stopping.pop(run_id, None)
         if not state.active:
             self._wake.set()
         return row
@@ -124,22 +125,30 @@ class Lifecycle:
             return
         self.store.update_run(run.id, handle=handle)
 
-    # -- cancellation -----------------------------------------------------------------------
+    # -- cancellation and early stopping ------------------------------------------------------
     def cancel(self, run: RunRow) -> None:
         """HALT a queued run at once; ask a running one's runner to stop and store its results."""
-        if run.state.terminal:
+        self.stop(run, RunState.HALTED, "cancelled by the user")
+
+    def stop(self, run: RunRow, state: RunState, reason: str) -> None:
+        """End a run as ``state`` (HALTED or STOPPED): at once if queued, else through its runner."""
+        if run.state.terminal or run.id in self._stopping:
             return
         if run.state is RunState.QUEUED:
             try:
-                self.move(run.id, RunState.HALTED, reason="cancelled by the user")
+                self.move(run.id, state, reason=reason)
                 return
-            except Conflict:  # admitted meanwhile: cancel it as a running run
+            except Conflict:  # admitted meanwhile: stop it as a running run
                 run = self.store.run(run.id)
-        self._cancelled.add(run.id)
+        self._stopping[run.id] = (state, reason)
         self.executor.cancel(run.id, run.handle)
-        threading.Timer(CANCEL_GRACE_S, self._force_halt, args=(run.id,)).start()
+        threading.Timer(CANCEL_GRACE_S, self._force_stop, args=(run.id,)).start()
 
-    def _force_halt(self, run_id: str) -> None:
+    def stopped_as(self, run_id: str) -> Optional[tuple[RunState, str]]:
+        """The state and reason a run asked to stop ends with, if it was asked."""
+        return self._stopping.get(run_id)
+
+    def _force_stop(self, run_id: str) -> None:
         run = self.store.run(run_id)
         if run and not run.state.terminal:
             kill = getattr(self.executor, "kill", None)
@@ -157,8 +166,9 @@ class Lifecycle:
 
     def _end_lost(self, run: RunRow, exit_code: Optional[int]) -> None:
         try:
-            if run.id in self._cancelled:
-                self.move(run.id, RunState.HALTED, reason="cancelled by the user")
+            if run.id in self._stopping:
+                state, reason = self._stopping[run.id]
+                self.move(run.id, state, reason=reason)
             else:
                 self.fail(run, f"the runner ended without reporting (exit code {exit_code})", exit_code)
         except Conflict:

@@ -70,6 +70,8 @@ class Experiment(BaseModel):
     metric: Optional[str] = None
     mode: str = "max"
     gpu_seconds: float = 0.0
+    #: GPU time the early-stopped runs did not use, estimated from the completed runs' step times.
+    gpu_seconds_saved: float = 0.0
     created: datetime
     definition: dict[str, Any] = Field(default_factory=dict)
 

@@ -56,6 +56,9 @@ class RunnerReports:
         if run.state is report.state:
             return  # a resent report
         life = self.service.lifecycle
+        stopping = life.stopped_as(run.id)
+        if report.state is RunState.HALTED and stopping:  # e.g. stopped early by the search
+            report = report.model_copy(update={"state": stopping[0], "reason": stopping[1]})
         try:
             if report.state is RunState.FAILED:
                 life.fail(run, report.reason or "the command failed", report.exit_code, report.log_tail)
@@ -73,6 +76,7 @@ class RunnerReports:
             self.service.events.publish(run.account, {
                 "type": "metrics", "run_id": run.id, "experiment_id": run.experiment_id,
                 "points": [p.model_dump() for p in new]})
+            self.service.sweeps.on_metrics(run, new)
         return len(new)
 
     def log(self, run: RunRow, chunk: LogAppend) -> int:

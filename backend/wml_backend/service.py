@@ -17,6 +17,7 @@ from .settings import Settings
 from .states import ACTIVE, RunState
 from .store import Account, RunRow, RunStore
 from .submit import build_experiment
+from .sweeps import SweepDriver
 from .views import experiment_view, queue_positions, run_view, usage_view
 
 log = logging.getLogger("wml_backend")
@@ -34,6 +35,7 @@ class Service:
         self.settings, self.store, self.executor = settings, store, executor
         self.events = EventBus()
         self.lifecycle = Lifecycle(settings, store, executor, self.events)
+        self.sweeps = SweepDriver(store, self.lifecycle)
 
     def start(self) -> None:
         """Create the admin account on first start, recover runs, start admitting."""

@@ -11,8 +11,7 @@ a manifest and on the command line::
     x: {quniform: [0, 1, 0.25]}            --sweep 'x=quniform(0,1,0.25)'
     seed: 3                                --sweep 'seed=3'                (a fixed value)
 
-Random draws go through Optuna's ``RandomSampler`` (so a TPE study seeded alike starts from
-the same points); all Optuna use lives here, imported lazily because importing it is slow.
+Drawing points from a space (random, TPE) and stopping runs early are ``search.py``'s work.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .definition import ParamSpec, Search
+from .definition import ParamSpec
 from .errors import InvalidInput
 
 #: Distribution names a manifest or flag may use, and the ParamSpec kind each one means.
@@ -200,7 +199,7 @@ def is_finite(space: Mapping[str, ParamSpec]) -> bool:
     return all(spec.kind in ("choice", "int", "quniform") for spec in space.values())
 
 
-def _count(spec: ParamSpec) -> int:
+def count_values(spec: ParamSpec) -> int:
     """How many values a finite parameter has (without listing them: ranges may be huge)."""
     if spec.kind == "choice":
         return len(spec.values)
@@ -212,8 +211,8 @@ def _values(spec: ParamSpec) -> list:
     if spec.kind == "choice":
         return list(spec.values)
     if spec.kind == "int":
-        return [int(spec.low) + k * int(spec.step or 1) for k in range(_count(spec))]
-    return [round(spec.low + k * spec.step, 12) for k in range(_count(spec))]
+        return [int(spec.low) + k * int(spec.step or 1) for k in range(count_values(spec))]
+    return [round(spec.low + k * spec.step, 12) for k in range(count_values(spec))]
 
 
 def describe(spec: ParamSpec) -> str:
@@ -231,7 +230,7 @@ def grid_size(space: Mapping[str, ParamSpec]) -> int:
     if infinite:
         raise InvalidInput("grid search needs finite choices: " + "; ".join(infinite) +
                            " (use a list, int or quniform)")
-    return math.prod(_count(spec) for spec in space.values())
+    return math.prod(count_values(spec) for spec in space.values())
 
 
 def grid(space: Mapping[str, ParamSpec]) -> list[dict]:
@@ -243,83 +242,3 @@ def grid(space: Mapping[str, ParamSpec]) -> list[dict]:
     names = list(space)
     return [dict(zip(names, combo, strict=True))
             for combo in itertools.product(*(_values(space[n]) for n in names))]
-
-
-# ---- sampling ----------------------------------------------------------------------------
-
-def startup_runs(n: int) -> int:
-    """How many of a TPE search's ``n`` runs are random startup points, created up front.
-
-    TPE cannot model anything before it has results, so its first runs are random draws
-    (Optuna's default is 10); a small experiment keeps half its runs for TPE, and at least 2
-    startup points. The rest are asked one by one as results arrive (sequential TPE).
-    """
-    return min(n, max(2, min(TPE_STARTUP, n // 2)))
-
-
-def sample(space: Mapping[str, ParamSpec], search: Search, n: int | None = None) -> list[dict]:
-    """The hyperparameter assignments an experiment creates when it starts.
-
-    ``n`` (else ``search.runs``, else :data:`DEFAULT_RUNS`) is how many runs the experiment
-    has. ``grid``: the whole grid; ``n`` is a cap, and a grid larger than ``n`` is an error
-    rather than a silently truncated grid. ``random``: ``n`` draws, reproducible for one
-    ``search.seed`` (None: fresh randomness). ``tpe``: only the :func:`startup_runs` random
-    draws, identical to the first draws of a random search with the same seed.
-    """
-    count = n if n is not None else search.runs
-    if count is not None and not 1 <= count <= MAX_RUNS:
-        raise InvalidInput(f"runs must be between 1 and {MAX_RUNS} (got {count})")
-    if search.algorithm == "grid":
-        points = grid(space)
-        if count is not None and count < len(points):
-            raise InvalidInput(f"the grid has {len(points)} points but runs is {count}: "
-                               f"raise runs or shrink the grid")
-        return points
-    count = count or DEFAULT_RUNS
-    if search.algorithm == "tpe":
-        count = startup_runs(count)
-    return random_points(space, count, search.seed)
-
-
-def random_points(space: Mapping[str, ParamSpec], count: int, seed: int | None) -> list[dict]:
-    """``count`` independent draws from Optuna's RandomSampler, parameters in space order.
-
-    ``RandomSampler.sample_independent`` ignores its study and trial, so we call it directly:
-    the draws equal ``study.ask(distributions(space))`` with the same seed (a test checks this)
-    at a third of the cost (about 0.1 ms a point instead of 0.4 ms).
-    """
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.RandomSampler(seed=seed)
-    dists = distributions(space)
-    return [{name: _plain(sampler.sample_independent(None, None, name, dist), space[name])
-             for name, dist in dists.items()} for _ in range(count)]
-
-
-def distributions(space: Mapping[str, ParamSpec]) -> dict[str, Any]:
-    """The space as Optuna distributions (for samplers, and for a sequential TPE study)."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    def convert(spec: ParamSpec):
-        if spec.kind == "choice":
-            return CategoricalDistribution(spec.values)
-        if spec.kind == "int":
-            return IntDistribution(int(spec.low), int(spec.high), step=int(spec.step or 1))
-        if spec.kind == "quniform":  # Optuna wants high on the step grid
-            high = round(spec.low + (_count(spec) - 1) * spec.step, 12)
-            return FloatDistribution(spec.low, high, step=spec.step)
-        return FloatDistribution(spec.low, spec.high, log=spec.kind == "loguniform")
-
-    return {name: convert(spec) for name, spec in space.items()}
-
-
-def _plain(value: Any, spec: ParamSpec) -> Any:
-    """A sampled value as a plain JSON type: int for int ranges, rounded float for quniform."""
-    if spec.kind == "int":
-        return int(value)
-    if spec.kind == "quniform":
-        return round(float(value), 12)
-    if spec.kind == "choice":
-        return value
-    return float(value)

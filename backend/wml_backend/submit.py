@@ -18,7 +18,8 @@ from .errors import InvalidInput, QuotaExceeded, StorageError
 from .manifest import load_manifest
 from .models import ExperimentRequest
 from .settings import DEFAULT_RESULTS_BUCKET, MAX_CODE_BYTES
-from .space import parse_sweep_flag, sample
+from .search import sample
+from .space import parse_sweep_flag
 from .storage import StoreConfig, open_store
 from .store import Account, ExperimentRow, RunRow
 
@@ -100,6 +101,10 @@ def build_experiment(account: Account, request: ExperimentRequest, default_store
     space.update(parse_sweep_flag(flag) for flag in request.sweep)
     runs_wanted = request.runs or definition.search.runs
     assignments = sample(space, definition.search, runs_wanted) if space else [{}] * (runs_wanted or 1)
+    # What was searched is stored with the experiment: flags included, so decisions can be replayed.
+    definition = definition.model_copy(update={
+        "hyperparameters": space,
+        "search": definition.search.model_copy(update={"runs": runs_wanted or len(assignments)})})
     config = store_config_for(definition, default_store)
     check_storage(definition, config)
     secret = None if config == default_store else {**config.public(), "access_key": config.access_key,

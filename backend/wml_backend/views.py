@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Optional
@@ -54,6 +53,17 @@ def summary_state(counts: Counter) -> str:
     return "COMPLETED"
 
 
+def gpu_seconds_saved(runs: list[Run]) -> float:
+    """GPU time stopped runs would have used to reach the completed runs' last step."""
+    done = [r for r in runs if r.state is RunState.COMPLETED and r.metrics.get("step") and r.gpus]
+    stopped = [r for r in runs if r.state is RunState.STOPPED and r.gpus]
+    if not done or not stopped:
+        return 0.0
+    per_step = sum(r.gpu_seconds / (r.gpus * r.learners) / r.metrics["step"] for r in done) / len(done)
+    full = max(r.metrics["step"] for r in done)
+    return sum(r.gpus * r.learners * per_step * max(0.0, full - r.metrics.get("step", 0)) for r in stopped)
+
+
 def experiment_view(row: ExperimentRow, runs: list[Run]) -> Experiment:
     """The public ``Experiment``: state counts, summary state, best run, GPU time."""
     counts = Counter(r.state.value for r in runs)
@@ -61,13 +71,13 @@ def experiment_view(row: ExperimentRow, runs: list[Run]) -> Experiment:
         id=row.id, account=row.account, name=row.name, state=summary_state(counts),
         runs=dict(counts), best=best_run(runs, row.metric, row.mode), metric=row.metric,
         mode=row.mode, gpu_seconds=round(sum(r.gpu_seconds for r in runs), 3),
+        gpu_seconds_saved=round(gpu_seconds_saved(runs), 3),
         created=datetime.fromtimestamp(row.created, timezone.utc), definition=row.definition)
 
 
 def usage_view(account: Account, experiments: list[Experiment], active: list[RunRow],
                queued: list[RunRow]) -> Usage:
     """An account's quota, GPUs held and waited for, and GPU time per experiment."""
-    now = time.time()
     return Usage(
         account=account.name, gpu_quota=account.gpu_quota,
         gpus_in_use=sum(r.gpus * r.learners for r in active),

@@ -63,5 +63,5 @@ class Executor(ABC):
     def reattach(self, run_id: str, handle: dict[str, Any]) -> bool:
         """After a backend restart: watch the run again; False if it is gone."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; most executors hold nothing
         """Stop watching runs (runners themselves keep running)."""

@@ -47,7 +47,7 @@ def fields(buf: bytes) -> Iterator[tuple[int, int, object]]:
 
 
 def _tensor_scalar(buf: bytes) -> Optional[float]:
-    for number, wire, value in fields(buf):
+    for number, _, value in fields(buf):
         if number == 5:  # float_val, packed or not
             return struct.unpack("<f", value[:4])[0]
         if number == 6:  # double_val
@@ -63,7 +63,7 @@ def _scalars(summary: bytes) -> dict[str, float]:
         if number != 1:
             continue
         tag, scalar = None, None
-        for n, _, v in fields(value):
+        for n, _wire, v in fields(value):
             if n == 1:
                 tag = v.decode("utf-8", "replace")
             elif n == 2:

@@ -1,0 +1,63 @@
+"""Drive an experiment's search while it runs: stop runs that fall behind (ASHA, median)
+and, for TPE, ask for new points as results come in."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from .definition import ParamSpec, Search
+from .models import MetricPoint
+from .search import Trial, early_stop, rung_steps
+from .states import RunState
+from .store import ExperimentRow, RunRow, RunStore
+
+if TYPE_CHECKING:
+    from .lifecycle import Lifecycle
+
+_TRIAL_STATES = {RunState.COMPLETED: "completed", RunState.STOPPED: "stopped",
+                 RunState.FAILED: "failed", RunState.HALTED: "failed"}
+
+
+def search_of(experiment: ExperimentRow) -> tuple[Search, dict[str, ParamSpec]]:
+    """An experiment's search settings and hyperparameter space, as stored."""
+    definition = experiment.definition
+    space = {k: ParamSpec.model_validate(v) for k, v in (definition.get("hyperparameters") or {}).items()}
+    return Search.model_validate(definition.get("search") or {}), space
+
+
+def trials_of(store: RunStore, experiment_id: str, metric: str) -> dict[str, Trial]:
+    """Every started run of an experiment as a search trial: its point, end and metric curve."""
+    trials = {}
+    for run in store.runs(experiment=experiment_id):
+        if run.state is RunState.QUEUED:
+            continue
+        curve = {p.step: p.values[metric] for p in store.metrics(run.id)
+                 if p.step is not None and metric in p.values}
+        trials[run.id] = Trial(run.hparams, _TRIAL_STATES.get(run.state, "running"), curve)
+    return trials
+
+
+class SweepDriver:
+    """Early-stopping decisions, taken when a run's metric reaches a new rung."""
+
+    def __init__(self, store: RunStore, lifecycle: "Lifecycle"):
+        self.store, self.lifecycle = store, lifecycle
+        self._lock = threading.Lock()
+        self._checked: dict[str, float] = {}  # run id → highest rung already decided
+
+    def on_metrics(self, run: RunRow, points: list[MetricPoint]) -> None:
+        """Stop ``run`` if its new points reach a rung where it falls below the cut-off."""
+        experiment = self.store.experiment(run.experiment_id)
+        search, space = search_of(experiment)
+        if search.early_stopping is None or not search.metric:
+            return
+        steps = [p.step for p in points if p.step is not None and search.metric in p.values]
+        with self._lock:
+            due = [r for r in rung_steps(search, max(steps, default=0)) if r > self._checked.get(run.id, 0)]
+            if not due:
+                return
+            self._checked[run.id] = max(due)
+            reason = early_stop(search, space, trials_of(self.store, run.experiment_id, search.metric), run.id)
+        if reason:
+            self.lifecycle.stop(self.store.run(run.id), RunState.STOPPED, reason)

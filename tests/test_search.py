@@ -1,0 +1,86 @@
+"""Search decisions: ASHA and median rungs on synthetic curves, TPE points, and an end-to-end
+sweep where runs with a planted bad hyperparameter are STOPPED while good ones complete."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_cli_e2e import TINY, definition, submit
+from wml_backend.definition import EarlyStopping, ParamSpec, Search
+from wml_backend.search import Trial, early_stop, next_points, rung_steps
+
+SPACE = {"q": ParamSpec(kind="uniform", low=0.0, high=1.0)}
+
+
+def asha(mode: str = "max", rf: int = 3, kind: str = "asha") -> Search:
+    return Search(algorithm="random", metric="acc", mode=mode,
+                  early_stopping=EarlyStopping(type=kind, min_steps=1, reduction_factor=rf))
+
+
+def arrive(search: Search, curves: list[dict[float, float]]) -> list[bool]:
+    """Runs reaching their latest step one after another; whether each was stopped."""
+    trials, stopped = {}, []
+    for i, curve in enumerate(curves):
+        trials[f"r{i}"] = Trial({"q": 0.5}, "running", curve)
+        reason = early_stop(search, SPACE, trials, f"r{i}")
+        stopped.append(reason is not None)
+        if reason:
+            trials[f"r{i}"].state = "stopped"
+    return stopped
+
+
+def test_rungs_grow_geometrically():
+    assert rung_steps(asha(rf=3), 30) == [1, 3, 9, 27]
+    assert rung_steps(asha(rf=2), 8) == [1, 2, 4, 8]
+    assert rung_steps(asha(), 0.5) == []
+
+
+def test_asha_keeps_the_top_third_at_a_rung():
+    stopped = arrive(asha(), [{1: 0.5}, {1: 0.9}, {1: 0.1}, {1: 0.95}, {1: 0.2}, {1: 0.3}])
+    assert stopped == [False, False, True, False, True, True]
+
+
+def test_asha_minimises_when_asked():
+    stopped = arrive(asha(mode="min"), [{1: 0.5}, {1: 0.2}, {1: 0.9}])
+    assert stopped == [False, False, True]
+
+
+def test_reason_names_the_rung_value_and_cut_off():
+    trials = {"a": Trial({"q": 0.1}, "completed", {1: 0.9, 3: 0.95}), "b": Trial({"q": 0.2}, "running", {1: 0.2})}
+    reason = early_stop(asha(), SPACE, trials, "b")
+    assert reason == "stopped by ASHA at step 1: acc 0.2 is below the cut-off 0.9 of the 2 runs that reached it"
+
+
+def test_median_rule_stops_runs_below_the_median():
+    trials = {f"r{i}": Trial({"q": 0.5}, "completed", {1: v, 2: v}) for i, v in enumerate([0.5, 0.6, 0.7, 0.8])}
+    trials["new"] = Trial({"q": 0.5}, "running", {1: 0.1, 2: 0.1})
+    assert early_stop(asha(kind="median"), SPACE, trials, "new").startswith("stopped by the median rule")
+    trials["good"] = Trial({"q": 0.5}, "running", {1: 0.9, 2: 0.9})
+    assert early_stop(asha(kind="median"), SPACE, trials, "good") is None
+
+
+def test_tpe_points_are_in_the_space_and_reproducible():
+    search = Search(algorithm="tpe", metric="acc", mode="max", seed=3)
+    trials = [Trial({"q": q}, "completed", {1: 1 - abs(q - 0.7)}) for q in (0.1, 0.3, 0.5, 0.9, 0.65, 0.2)]
+    first = next_points(SPACE, search, trials, 4)
+    assert first == next_points(SPACE, search, trials, 4)
+    assert all(0.0 <= p["q"] <= 1.0 for p in first)
+
+
+def test_planted_bad_runs_are_stopped_and_good_ones_complete(backend, tmp_path):
+    token = backend.cli("accounts", "create", "erin", "--gpus", "1", check=True).stdout.strip().splitlines()[-1]
+    manifest = definition(tmp_path, hyperparameters={"lr": [0.09, 0.1, 0.01, 0.005, 0.002], "steps": [9],
+                                                     "sleep": [0.05]},
+                          search={"algorithm": "grid", "metric": "acc", "mode": "max",
+                                  "early_stopping": {"type": "asha", "min_steps": 1, "reduction_factor": 3}})
+    exp_id = submit(backend, manifest, token=token)
+    exp = backend.wait_experiment(exp_id, token=token)
+    runs = {r["hparams"]["lr"]: r for r in backend.cli_json("list", "--experiment", exp_id, token=token)}
+    assert runs[0.09]["state"] == "COMPLETED" and runs[0.1]["state"] == "COMPLETED"
+    for lr in (0.01, 0.005, 0.002):
+        assert runs[lr]["state"] == "STOPPED", runs[lr]
+        assert runs[lr]["reason"].startswith("stopped by ASHA at step 1")
+        assert runs[lr]["metrics"]["step"] < 9
+    assert exp["best"]["run_id"] == runs[0.1]["id"]
+    assert exp["runs"] == {"COMPLETED": 2, "STOPPED": 3}
+    assert exp["gpu_seconds_saved"] > 0

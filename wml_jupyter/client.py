@@ -69,9 +69,41 @@ class Client:
         data = self.request("POST", "/v1/experiments", json=body.model_dump())
         return Experiment(models.Experiment.model_validate(data), self)
 
+    def train_code(self, source: str, *, notebook: Optional[dict] = None, **options: Any) -> Experiment:
+        """Submit Python source (e.g. a notebook cell) as ``train.py`` of a new definition.
+
+        ``options`` are those of ``%%wml train`` (``wml_jupyter.cell.TrainOptions``: name, gpus,
+        sweep, runs, metric, mode, data, include...). The source must be self-contained: a name
+        it uses but never defines is an ``InvalidInput`` naming the line, raised before submitting.
+        """
+        from dataclasses import fields
+
+        from .cell import TrainOptions, definition
+        valid = [f.name for f in fields(TrainOptions)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise InvalidInput(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        manifest_text, code = definition(source, TrainOptions(**options), notebook)
+        return self.train("manifest.yml", manifest_text=manifest_text, code=code)
+
+    def watch(self, experiment_id: str, metric: Optional[str] = None) -> Experiment:
+        """The experiment with a live display attached (it renders as one in a notebook)."""
+        return self.experiment(experiment_id).watch(metric)
+
+    def compare(self, experiment_id: str, metric: Optional[str] = None):
+        """An experiment's runs sorted by its metric, best first (``compare.Comparison``)."""
+        return self.experiment(experiment_id).compare(metric)
+
+    def events(self, on_event: Any, on_connect: Any = None):
+        """The account's server-sent events for ``on_event(type, payload)``: an unstarted
+        ``events.EventStream`` (reconnects by itself; ``on_connect`` runs after each connection)."""
+        from .events import EventStream
+        auth = self._http.headers.get("Authorization")
+        return EventStream(self.url, {"Authorization": auth} if auth else {}, on_event, on_connect)
+
     def rerun(self, run_id: str) -> Experiment:
-        """Not yet offered: submitting a run again needs the search issue's reproducibility record."""
-        raise WmlError("rerun is not available yet")
+        """Submit a run again (same code, data, definition, hyperparameters) as a new experiment."""
+        return Experiment(models.Experiment.model_validate(self.request("POST", f"/v1/runs/{run_id}/rerun")), self)
 
     # -- queries --------------------------------------------------------------------------
     def experiments(self) -> list[Experiment]:

@@ -105,6 +105,10 @@ def create_app(service: Service) -> FastAPI:
     def cancel_run(caller: Caller, run_id: str) -> Run:
         return service.cancel_run(caller, run_id)
 
+    @app.post("/v1/runs/{run_id}/rerun", status_code=201)
+    def rerun(caller: Caller, run_id: str) -> Experiment:
+        return service.rerun(caller, run_id)
+
     @app.get("/v1/runs/{run_id}/logs")
     def logs(caller: Caller, run_id: str, offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
              learner: Annotated[int, Query(ge=1, le=10_000)] = 1) -> LogChunk:

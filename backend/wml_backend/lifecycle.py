@@ -112,7 +112,7 @@ class Lifecycle:
         row = self.move(run.id, RunState.PENDING, gpu_ids=list(gpu_ids), runner_token_hash=token_hash(token))
         definition = self.store.experiment(run.experiment_id).definition
         launch = Launch(
-            run_id=run.id, experiment_id=run.experiment_id, account=run.account, gpus=run.gpus,
+            run_id=run.id, experiment_id=run.experiment_id, account=run.account, attempt=run.attempt, gpus=run.gpus,
             gpu_ids=gpu_ids, learners=run.learners, cpus=definition.get("cpus", 1),
             memory_bytes=definition.get("memory_bytes"), framework=definition.get("framework", "custom"),
             framework_version=definition.get("framework_version"), gpu_type=definition.get("gpu_type"),
@@ -157,20 +157,27 @@ class Lifecycle:
             self._end_lost(run, None)
 
     # -- runner reports and exits -------------------------------------------------------------
-    def runner_exited(self, run_id: str, exit_code: Optional[int]) -> None:
-        """The runner process ended: if it did not report an end, the run failed (or halted)."""
+    def runner_exited(self, run_id: str, attempt: int, exit_code: Optional[int],
+                      reason: Optional[str] = None, log_tail: Optional[list[str]] = None) -> None:
+        """The runner ended: if it did not report an end, the run failed (or halted).
+
+        ``reason`` and ``log_tail`` are what the executor knows of why (out of memory, evicted...).
+        """
         run = self.store.run(run_id)
-        if run is not None and not run.state.terminal and run.state is not RunState.QUEUED:
-            self._end_lost(run, exit_code)
+        current = run is not None and run.attempt == attempt  # not a retry's earlier runner
+        if current and not run.state.terminal and run.state is not RunState.QUEUED:
+            self._end_lost(run, exit_code, reason, log_tail)
         self._wake.set()
 
-    def _end_lost(self, run: RunRow, exit_code: Optional[int]) -> None:
+    def _end_lost(self, run: RunRow, exit_code: Optional[int], reason: Optional[str] = None,
+                  log_tail: Optional[list[str]] = None) -> None:
         try:
             if run.id in self._stopping:
-                state, reason = self._stopping[run.id]
-                self.move(run.id, state, reason=reason)
+                state, why = self._stopping[run.id]
+                self.move(run.id, state, reason=why)
             else:
-                self.fail(run, f"the runner ended without reporting (exit code {exit_code})", exit_code)
+                self.fail(run, reason or f"the runner ended without reporting (exit code {exit_code})",
+                          exit_code, log_tail)
         except Conflict:
             pass  # it reported an end meanwhile
 

@@ -47,6 +47,8 @@ class Run(BaseModel):
     queue_position: Optional[int] = None
     attempt: int = 1
     created: datetime
+    #: What reproduces the run (in ``show`` of one run): code hash, data checksums, framework, seed.
+    provenance: dict[str, Any] = Field(default_factory=dict)
 
 
 class BestRun(BaseModel):

@@ -16,7 +16,7 @@ from .models import (AccountCreated, Experiment, ExperimentRequest, LogChunk, Me
 from .settings import Settings
 from .states import ACTIVE, RunState
 from .store import Account, RunRow, RunStore
-from .submit import build_experiment
+from .submit import build_experiment, rerun_of
 from .sweeps import SweepDriver
 from .views import experiment_view, queue_positions, run_view, usage_view
 
@@ -111,9 +111,22 @@ class Service:
         return row
 
     def run(self, account: Account, run_id: str) -> Run:
-        """One run, with queue position and GPU time."""
+        """One run, with queue position, GPU time and what reproduces it."""
         row = self._row(account, run_id)
-        return run_view(row, self._positions(account) if row.state is RunState.QUEUED else None)
+        run = run_view(row, self._positions(account) if row.state is RunState.QUEUED else None)
+        origin = self.store.experiment(row.experiment_id).definition.get("provenance") or {}
+        run.provenance = {**origin, "hparams": row.hparams}
+        return run
+
+    def rerun(self, account: Account, run_id: str) -> Experiment:
+        """Submit a run again: same code, data, definition and hyperparameters, as a new experiment."""
+        row = self._row(account, run_id)
+        experiment = self.store.experiment(row.experiment_id)
+        new = rerun_of(account, experiment, row.hparams, self.store.code(experiment.id),
+                       self.store.secret(experiment.id))
+        self.store.insert_experiment(new.experiment, new.runs, new.code, new.secret)
+        self.lifecycle.wake()
+        return self.experiment(account, new.experiment.id)
 
     def runs(self, account: Account, experiment: Optional[str] = None,
              state: Optional[str] = None) -> list[Run]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
+import itertools
 import secrets
 import string
 import time
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
-from .definition import Definition
+from .definition import Definition, ParamSpec, Search
 from .errors import InvalidInput, QuotaExceeded, StorageError
 from .manifest import load_manifest
 from .models import ExperimentRequest
@@ -24,6 +26,8 @@ from .storage import StoreConfig, open_store
 from .store import Account, ExperimentRow, RunRow
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+#: Most data objects whose checksums a run's provenance records.
+MAX_PROVENANCE_OBJECTS = 1000
 
 
 @dataclass
@@ -109,27 +113,59 @@ def build_experiment(account: Account, request: ExperimentRequest, default_store
     check_storage(definition, config)
     secret = None if config == default_store else {**config.public(), "access_key": config.access_key,
                                                     "secret_key": config.secret_key}
-    return _assemble(account, definition, assignments, code, secret)
+    return assemble(account, definition, assignments, code, secret, provenance(definition, code, config))
 
 
-def _assemble(account: Account, definition: Definition, assignments: list[dict], code: bytes,
-              secret: Optional[dict]) -> NewExperiment:
-    exp_id = new_id()
-    now = time.time()
-    ds = definition.data_store
-    results_bucket = ds.training_results.bucket if ds and ds.training_results else DEFAULT_RESULTS_BUCKET
-    results_prefix = ds.training_results.prefix if ds and ds.training_results else ""
-    width = max(2, len(str(len(assignments))))
-    runs = []
-    for index, hparams in enumerate(assignments, start=1):
-        run_id = f"{exp_id}-{index:0{width}d}"
-        runs.append(RunRow(
-            id=run_id, experiment_id=exp_id, account=account.name, name=f"{definition.name}-{index}",
-            state="QUEUED", hparams=hparams, gpus=definition.gpus, learners=definition.learners,
-            results=f"{results_bucket}/{results_prefix.strip('/') + '/' if results_prefix.strip('/') else ''}"
-                    f"training-{run_id}/",
-            created=datetime.fromtimestamp(now, timezone.utc), max_retries=definition.max_retries))
+def assemble(account: Account, definition: Definition, assignments: list[dict], code: bytes,
+             secret: Optional[dict], origin: dict) -> NewExperiment:
+    """An experiment row and its first runs, ready to insert."""
+    exp_id, now = new_id(), time.time()
     experiment = ExperimentRow(id=exp_id, account=account.name, name=definition.name,
-                               definition=definition.redacted(), metric=definition.search.metric,
-                               mode=definition.search.mode, created=now)
-    return NewExperiment(experiment, runs, code, secret)
+                               definition={**definition.redacted(), "provenance": origin},
+                               metric=definition.search.metric, mode=definition.search.mode, created=now)
+    total = max(definition.search.runs or 0, len(assignments))
+    return NewExperiment(experiment, run_rows(experiment, assignments, first=1, total=total), code, secret)
+
+
+def run_rows(experiment: ExperimentRow, assignments: list[dict], first: int, total: int) -> list[RunRow]:
+    """QUEUED runs of ``experiment`` for ``assignments``, numbered from ``first`` of ``total``."""
+    d = experiment.definition
+    results = (d.get("data_store") or {}).get("training_results") or {}
+    bucket = results.get("bucket", DEFAULT_RESULTS_BUCKET)
+    prefix = results.get("prefix", "").strip("/")
+    width = max(2, len(str(total)))
+    created = datetime.now(timezone.utc)
+    rows = []
+    for index, hparams in enumerate(assignments, start=first):
+        run_id = f"{experiment.id}-{index:0{width}d}"
+        rows.append(RunRow(
+            id=run_id, experiment_id=experiment.id, account=experiment.account, name=f"{experiment.name}-{index}",
+            state="QUEUED", hparams=hparams, gpus=d["gpus"], learners=d["learners"], created=created,
+            results=f"{bucket}/{prefix + '/' if prefix else ''}training-{run_id}/", max_retries=d["max_retries"]))
+    return rows
+
+
+def provenance(definition: Definition, code: bytes, config: StoreConfig) -> dict:
+    """What a run needs to be reproduced: code hash, data checksums, framework and seed."""
+    ds = definition.data_store
+    etags: dict[str, str] = {}
+    if ds and ds.training_data:
+        for info in itertools.islice(open_store(config).list(ds.training_data.bucket, ds.training_data.prefix),
+                                     MAX_PROVENANCE_OBJECTS):
+            etags[info.key] = info.etag
+    return {"code_sha256": hashlib.sha256(code).hexdigest(), "data_etags": etags,
+            "framework": definition.framework, "framework_version": definition.framework_version,
+            "seed": definition.search.seed}
+
+
+def rerun_of(account: Account, experiment: ExperimentRow, hparams: dict, code: bytes,
+             secret: Optional[dict]) -> NewExperiment:
+    """A one-run experiment repeating ``hparams`` of ``experiment`` with its code and data."""
+    stored = dict(experiment.definition)
+    origin = stored.pop("provenance", {})
+    definition = Definition.model_validate(stored)
+    definition = definition.model_copy(update={
+        "hyperparameters": {k: ParamSpec(kind="choice", values=[v]) for k, v in hparams.items()},
+        "search": Search(algorithm="grid", runs=1, metric=definition.search.metric, mode=definition.search.mode,
+                         seed=definition.search.seed)})
+    return assemble(account, definition, [hparams], code, secret, {**origin, "rerun_of": experiment.id})

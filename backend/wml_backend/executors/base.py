@@ -6,8 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-#: Called with (run_id, exit_code or None) when a run's runner has ended, however it ended.
-ExitCallback = Callable[[str, Optional[int]], None]
+#: Called with (run_id, attempt, exit_code or None) when a run's runner has ended, however it ended.
+ExitCallback = Callable[[str, int, Optional[int]], None]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Launch:
     run_id: str
     experiment_id: str
     account: str
+    attempt: int
     gpus: int
     gpu_ids: tuple[int, ...]
     learners: int
@@ -45,7 +46,7 @@ class Executor(ABC):
     name: str = "executor"
 
     def __init__(self) -> None:
-        self.on_exit: ExitCallback = lambda run_id, code: None
+        self.on_exit: ExitCallback = lambda run_id, attempt, code: None
 
     @abstractmethod
     def capacity(self) -> Capacity:
@@ -53,7 +54,7 @@ class Executor(ABC):
 
     @abstractmethod
     def start(self, launch: Launch) -> dict[str, Any]:
-        """Start the runner of ``launch``; return a JSON handle to find it after a restart."""
+        """Start the runner of ``launch``; return a JSON handle (with ``attempt``) to find it again."""
 
     @abstractmethod
     def cancel(self, run_id: str, handle: dict[str, Any]) -> None:

@@ -81,12 +81,12 @@ class LocalExecutor(Executor):
             env["WML_VIRTUAL_GPUS"] = "1"
         proc = _FORKSERVER.Process(target=_run_runner, args=(env, str(run_dir)), daemon=False)
         proc.start()
-        threading.Thread(target=self._wait_child, args=(launch.run_id, proc), daemon=True).start()
-        return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
+        threading.Thread(target=self._wait_child, args=(launch.run_id, launch.attempt, proc), daemon=True).start()
+        return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "attempt": launch.attempt}
 
-    def _wait_child(self, run_id: str, proc: multiprocessing.Process) -> None:
+    def _wait_child(self, run_id: str, attempt: int, proc: multiprocessing.Process) -> None:
         proc.join()
-        self.on_exit(run_id, proc.exitcode)
+        self.on_exit(run_id, attempt, proc.exitcode)
 
     def cancel(self, run_id: str, handle: dict[str, Any]) -> None:
         process = self._process(handle)
@@ -115,13 +115,17 @@ class LocalExecutor(Executor):
         process = self._process(handle)
         if process is None:
             return False
-        threading.Thread(target=self._poll_orphan, args=(run_id, process), daemon=True).start()
+        threading.Thread(target=self._poll_orphan, args=(run_id, handle.get("attempt", 1), process),
+                         daemon=True).start()
         return True
 
-    def _poll_orphan(self, run_id: str, process: psutil.Process) -> None:
-        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
-            time.sleep(REATTACH_POLL_S)
-        self.on_exit(run_id, None)
+    def _poll_orphan(self, run_id: str, attempt: int, process: psutil.Process) -> None:
+        try:
+            while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+                time.sleep(REATTACH_POLL_S)
+        except psutil.NoSuchProcess:
+            pass
+        self.on_exit(run_id, attempt, None)
 
     @staticmethod
     def _process(handle: dict[str, Any]) -> Optional[psutil.Process]:

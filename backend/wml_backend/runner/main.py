@@ -82,7 +82,7 @@ class Runner:
             self.command.stop()
         self.reporter.state(RunState.PROCESSING)
         shipper = Shipper(self.reporter, log_path, self.ws.state / "wml-metrics.jsonl",
-                          tensorboard_dir=_tensorboard_dir(spec, self.command.env)).start()
+                          tensorboard_dir=_tensorboard_dir(spec, self.command.env), attempt=spec.attempt).start()
         exit_code = self.command.run()
         shipper.finish()
         self.reporter.state(RunState.STORING)

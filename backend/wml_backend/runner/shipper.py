@@ -25,24 +25,27 @@ SHIP_INTERVAL_S = 0.1
 LOG_CHUNK_BYTES = 256 * 1024
 #: Most metric points in one request.
 METRICS_BATCH = 5000
+#: Sequence numbers each attempt of a run may use (2**32: far more points than a run logs).
+ATTEMPT_SEQ_SPAN = 2 ** 32
 
 
 class Shipper:
     """A thread sending new lines of a log file and a metrics file every ``SHIP_INTERVAL_S``."""
 
     def __init__(self, reporter: Reporter, log_path: Path, metrics_path: Path, learner: int = 1,
-                 tensorboard_dir: Optional[Path] = None):
+                 tensorboard_dir: Optional[Path] = None, attempt: int = 1):
         self.reporter, self.log_path, self.metrics_path, self.learner = reporter, log_path, metrics_path, learner
         self._tensorboard = EventFileTail(tensorboard_dir) if tensorboard_dir else None
         self._log_pos = 0          # bytes of the local file already sent
         self._remote_offset = 0    # length of the log on the backend
         self._metrics_pos = 0
-        self._seq = 0
+        self._seq = (attempt - 1) * ATTEMPT_SEQ_SPAN  # each attempt numbers its points apart
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="wml-shipper", daemon=True)
 
     def start(self) -> "Shipper":
-        """Start shipping in the background."""
+        """Start shipping in the background, after what earlier attempts left in the log."""
+        self._remote_offset = self.reporter.log(self.learner, 0, "")
         self._thread.start()
         return self
 

@@ -9,4 +9,4 @@ fi
 . .venv/bin/activate
 python -m pip install -q -U pip
 # torch 2.13.0 is the CPU build on this machine's disk; an unpinned torch would download a CUDA build.
-python -m pip install -q "torch==2.13.0" -e ./backend -e ".[test]"
+python -m pip install -q "torch==2.13.0" -e "./backend[postgres,kubernetes]" -e ".[test]"

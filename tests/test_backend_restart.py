@@ -43,9 +43,8 @@ def test_run_whose_process_died_while_backend_was_down_is_failed(backend, tmp_pa
     while backend.cli_json("show", run_id)["state"] != "PROCESSING" and time.monotonic() < deadline:
         time.sleep(0.1)
     backend.kill()
-    runner = [p for p in psutil.process_iter(["cmdline", "environ"])
-              if "wml_backend.runner" in " ".join(p.info["cmdline"] or [])
-              and (p.info["environ"] or {}).get("WML_RUN_ID") == run_id]
+    run_dir = str(backend.home / "backend" / "runs" / run_id)
+    runner = [p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == run_dir]
     assert runner, "the runner should outlive the backend"
     for proc in runner[0].children(recursive=True) + runner:
         proc.kill()

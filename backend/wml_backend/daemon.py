@@ -48,11 +48,11 @@ def serve(settings: Settings) -> None:
 
     from .api import create_app
     from .service import Service
-    from .store import SqliteRunStore
+    from .store import connect
 
     os.umask(0o077)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = Service(settings, SqliteRunStore(settings.database), build_executor(settings))
+    service = Service(settings, connect(settings.database), build_executor(settings))
     service.start()
     capacity = service.executor.capacity()
     _write_state(settings, capacity)

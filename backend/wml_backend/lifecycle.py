@@ -98,7 +98,7 @@ class Lifecycle:
 
     def admit(self) -> None:
         """Start every queued run that fits now."""
-        with self._admit_lock:
+        with self._admit_lock, self.store.admission_lock():
             queued = self.store.runs(states=[RunState.QUEUED])
             if not queued:
                 return
@@ -109,7 +109,10 @@ class Lifecycle:
 
     def _launch(self, run: RunRow, gpu_ids: tuple[int, ...]) -> None:
         token = secrets.token_urlsafe(24)
-        row = self.move(run.id, RunState.PENDING, gpu_ids=list(gpu_ids), runner_token_hash=token_hash(token))
+        try:
+            row = self.move(run.id, RunState.PENDING, gpu_ids=list(gpu_ids), runner_token_hash=token_hash(token))
+        except Conflict:
+            return  # cancelled, or admitted by another replica, since the plan was made
         definition = self.store.experiment(run.experiment_id).definition
         launch = Launch(
             run_id=run.id, experiment_id=run.experiment_id, account=run.account, attempt=run.attempt, gpus=run.gpus,

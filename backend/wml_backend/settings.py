@@ -37,11 +37,13 @@ class Settings:
     storage: Optional[StoreConfig] = None
     #: URL runners use to reach the backend (defaults to http://host:port).
     public_url: Optional[str] = None
+    #: Where the run store lives: a ``postgresql://`` URL, or None for SQLite under ``home``.
+    database_url: Optional[str] = field(default_factory=lambda: os.environ.get("WML_DATABASE") or None)
 
     @property
-    def database(self) -> Path:
-        """The SQLite file of the run store."""
-        return self.home / "backend" / "wml.db"
+    def database(self) -> str:
+        """The run store's location: the PostgreSQL URL, or the SQLite file."""
+        return self.database_url or str(self.home / "backend" / "wml.db")
 
     @property
     def work_dir(self) -> Path:

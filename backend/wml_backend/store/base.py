@@ -1,12 +1,14 @@
-"""The run-store contract. ``SqliteRunStore`` implements it; a PostgreSQL store can too.
+"""The run-store contract: ``SqliteRunStore`` (the embedded backend) and ``PostgresRunStore``
+(a shared install, several replicas) implement it, and ``tests/test_store_contract.py`` holds both to it.
 
-Every method is atomic. Times are UNIX seconds (floats) inside the store.
+Every method is atomic, also across connections and processes on the same database: several
+backend replicas may share one store. Times are UNIX seconds (floats) inside the store.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Iterable, Optional
+from typing import Any, ContextManager, Iterable, Optional
 
 from pydantic import BaseModel, Field
 
@@ -63,29 +65,30 @@ class RunStore(ABC):
 
     @abstractmethod
     def accounts(self) -> list[Account]:
-        """Every account."""
+        """Every account, by name."""
 
     # -- experiments and runs ------------------------------------------------------------
     @abstractmethod
     def insert_experiment(self, experiment: ExperimentRow, runs: list[RunRow], code: bytes,
                           secret: Optional[dict]) -> None:
-        """Store an experiment, its QUEUED runs, its code zip and its credentials in one transaction."""
+        """Store an experiment, its QUEUED runs (each with its QUEUED transition at the experiment's
+        ``created`` time), its code zip and its credentials in one transaction: all or nothing."""
 
     @abstractmethod
     def code(self, experiment_id: str) -> bytes:
-        """The code zip submitted with an experiment."""
+        """The code zip submitted with an experiment; ``NotFound`` if there is none."""
 
     @abstractmethod
     def experiment(self, experiment_id: str, account: Optional[str] = None) -> Optional[ExperimentRow]:
-        """One experiment (of ``account`` when given)."""
+        """One experiment, or None; None too if it is not ``account``'s (when given)."""
 
     @abstractmethod
     def experiments(self, account: str) -> list[ExperimentRow]:
-        """An account's experiments, newest first."""
+        """An account's experiments, newest first (by ``created``, then the later stored)."""
 
     @abstractmethod
     def run(self, run_id: str, account: Optional[str] = None) -> Optional[RunRow]:
-        """One run with its transitions (of ``account`` when given)."""
+        """One run with its transitions in order, or None; None too if it is not ``account``'s."""
 
     @abstractmethod
     def runs(self, account: Optional[str] = None, experiment: Optional[str] = None,
@@ -94,16 +97,43 @@ class RunStore(ABC):
 
     @abstractmethod
     def transition(self, run_id: str, state: RunState, time: float, **fields: Any) -> RunRow:
-        """Move a run to ``state`` and set ``fields``; ``Conflict`` if the move is illegal."""
+        """Move a run to ``state``, set ``fields`` and record the transition at ``time``.
+
+        The transition's attempt is ``fields["attempt"]`` when given, else the run's. ``NotFound``
+        for an unknown run; ``Conflict`` if ``states.can_move`` forbids the move from the run's
+        current state (a terminal state is never left).
+
+        This is a compare-and-set on the run's state: the check and the write happen in one
+        transaction that holds the run's row (or the database) locked, so of any number of callers
+        racing to make the same move (threads, connections, backend replicas), exactly one
+        succeeds and the others get ``Conflict``. Admission relies on it: QUEUED → PENDING is
+        legal only from QUEUED, so a run is admitted once per time it is queued.
+        """
 
     @abstractmethod
     def update_run(self, run_id: str, **fields: Any) -> None:
-        """Set fields of a run without changing its state (handle, gpu_ids...)."""
+        """Set fields of a run without changing its state (handle, gpu_ids...).
+
+        ``ValueError`` for a name that is not a stored run field; nothing for an unknown run.
+        """
+
+    @abstractmethod
+    def admission_lock(self) -> ContextManager[None]:
+        """Hold the store-wide admission lock for a block, waiting while anyone else holds it.
+
+        Only one holder at a time, across threads, connections and backend replicas, so each
+        replica plans admissions against the runs the others admitted: quotas and capacity
+        are checked against a settled view, not two views taken at once. The lock is released
+        when the block ends, or when its holder's connection or process dies.
+        """
 
     # -- metrics and logs ------------------------------------------------------------------
     @abstractmethod
     def add_metrics(self, run_id: str, points: list[MetricPoint]) -> list[MetricPoint]:
-        """Store points (idempotent by ``seq``); return those that were new."""
+        """Store points (idempotent by ``seq``: resent ones are ignored); return those that were new.
+
+        The new points' values (and ``step``) are merged into the run's ``metrics``, its latest values.
+        """
 
     @abstractmethod
     def metrics(self, run_id: str, since: int = -1) -> list[MetricPoint]:
@@ -111,11 +141,15 @@ class RunStore(ABC):
 
     @abstractmethod
     def append_log(self, run_id: str, learner: int, offset: int, data: bytes) -> int:
-        """Store log bytes at ``offset`` (idempotent); return the log's length."""
+        """Append bytes to a learner's log if ``offset`` is its length; return the length after.
+
+        Idempotent: a chunk resent at an offset already stored (or any offset but the end) is
+        ignored, so a runner that retries never duplicates lines.
+        """
 
     @abstractmethod
     def read_log(self, run_id: str, learner: int, offset: int, limit: int) -> bytes:
-        """Up to ``limit`` bytes of the log from ``offset``."""
+        """Up to ``limit`` bytes of a learner's log from any byte ``offset`` (empty past the end)."""
 
     # -- secrets ----------------------------------------------------------------------------
     @abstractmethod

@@ -1,0 +1,107 @@
+"""The run store on PostgreSQL: a shared install's state, safe for several backend replicas.
+
+Import this module only where PostgreSQL is configured: it needs psycopg 3
+(``pip install 'wml-backend[postgres]'``), which the embedded backend does not.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Sequence
+
+try:
+    import psycopg
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError("the PostgreSQL run store needs psycopg: "
+                      "pip install 'wml-backend[postgres]'") from exc
+
+from .sql import SqlRunStore, schema
+
+#: PostgreSQL's column types for the shared schema. JSON keeps the text as written (key order
+#: included), as SQLite does; ``rowid`` orders rows by insertion, as SQLite's implicit one.
+TYPES = {"json": "JSON", "real": "DOUBLE PRECISION", "blob": "BYTEA", "bigint": "BIGINT",
+         "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+         "rowid": "rowid BIGINT GENERATED ALWAYS AS IDENTITY, "}
+
+#: The advisory lock (an arbitrary constant key) that replicas starting together take while
+#: they create the schema: concurrent ``CREATE TABLE IF NOT EXISTS`` can otherwise collide.
+SCHEMA_LOCK = 0x776D6C5F736368  # "wml_sch"
+#: The advisory lock that the replica admitting runs holds (``admission_lock``).
+ADMISSION_LOCK = 0x776D6C5F61646D  # "wml_adm"
+
+
+def _pg(sql: str) -> str:
+    """The shared ``?`` placeholders as psycopg's ``%s`` (the shared SQL has no ``%`` nor ``?`` literals)."""
+    return sql.replace("?", "%s")
+
+
+class _Tx:
+    """One psycopg transaction seen through the shared SQL's DB-API calls."""
+
+    def __init__(self, conn: "psycopg.Connection"):
+        self._conn = conn
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> "psycopg.Cursor":
+        """Run one statement; the cursor holds its rows and rowcount."""
+        return self._conn.execute(_pg(sql), tuple(args))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run one statement for each row of arguments."""
+        with self._conn.cursor() as cursor:
+            cursor.executemany(_pg(sql), list(rows))
+
+
+class PostgresRunStore(SqlRunStore):
+    """All state in one PostgreSQL database, shared by every backend replica.
+
+    Each store holds one connection, which its threads take in turn; a call after the server
+    dropped it (a restart, a failover) reconnects.
+    Reads that decide writes take ``SELECT ... FOR UPDATE`` row locks, so a run's transition
+    is checked and written atomically however many replicas race for it.
+    """
+
+    LOCK_ROW = " FOR UPDATE"
+
+    def __init__(self, conninfo: str):
+        """Connect with a libpq connection string or URL (``postgresql://user@host/db``)."""
+        self.conninfo = conninfo
+        self._lock = threading.RLock()
+        self._admitting = threading.Lock()
+        self._closed = False
+        self._db = psycopg.connect(conninfo, autocommit=True)
+        with self._tx() as db:
+            db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+            for statement in schema(TYPES):
+                db.execute(statement)
+
+    def _conn(self) -> "psycopg.Connection":
+        """The connection, reopened if it broke."""
+        if self._db.broken and not self._closed:
+            self._db = psycopg.connect(self.conninfo, autocommit=True)
+        return self._db
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Tx]:
+        with self._lock:
+            conn = self._conn()
+            with conn.transaction():
+                yield _Tx(conn)
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn().execute(_pg(sql), tuple(args)).fetchall()
+
+    @contextmanager
+    def admission_lock(self) -> Iterator[None]:
+        """This store's threads wait on a lock; replicas on a session advisory lock, taken on a
+        connection of its own that closes with the block (or dies with its holder)."""
+        with self._admitting, psycopg.connect(self.conninfo, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (ADMISSION_LOCK,))
+            yield
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._closed = True
+            self._db.close()

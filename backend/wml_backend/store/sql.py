@@ -1,0 +1,277 @@
+"""The run store in SQL, written once for SQLite and PostgreSQL.
+
+Queries use ``?`` placeholders and SQL both databases speak (``ON CONFLICT DO NOTHING``, the
+quoted ``"offset"`` column, a ``rowid`` column for insertion order: SQLite's own, PostgreSQL's
+an identity column). A backend supplies its column types, its connection and transactions, and
+``LOCK_ROW``: what makes the read that decides a write lock that row until the commit.
+JSON fields are stored as JSON text, so key order survives (PostgreSQL's ``JSON``, not ``JSONB``).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from datetime import datetime, timezone
+from typing import Any, ContextManager, Iterable, Optional, Protocol, Sequence
+
+from ..errors import Conflict, NotFound
+from ..models import MetricPoint
+from ..states import RunState, can_move
+from .base import Account, ExperimentRow, RunRow, RunStore
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+  name TEXT PRIMARY KEY, token_hash TEXT UNIQUE NOT NULL, gpu_quota INTEGER NOT NULL,
+  admin INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS experiments (
+  {rowid}id TEXT PRIMARY KEY, account TEXT NOT NULL, name TEXT NOT NULL, definition {json} NOT NULL,
+  metric TEXT, mode TEXT NOT NULL, created {real} NOT NULL);
+CREATE INDEX IF NOT EXISTS experiments_account ON experiments(account, created);
+CREATE TABLE IF NOT EXISTS runs (
+  seq {serial}, id TEXT UNIQUE NOT NULL, experiment_id TEXT NOT NULL,
+  account TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, hparams {json} NOT NULL,
+  gpus INTEGER NOT NULL, learners INTEGER NOT NULL, exit_code INTEGER, reason TEXT,
+  log_tail {json} NOT NULL DEFAULT '[]', metrics {json} NOT NULL DEFAULT '{{}}', results TEXT,
+  attempt INTEGER NOT NULL DEFAULT 1, created {real} NOT NULL, gpu_ids {json} NOT NULL DEFAULT '[]',
+  handle {json} NOT NULL DEFAULT '{{}}', runner_token_hash TEXT, max_retries INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
+CREATE INDEX IF NOT EXISTS runs_state ON runs(state, account);
+CREATE TABLE IF NOT EXISTS transitions (
+  {rowid}run_id TEXT NOT NULL, state TEXT NOT NULL, time {real} NOT NULL, attempt INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS transitions_run ON transitions(run_id);
+CREATE TABLE IF NOT EXISTS metrics (
+  run_id TEXT NOT NULL, seq INTEGER NOT NULL, time {real} NOT NULL, step {real}, "values" {json} NOT NULL,
+  PRIMARY KEY (run_id, seq));
+CREATE TABLE IF NOT EXISTS logs (
+  run_id TEXT NOT NULL, learner INTEGER NOT NULL, "offset" {bigint} NOT NULL, data {blob} NOT NULL,
+  PRIMARY KEY (run_id, learner, "offset"));
+CREATE TABLE IF NOT EXISTS secrets (experiment_id TEXT PRIMARY KEY, payload {json} NOT NULL);
+CREATE TABLE IF NOT EXISTS code (experiment_id TEXT PRIMARY KEY, zip {blob} NOT NULL);
+"""
+
+_JSON_FIELDS = {"hparams", "log_tail", "metrics", "gpu_ids", "handle"}
+_RUN_COLUMNS = ("seq", "id", "experiment_id", "account", "name", "state", "hparams", "gpus",
+                "learners", "exit_code", "reason", "log_tail", "metrics", "results", "attempt",
+                "created", "gpu_ids", "handle", "runner_token_hash", "max_retries")
+_EXPERIMENT_COLUMNS = ("id", "account", "name", "definition", "metric", "mode", "created")
+_TRANSITION_COLUMNS = ("run_id", "state", "time", "attempt")
+
+
+def schema(types: dict[str, str]) -> list[str]:
+    """The schema's statements with a database's column types filled in."""
+    return [s.strip() for s in SCHEMA.format(**types).split(";") if s.strip()]
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {table} ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+
+
+def _load(value: Any) -> Any:
+    """A JSON field as read: text from SQLite, already parsed by psycopg."""
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+class Db(Protocol):
+    """What a transaction offers: a DB-API ``execute`` (returning a cursor) and ``executemany``."""
+
+    def execute(self, sql: str, args: Sequence[Any] = ...) -> Any: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
+
+
+class SqlRunStore(RunStore):
+    """The ``RunStore`` contract over a SQL database; subclasses connect and run transactions."""
+
+    #: Appended to the read that decides a write, to lock the row until the commit. Empty where
+    #: a transaction already holds the whole database's write lock (SQLite's BEGIN IMMEDIATE).
+    LOCK_ROW = ""
+
+    @abstractmethod
+    def _tx(self) -> ContextManager[Db]:
+        """A transaction: committed when the block ends, rolled back if it raises."""
+
+    @abstractmethod
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
+        """The rows of one read."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection."""
+
+    # -- accounts ---------------------------------------------------------------------------
+    def create_account(self, account: Account, token_hash: str) -> None:
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM accounts WHERE name=?", (account.name,)).fetchone():
+                raise Conflict(f"account {account.name!r} already exists")
+            db.execute(_insert("accounts", ("name", "token_hash", "gpu_quota", "admin")),
+                       (account.name, token_hash, account.gpu_quota, int(account.admin)))
+
+    def account_by_token(self, token_hash: str) -> Optional[Account]:
+        rows = self._query("SELECT name, gpu_quota, admin FROM accounts WHERE token_hash=?", (token_hash,))
+        return Account(name=rows[0][0], gpu_quota=rows[0][1], admin=bool(rows[0][2])) if rows else None
+
+    def accounts(self) -> list[Account]:
+        rows = self._query("SELECT name, gpu_quota, admin FROM accounts ORDER BY name")
+        return [Account(name=n, gpu_quota=q, admin=bool(a)) for n, q, a in rows]
+
+    # -- experiments ------------------------------------------------------------------------
+    def insert_experiment(self, experiment: ExperimentRow, runs: list[RunRow], code: bytes,
+                          secret: Optional[dict]) -> None:
+        e = experiment
+        with self._tx() as db:
+            db.execute(_insert("experiments", _EXPERIMENT_COLUMNS),
+                       (e.id, e.account, e.name, json.dumps(e.definition), e.metric, e.mode, e.created))
+            db.executemany(_insert("runs", _RUN_COLUMNS[1:]), [self._run_values(r) for r in runs])
+            db.executemany(_insert("transitions", _TRANSITION_COLUMNS),
+                           [(r.id, RunState.QUEUED.value, e.created, 1) for r in runs])
+            db.execute(_insert("code", ("experiment_id", "zip")), (e.id, code))
+            if secret:
+                db.execute(_insert("secrets", ("experiment_id", "payload")), (e.id, json.dumps(secret)))
+
+    def code(self, experiment_id: str) -> bytes:
+        rows = self._query("SELECT zip FROM code WHERE experiment_id=?", (experiment_id,))
+        if not rows:
+            raise NotFound(f"no code for experiment {experiment_id!r}")
+        return bytes(rows[0][0])
+
+    @staticmethod
+    def _run_values(run: RunRow) -> tuple:
+        data = run.model_dump(mode="json")
+        data["created"] = run.created.timestamp()
+        return tuple(json.dumps(data[c]) if c in _JSON_FIELDS else data[c] for c in _RUN_COLUMNS[1:])
+
+    def _experiment_rows(self, where: str, args: tuple) -> list[ExperimentRow]:
+        rows = self._query(f"SELECT {','.join(_EXPERIMENT_COLUMNS)} FROM experiments "
+                           f"WHERE {where} ORDER BY created DESC, rowid DESC", args)
+        return [ExperimentRow(**dict(zip(_EXPERIMENT_COLUMNS, row), definition=_load(row[3])))
+                for row in rows]
+
+    def experiment(self, experiment_id: str, account: Optional[str] = None) -> Optional[ExperimentRow]:
+        where, args = ("id=? AND account=?", (experiment_id, account)) if account else ("id=?", (experiment_id,))
+        rows = self._experiment_rows(where, args)
+        return rows[0] if rows else None
+
+    def experiments(self, account: str) -> list[ExperimentRow]:
+        return self._experiment_rows("account=?", (account,))
+
+    # -- runs -------------------------------------------------------------------------------
+    def _run_rows(self, where: str, args: list) -> list[RunRow]:
+        rows = self._query(f"SELECT {','.join(_RUN_COLUMNS)} FROM runs WHERE {where} ORDER BY seq", args)
+        if not rows:
+            return []
+        ids = [r[1] for r in rows]
+        trans = self.transitions_of(self._query(
+            f"SELECT run_id, state, time, attempt FROM transitions WHERE run_id IN ({','.join('?' * len(ids))}) "
+            "ORDER BY rowid", ids))
+        out = []
+        for row in rows:
+            data = dict(zip(_RUN_COLUMNS, row))
+            for key in _JSON_FIELDS:
+                data[key] = _load(data[key])
+            data["created"] = datetime.fromtimestamp(data["created"], timezone.utc)
+            data["transitions"] = trans.get(data["id"], [])
+            out.append(RunRow(**data))
+        return out
+
+    def run(self, run_id: str, account: Optional[str] = None) -> Optional[RunRow]:
+        where, args = ("id=? AND account=?", [run_id, account]) if account else ("id=?", [run_id])
+        rows = self._run_rows(where, args)
+        return rows[0] if rows else None
+
+    def runs(self, account: Optional[str] = None, experiment: Optional[str] = None,
+             states: Optional[Iterable[RunState]] = None) -> list[RunRow]:
+        where, args = ["1=1"], []
+        if account is not None:
+            where.append("account=?")
+            args.append(account)
+        if experiment is not None:
+            where.append("experiment_id=?")
+            args.append(experiment)
+        if states is not None:
+            states = [RunState(s).value for s in states]
+            where.append(f"state IN ({','.join('?' * len(states))})" if states else "1=0")
+            args.extend(states)
+        return self._run_rows(" AND ".join(where), args)
+
+    def transition(self, run_id: str, state: RunState, time: float, **fields: Any) -> RunRow:
+        with self._tx() as db:
+            row = db.execute(f"SELECT state, attempt FROM runs WHERE id=?{self.LOCK_ROW}", (run_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no run {run_id!r}")
+            self._check_move(run_id, RunState(row[0]), state)
+            self._set(db, run_id, state=state.value, **fields)
+            db.execute(_insert("transitions", _TRANSITION_COLUMNS),
+                       (run_id, state.value, time, fields.get("attempt", row[1])))
+        return self.run(run_id)
+
+    @staticmethod
+    def _check_move(run_id: str, current: RunState, state: RunState) -> None:
+        """``Conflict`` unless ``current`` → ``state`` is legal (called with the row locked)."""
+        if not can_move(current, state):
+            raise Conflict(f"run {run_id} is {current.value}; it cannot become {state.value}")
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        with self._tx() as db:
+            self._set(db, run_id, **fields)
+
+    @staticmethod
+    def _set(db: Db, run_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        unknown = set(fields) - set(_RUN_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown run fields {sorted(unknown)}")
+        values = [json.dumps(v) if k in _JSON_FIELDS else v for k, v in fields.items()]
+        db.execute(f"UPDATE runs SET {','.join(f'{k}=?' for k in fields)} WHERE id=?", (*values, run_id))
+
+    # -- metrics and logs ------------------------------------------------------------------
+    def add_metrics(self, run_id: str, points: list[MetricPoint]) -> list[MetricPoint]:
+        with self._tx() as db:
+            new = [p for p in points if self._insert_point(db, run_id, p)]
+            if new:
+                row = db.execute(f"SELECT metrics FROM runs WHERE id=?{self.LOCK_ROW}", (run_id,)).fetchone()
+                latest = _load(row[0]) if row else {}
+                for p in new:
+                    latest.update(p.values)
+                    if p.step is not None:
+                        latest["step"] = p.step
+                db.execute("UPDATE runs SET metrics=? WHERE id=?", (json.dumps(latest), run_id))
+        return new
+
+    @staticmethod
+    def _insert_point(db: Db, run_id: str, p: MetricPoint) -> bool:
+        """Store one point unless its ``seq`` is stored already; whether it was new."""
+        cursor = db.execute(_insert("metrics", ("run_id", "seq", "time", "step", '"values"'))
+                            + " ON CONFLICT DO NOTHING", (run_id, p.seq, p.time, p.step, json.dumps(p.values)))
+        return cursor.rowcount > 0
+
+    def metrics(self, run_id: str, since: int = -1) -> list[MetricPoint]:
+        rows = self._query('SELECT seq, time, step, "values" FROM metrics WHERE run_id=? AND seq>? ORDER BY seq',
+                           (run_id, since))
+        return [MetricPoint(seq=s, time=t, step=st, values=_load(v)) for s, t, st, v in rows]
+
+    def append_log(self, run_id: str, learner: int, offset: int, data: bytes) -> int:
+        with self._tx() as db:
+            row = db.execute('SELECT "offset" + length(data) FROM logs WHERE run_id=? AND learner=? '
+                             'ORDER BY "offset" DESC LIMIT 1', (run_id, learner)).fetchone()
+            length = row[0] if row else 0
+            if offset == length and data:
+                db.execute(_insert("logs", ("run_id", "learner", '"offset"', "data")) + " ON CONFLICT DO NOTHING",
+                           (run_id, learner, offset, data))
+                length += len(data)
+            return length
+
+    def read_log(self, run_id: str, learner: int, offset: int, limit: int) -> bytes:
+        rows = self._query('SELECT "offset", data FROM logs WHERE run_id=? AND learner=? '
+                           'AND "offset" + length(data) > ? ORDER BY "offset"', (run_id, learner, offset))
+        out = bytearray()
+        for start, data in rows:
+            out += data[max(0, offset - start):]
+            if len(out) >= limit:
+                break
+        return bytes(out[:limit])
+
+    # -- secrets ----------------------------------------------------------------------------
+    def secret(self, experiment_id: str) -> Optional[dict]:
+        rows = self._query("SELECT payload FROM secrets WHERE experiment_id=?", (experiment_id,))
+        return _load(rows[0][0]) if rows else None

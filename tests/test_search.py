@@ -84,3 +84,16 @@ def test_planted_bad_runs_are_stopped_and_good_ones_complete(backend, tmp_path):
     assert exp["best"]["run_id"] == runs[0.1]["id"]
     assert exp["runs"] == {"COMPLETED": 2, "STOPPED": 3}
     assert exp["gpu_seconds_saved"] > 0
+
+
+def test_tpe_adds_runs_as_results_arrive_until_the_budget(backend, tmp_path):
+    manifest = definition(tmp_path, hyperparameters={"lr": {"uniform": [0.0, 1.0]}, "steps": [2]},
+                          search={"algorithm": "tpe", "runs": 7, "metric": "acc", "mode": "max", "seed": 5})
+    exp_id = submit(backend, manifest)
+    first = backend.cli_json("list", "--experiment", exp_id)
+    assert len(first) == 3, "TPE starts with its random startup points only"
+    exp = backend.wait_experiment(exp_id, timeout=120)
+    runs = backend.cli_json("list", "--experiment", exp_id)
+    assert len(runs) == 7 and exp["runs"] == {"COMPLETED": 7}
+    assert sorted(r["id"] for r in runs) == [f"{exp_id}-{i:02d}" for i in range(1, 8)]
+    assert all(0.0 <= r["hparams"]["lr"] <= 1.0 for r in runs)

@@ -11,7 +11,7 @@ import logging
 import secrets
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import Conflict
 from .events import EventBus
@@ -46,6 +46,8 @@ class Lifecycle:
         #: Runs asked to stop, with the state and reason they end with (HALTED or STOPPED).
         self._stopping: dict[str, tuple[RunState, str]] = {}
         self._thread: Optional[threading.Thread] = None
+        #: Called with each run that has just ended (a sequential search adds runs then).
+        self.on_end: list[Callable[[RunRow], None]] = []
         executor.on_exit = self.runner_exited
 
     # -- state changes ---------------------------------------------------------------------
@@ -55,6 +57,8 @@ class Lifecycle:
         self.events.publish(row.account, {"type": "run", "run": run_view(row).model_dump(mode="json")})
         if state.terminal:
             self._stopping.pop(run_id, None)
+            for hook in self.on_end:
+                hook(row)
         if not state.active:
             self._wake.set()
         return row

@@ -36,6 +36,7 @@ class Service:
         self.events = EventBus()
         self.lifecycle = Lifecycle(settings, store, executor, self.events)
         self.sweeps = SweepDriver(store, self.lifecycle)
+        self.lifecycle.on_end.append(self.sweeps.on_end)
 
     def start(self) -> None:
         """Create the admin account on first start, recover runs, start admitting."""

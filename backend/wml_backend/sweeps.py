@@ -1,5 +1,5 @@
 """Drive an experiment's search while it runs: stop runs that fall behind (ASHA, median)
-and, for TPE, ask for new points as results come in."""
+and, for TPE, ask for new points as results come in (sequential-in-parallel)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 
 from .definition import ParamSpec, Search
 from .models import MetricPoint
-from .search import Trial, early_stop, rung_steps
+from .search import Trial, early_stop, next_points, rung_steps, startup_runs
 from .states import RunState
 from .store import ExperimentRow, RunRow, RunStore
+from .submit import run_rows
 
 if TYPE_CHECKING:
     from .lifecycle import Lifecycle
@@ -39,7 +40,7 @@ def trials_of(store: RunStore, experiment_id: str, metric: str) -> dict[str, Tri
 
 
 class SweepDriver:
-    """Early-stopping decisions, taken when a run's metric reaches a new rung."""
+    """Early-stopping decisions when a run's metric reaches a new rung; new TPE points when runs end."""
 
     def __init__(self, store: RunStore, lifecycle: "Lifecycle"):
         self.store, self.lifecycle = store, lifecycle
@@ -61,3 +62,22 @@ class SweepDriver:
             reason = early_stop(search, space, trials_of(self.store, run.experiment_id, search.metric), run.id)
         if reason:
             self.lifecycle.stop(self.store.run(run.id), RunState.STOPPED, reason)
+
+    def on_end(self, run: RunRow) -> None:
+        """A run ended: a TPE search draws new points from every result so far."""
+        experiment = self.store.experiment(run.experiment_id)
+        search, space = search_of(experiment)
+        if search.algorithm != "tpe" or not search.runs or run.state is RunState.HALTED:
+            return
+        with self._lock:
+            runs = self.store.runs(experiment=experiment.id)
+            if any(r.state is RunState.HALTED for r in runs):
+                return  # the user cancelled the search
+            live = sum(not r.state.terminal for r in runs)
+            count = min(search.runs - len(runs), max(1, startup_runs(search.runs) - live))
+            if count <= 0:
+                return
+            trials = list(trials_of(self.store, experiment.id, search.metric).values())
+            points = next_points(space, search, trials, count)
+            self.store.add_runs(run_rows(experiment, points, first=len(runs) + 1, total=search.runs))
+        self.lifecycle.wake()

@@ -67,8 +67,12 @@ def gpu_seconds_saved(runs: list[Run]) -> float:
 def experiment_view(row: ExperimentRow, runs: list[Run]) -> Experiment:
     """The public ``Experiment``: state counts, summary state, best run, GPU time."""
     counts = Counter(r.state.value for r in runs)
+    state = summary_state(counts)
+    search = row.definition.get("search") or {}
+    if search.get("algorithm") == "tpe" and len(runs) < (search.get("runs") or 0) and state == "COMPLETED":
+        state = "RUNNING"  # between a run's end and the next points TPE draws
     return Experiment(
-        id=row.id, account=row.account, name=row.name, state=summary_state(counts),
+        id=row.id, account=row.account, name=row.name, state=state,
         runs=dict(counts), best=best_run(runs, row.metric, row.mode), metric=row.metric,
         mode=row.mode, gpu_seconds=round(sum(r.gpu_seconds for r in runs), 3),
         gpu_seconds_saved=round(gpu_seconds_saved(runs), 3),

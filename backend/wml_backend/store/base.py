@@ -75,6 +75,10 @@ class RunStore(ABC):
         ``created`` time), its code zip and its credentials in one transaction: all or nothing."""
 
     @abstractmethod
+    def add_runs(self, runs: list[RunRow]) -> None:
+        """Add QUEUED runs to an existing experiment (a sequential search's new points), atomically."""
+
+    @abstractmethod
     def code(self, experiment_id: str) -> bytes:
         """The code zip submitted with an experiment; ``NotFound`` if there is none."""
 

@@ -10,6 +10,7 @@ JSON fields are stored as JSON text, so key order survives (PostgreSQL's ``JSON`
 from __future__ import annotations
 
 import json
+import time
 from abc import abstractmethod
 from datetime import datetime, timezone
 from typing import Any, ContextManager, Iterable, Optional, Protocol, Sequence
@@ -121,12 +122,19 @@ class SqlRunStore(RunStore):
         with self._tx() as db:
             db.execute(_insert("experiments", _EXPERIMENT_COLUMNS),
                        (e.id, e.account, e.name, json.dumps(e.definition), e.metric, e.mode, e.created))
-            db.executemany(_insert("runs", _RUN_COLUMNS[1:]), [self._run_values(r) for r in runs])
-            db.executemany(_insert("transitions", _TRANSITION_COLUMNS),
-                           [(r.id, RunState.QUEUED.value, e.created, 1) for r in runs])
+            self._insert_runs(db, runs, e.created)
             db.execute(_insert("code", ("experiment_id", "zip")), (e.id, code))
             if secret:
                 db.execute(_insert("secrets", ("experiment_id", "payload")), (e.id, json.dumps(secret)))
+
+    def add_runs(self, runs: list[RunRow]) -> None:
+        with self._tx() as db:
+            self._insert_runs(db, runs, time.time())
+
+    def _insert_runs(self, db: Db, runs: list[RunRow], created: float) -> None:
+        db.executemany(_insert("runs", _RUN_COLUMNS[1:]), [self._run_values(r) for r in runs])
+        db.executemany(_insert("transitions", _TRANSITION_COLUMNS),
+                       [(r.id, RunState.QUEUED.value, created, 1) for r in runs])
 
     def code(self, experiment_id: str) -> bytes:
         rows = self._query("SELECT zip FROM code WHERE experiment_id=?", (experiment_id,))

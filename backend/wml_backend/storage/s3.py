@@ -1,0 +1,351 @@
+"""The S3 object store: one boto3 code path for AWS S3, IBM COS, MinIO and Ceph.
+
+The endpoint comes from ``StoreConfig.endpoint`` or boto3's own chain (``AWS_ENDPOINT_URL``,
+profiles); so do credentials when the configuration has none. Transient failures (throttling,
+5xx, dropped connections) are retried with jittered backoff by botocore's ``standard`` retry
+mode, and interrupted download streams by s3transfer. Puts are atomic by nature in S3: a
+single PUT or a completed multipart upload. An interrupted multipart upload stays open, is never
+listed, and the next ``put_file`` of the same key resumes it, re-sending only the parts whose
+MD5 differs from the local bytes. Set a bucket lifecycle rule (AbortIncompleteMultipartUpload)
+to reclaim uploads that are never resumed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import boto3
+import botocore.session
+from boto3.s3.transfer import TransferConfig
+from botocore import exceptions as bex
+from botocore.config import Config
+from s3transfer.manager import TransferManager
+from s3transfer.subscribers import BaseSubscriber
+
+from ..errors import StorageError
+from .base import ObjectInfo, ObjectStore, Progress, StoreConfig
+from .sync import multipart_etag
+
+#: Seconds to wait for a TCP connection: a dead endpoint fails fast.
+CONNECT_TIMEOUT_S = 2
+#: Seconds to wait for an answer once connected (large parts on slow links need some).
+READ_TIMEOUT_S = 60
+#: Attempts per request for data operations (botocore "standard" mode, jittered backoff).
+OPERATION_ATTEMPTS = 5
+#: Attempts and connect timeout when probing a bucket, so a bad endpoint is reported in seconds.
+PROBE_ATTEMPTS = 2
+PROBE_CONNECT_TIMEOUT_S = 1
+#: S3's limits on a multipart upload: at most 10,000 parts of at least 5 MiB (but the last).
+MAX_PARTS = 10_000
+MIN_PART = 5 * 1024 * 1024
+#: HTTP connections kept per client: sync workers plus part uploads run at once.
+POOL_CONNECTIONS = 50
+
+DEFAULT_TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024,
+                                  multipart_chunksize=8 * 1024 * 1024, max_concurrency=8,
+                                  max_io_queue=16)
+
+_MISSING = {"NoSuchBucket"}
+_NO_OBJECT = {"NoSuchKey", "404", "NotFound"}
+_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                    "ExpiredToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+_UNREACHABLE = (bex.EndpointConnectionError, bex.ConnectTimeoutError,
+                bex.ConnectionClosedError, bex.ReadTimeoutError)
+
+
+def _md5(data: bytes) -> "hashlib._Hash":
+    return hashlib.md5(data, usedforsecurity=False)
+
+
+class _ProgressSubscriber(BaseSubscriber):
+    """Forwards s3transfer's byte counts to a ``Progress`` callback."""
+
+    def __init__(self, progress: Progress):
+        self._progress = progress
+
+    def on_progress(self, future, bytes_transferred, **kwargs):  # noqa: ARG002 (s3transfer API)
+        if self._progress:
+            self._progress(bytes_transferred)
+
+
+class S3Store(ObjectStore):
+    """Buckets and objects of an S3-compatible service, reached through boto3."""
+
+    def __init__(self, config: StoreConfig, transfer: Optional[TransferConfig] = None):
+        self.config = config
+        self.transfer = transfer or DEFAULT_TRANSFER
+        core = botocore.session.get_session()
+        # Keep timestamps as text: parsing them was half the client's time on big listings.
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+        self._session = boto3.session.Session(aws_access_key_id=config.access_key,
+                                              aws_secret_access_key=config.secret_key,
+                                              region_name=config.region, botocore_session=core)
+        self.client = self._client(OPERATION_ATTEMPTS)
+        self.endpoint = self.client.meta.endpoint_url
+        self._lock = threading.Lock()
+        self._probe = None
+        self._parts: Optional[ThreadPoolExecutor] = None
+        self._transfers: Optional[TransferManager] = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _client(self, attempts: int, connect_timeout: float = CONNECT_TIMEOUT_S):
+        """A client with our timeouts and retries; path-style addressing off AWS."""
+        def make(style: str):
+            return self._session.client("s3", endpoint_url=self.config.endpoint, config=Config(
+                connect_timeout=connect_timeout, read_timeout=READ_TIMEOUT_S,
+                retries={"mode": "standard", "max_attempts": attempts},
+                max_pool_connections=POOL_CONNECTIONS, s3={"addressing_style": style},
+                # We send Content-MD5 ourselves; newer default checksums break MinIO/Ceph/COS.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required"))
+        client = make("path" if self.config.endpoint else "auto")
+        if not self.config.endpoint and "amazonaws.com" not in client.meta.endpoint_url:
+            client = make("path")  # AWS_ENDPOINT_URL or a profile named a non-AWS service
+        return client
+
+    def _probe_client(self):
+        """The client for bucket checks: one retry, so a dead endpoint answers in seconds."""
+        with self._lock:
+            if self._probe is None:
+                self._probe = self._client(PROBE_ATTEMPTS, PROBE_CONNECT_TIMEOUT_S)
+            return self._probe
+
+    def _pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._parts is None:
+                self._parts = ThreadPoolExecutor(self.transfer.max_request_concurrency,
+                                                 thread_name_prefix="s3-part")
+            return self._parts
+
+    def _manager(self) -> TransferManager:
+        with self._lock:
+            if self._transfers is None:
+                self._transfers = TransferManager(self.client, self.transfer)
+            return self._transfers
+
+    def close(self) -> None:
+        """Stop the worker threads of part uploads and downloads."""
+        if self._parts:
+            self._parts.shutdown()
+        if self._transfers:
+            self._transfers.shutdown()
+
+    @contextmanager
+    def _errors(self, bucket: str, key: Optional[str] = None):
+        """Turn botocore's exceptions into one-line ``StorageError``s."""
+        try:
+            yield
+        except (bex.BotoCoreError, bex.ClientError) as exc:
+            raise self._error(exc, bucket, key) from exc
+
+    def _error(self, exc: Exception, bucket: str, key: Optional[str] = None) -> StorageError:
+        """The ``StorageError`` for ``exc``: one line naming bucket and endpoint, no keys."""
+        return StorageError(self._scrub(self._message(exc, bucket, key)))
+
+    def _message(self, exc: Exception, bucket: str, key: Optional[str]) -> str:
+        """What went wrong, in words: transport problems first, then the server's refusal."""
+        where = f"bucket {bucket!r} at {self.endpoint}"
+        if isinstance(exc, bex.NoCredentialsError):
+            return (f"no S3 credentials for {where}: configure a key pair, set "
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or choose an AWS profile")
+        if isinstance(exc, _UNREACHABLE):
+            return f"cannot reach S3 endpoint {self.endpoint} for bucket {bucket!r}: {_reason(exc)}"
+        if isinstance(exc, bex.ParamValidationError):
+            return f"invalid S3 request for {where}: {str(exc).splitlines()[-1].strip()}"
+        if isinstance(exc, bex.ClientError):
+            return _refusal(exc, bucket, self.endpoint, key)
+        return f"S3 request failed for {where}: {type(exc).__name__}"
+
+    def _scrub(self, message: str) -> str:
+        """Never show a key, even if a server echoes one back."""
+        secrets = {self.config.access_key, self.config.secret_key,
+                   os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")}
+        for secret in filter(None, secrets):
+            message = message.replace(secret, "***")
+        return " ".join(message.split())
+
+    # -- buckets ----------------------------------------------------------------------------
+
+    def bucket_exists(self, bucket: str) -> bool:
+        """Whether ``bucket`` exists and these credentials may use it (False on 404 and 403)."""
+        try:
+            self._probe_client().head_bucket(Bucket=bucket)
+            return True
+        except (bex.BotoCoreError, bex.ClientError) as exc:
+            if _code(exc) in {"404", "NoSuchBucket", "403", "AccessDenied"}:
+                return False
+            raise self._error(exc, bucket) from exc
+
+    def create_bucket(self, bucket: str) -> None:
+        region = self.client.meta.region_name
+        args = {"Bucket": bucket}
+        if region and region not in ("us-east-1", "aws-global"):
+            args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            self.client.create_bucket(**args)
+        except (bex.BotoCoreError, bex.ClientError) as exc:
+            if _code(exc) != "BucketAlreadyOwnedByYou":
+                raise self._error(exc, bucket) from exc
+
+    def check_bucket(self, bucket: str) -> None:
+        """List one key (HEAD answers carry no error code to tell denied from bad keys)."""
+        with self._errors(bucket):
+            self._probe_client().list_objects_v2(Bucket=bucket, MaxKeys=1)
+
+    # -- objects ----------------------------------------------------------------------------
+
+    def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        return self.list_range(bucket, prefix)
+
+    def list_range(self, bucket: str, prefix: str = "", after: Optional[str] = None,
+                   until: Optional[str] = None, page_size: int = 1000) -> Iterator[ObjectInfo]:
+        """Objects under ``prefix`` with ``after < key <= until`` (None: no bound), in key order.
+
+        Lets a caller list disjoint key ranges of one prefix in parallel.
+        """
+        start = {"StartAfter": after} if after else {}
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}, **start)
+        with self._errors(bucket):
+            for page in pages:
+                for item in page.get("Contents", ()):
+                    if until is not None and item["Key"] > until:
+                        return
+                    yield ObjectInfo(item["Key"], item["Size"], item["ETag"].strip('"'))
+
+    def get_file(self, bucket: str, key: str, path: Path, progress: Progress = None) -> None:
+        """Stream ``key`` into a temporary file beside ``path``, then rename it (s3transfer)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with self._errors(bucket, key):
+            self._manager().download(bucket, key, str(path),
+                                     subscribers=[_ProgressSubscriber(progress)]).result()
+
+    def put_file(self, bucket: str, key: str, path: Path, progress: Progress = None) -> None:
+        self.put_file_etag(bucket, key, path, progress)
+
+    def part_size(self, size: int) -> int:
+        """The part size a file of ``size`` bytes is uploaded with; 0 means a single PUT."""
+        if size < self.transfer.multipart_threshold:
+            return 0
+        needed = math.ceil(size / MAX_PARTS / (1 << 20)) << 20
+        return max(self.transfer.multipart_chunksize, needed, MIN_PART)
+
+    def put_file_etag(self, bucket: str, key: str, path: Path, progress: Progress = None) -> str:
+        """``put_file`` that returns the object's MD5-style ETag (computed as the bytes go)."""
+        path = Path(path)
+        part = self.part_size(path.stat().st_size)
+        with self._errors(bucket, key):
+            if part:
+                return self._put_multipart(bucket, key, path, part, progress)
+            return self._put_single(bucket, key, path, progress)
+
+    def _put_single(self, bucket: str, key: str, path: Path, progress: Progress) -> str:
+        data = path.read_bytes()
+        digest = _md5(data)
+        self.client.put_object(Bucket=bucket, Key=key, Body=data,
+                               ContentMD5=base64.b64encode(digest.digest()).decode())
+        if progress:
+            progress(len(data))
+        return digest.hexdigest()
+
+    def _put_multipart(self, bucket: str, key: str, path: Path, part: int,
+                       progress: Progress) -> str:
+        upload_id, done = self._open_upload(bucket, key)
+        size = path.stat().st_size
+        ranges = [(n + 1, offset, min(part, size - offset))
+                  for n, offset in enumerate(range(0, size, part))]
+        futures = [self._pool().submit(self._send_part, bucket, key, upload_id, path, r,
+                                       done.get(r[0])) for r in ranges]
+        try:
+            results = []
+            for future, (_, _, length) in zip(futures, ranges):
+                results.append(future.result())
+                if progress:
+                    progress(length)
+        except BaseException:  # leave the upload open: the next put resumes it
+            for future in futures:
+                future.cancel()
+            wait(futures)
+            raise
+        parts = [{"PartNumber": n, "ETag": etag} for (n, _, _), (_, etag) in zip(ranges, results)]
+        self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                              MultipartUpload={"Parts": parts})
+        return multipart_etag([digest for digest, _ in results])
+
+    def _open_upload(self, bucket: str, key: str) -> tuple[str, dict[int, tuple[int, str]]]:
+        """The newest unfinished upload of ``key`` and its parts, or a new upload."""
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket,
+                                                                             Prefix=key)
+        uploads = [u for page in pages for u in page.get("Uploads", ()) if u["Key"] == key]
+        if not uploads:
+            return self.client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"], {}
+        upload_id = max(uploads, key=lambda u: u["Initiated"])["UploadId"]
+        pages = self.client.get_paginator("list_parts").paginate(Bucket=bucket, Key=key,
+                                                                 UploadId=upload_id)
+        return upload_id, {p["PartNumber"]: (p["Size"], p["ETag"].strip('"'))
+                           for page in pages for p in page.get("Parts", ())}
+
+    def _send_part(self, bucket: str, key: str, upload_id: str, path: Path,
+                   span: tuple[int, int, int], existing: Optional[tuple[int, str]]
+                   ) -> tuple[bytes, str]:
+        """Upload one part unless the open upload already holds these exact bytes."""
+        number, offset, length = span
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        digest = _md5(data)
+        if existing == (length, digest.hexdigest()):
+            return digest.digest(), f'"{existing[1]}"'
+        answer = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                         PartNumber=number, Body=data,
+                                         ContentMD5=base64.b64encode(digest.digest()).decode())
+        return digest.digest(), answer["ETag"]
+
+    def delete_prefix(self, bucket: str, prefix: str) -> None:
+        """Remove every object under ``prefix`` (used by tests, benchmarks and cleanup)."""
+        keys = [{"Key": o.key} for o in self.list(bucket, prefix)]
+        with self._errors(bucket):
+            for start in range(0, len(keys), 1000):
+                self.client.delete_objects(Bucket=bucket,
+                                           Delete={"Objects": keys[start:start + 1000]})
+
+
+def _refusal(exc: bex.ClientError, bucket: str, endpoint: str, key: Optional[str]) -> str:
+    """The message for an error answer of the S3 service at ``endpoint``."""
+    code, where = _code(exc), f"bucket {bucket!r} at {endpoint}"
+    if code in _MISSING:
+        return f"bucket {bucket!r} does not exist at {endpoint}"
+    if key is not None and code in _NO_OBJECT:
+        return f"no object {key!r} in {where}"
+    if code in _BAD_CREDENTIALS:
+        return f"S3 credentials rejected ({code}) for {where}"
+    if code in _DENIED:
+        return f"access denied to {where} for these credentials"
+    detail = exc.response.get("Error", {}).get("Message", "")
+    return f"S3 error {code} for {where}: {detail}".rstrip(": ")
+
+
+def _code(exc: Exception) -> str:
+    """The S3 error code of a ``ClientError`` ("" for other exceptions)."""
+    return exc.response.get("Error", {}).get("Code", "") if isinstance(exc, bex.ClientError) else ""
+
+
+def _reason(exc: Exception) -> str:
+    """A few words on why a connection failed, without the request URL."""
+    if isinstance(exc, bex.ConnectTimeoutError):
+        return "the connection timed out"
+    if isinstance(exc, bex.ReadTimeoutError):
+        return f"no answer within {READ_TIMEOUT_S} s"
+    if isinstance(exc, bex.ConnectionClosedError):
+        return "the connection was closed"
+    return "connection refused or host unknown"

@@ -90,10 +90,13 @@ def test_tpe_adds_runs_as_results_arrive_until_the_budget(backend, tmp_path):
     manifest = definition(tmp_path, hyperparameters={"lr": {"uniform": [0.0, 1.0]}, "steps": [2]},
                           search={"algorithm": "tpe", "runs": 7, "metric": "acc", "mode": "max", "seed": 5})
     exp_id = submit(backend, manifest)
-    first = backend.cli_json("list", "--experiment", exp_id)
-    assert len(first) == 3, "TPE starts with its random startup points only"
     exp = backend.wait_experiment(exp_id, timeout=120)
     runs = backend.cli_json("list", "--experiment", exp_id)
     assert len(runs) == 7 and exp["runs"] == {"COMPLETED": 7}
+    created = [r["created"] for r in sorted(runs, key=lambda r: r["id"])]
+    assert len(set(created[:3])) == 1, "TPE starts with its 3 random startup points, submitted together"
+    ends = sorted(t["time"] for r in runs for t in r["transitions"] if t["state"] == "COMPLETED")
+    for later in created[3:]:
+        assert later > created[0] and later >= ends[0], "later points are drawn once results arrive"
     assert sorted(r["id"] for r in runs) == [f"{exp_id}-{i:02d}" for i in range(1, 8)]
     assert all(0.0 <= r["hparams"]["lr"] <= 1.0 for r in runs)

@@ -11,7 +11,9 @@ from wml_jupyter import run
 
 hp = run.hparams()
 lr, hidden, epochs = float(hp.get("lr", 0.01)), int(hp.get("hidden", 64)), int(hp.get("epochs", 10))
+batch_size = int(hp.get("batch", 64))
 torch.manual_seed(int(hp.get("seed", 0)))
+torch.set_num_threads(int(os.environ.get("WML_TORCH_THREADS", "1")))  # runs share the cores
 device = "cuda" if torch.cuda.is_available() else "cpu"
 print(f"training on {device} with lr={lr} hidden={hidden}")
 
@@ -22,7 +24,7 @@ x_val, y_val = torch.tensor(data["x_val"]).to(device), torch.tensor(data["y_val"
 model = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10)).to(device)
 optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 for epoch in range(1, epochs + 1):
-    for batch in torch.randperm(len(x_train), device=device).split(64):
+    for batch in torch.randperm(len(x_train), device=device).split(batch_size):
         optimizer.zero_grad()
         loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
         loss.backward()

@@ -76,13 +76,18 @@ class BackendProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    @staticmethod
+    def cli_args(*args: str) -> list[str]:
+        """The command line of ``wml ARGS``."""
+        return [sys.executable, "-m", "wml_jupyter", *args]
+
     def cli(self, *args: str, check: bool = False, token: Optional[str] = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
         """Run ``wml ARGS`` as a user would, against this backend."""
         env = dict(self.env)
         if token is not None:
             env["WML_TOKEN"] = token
-        result = subprocess.run([sys.executable, "-m", "wml_jupyter", *args], env=env, capture_output=True,
+        result = subprocess.run(self.cli_args(*args), env=env, capture_output=True,
                                 text=True, timeout=timeout, cwd=REPO)
         if check and result.returncode != 0:
             raise AssertionError(f"wml {' '.join(args)} exited {result.returncode}: {result.stderr}")

@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
 
 import boto3
-import pytest
 from moto.server import ThreadedMotoServer
 
 #: Any credentials do while IAM checks are off; these are what the tests use then.
@@ -42,7 +41,7 @@ class MotoS3:
         return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id=ANY_KEY, aws_secret_access_key=ANY_SECRET)
 
-    def user(self, name: str, policy: Optional[dict] = None) -> tuple[str, str]:
+    def user(self, name: str, policy: dict | None = None) -> tuple[str, str]:
         """Create IAM user ``name`` with an inline ``policy``; return its (key id, secret)."""
         iam = self.client("iam")
         iam.create_user(UserName=name)
@@ -68,9 +67,11 @@ class MotoS3:
             self._set_auth("inf")
 
 
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[MotoS3]:
-    """The session's moto S3 server."""
+@contextmanager
+def running_moto() -> Iterator[MotoS3]:
+    """A moto S3 server for the duration of the block (wrap it in a session fixture)."""
     server = MotoS3()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()

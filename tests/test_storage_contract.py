@@ -19,14 +19,18 @@ from pathlib import Path
 
 import pytest
 from boto3.s3.transfer import TransferConfig
-from s3server import ALLOW_ALL_S3, ANY_KEY, ANY_SECRET, moto_s3  # noqa: F401 (fixture)
-
+from s3server import ALLOW_ALL_S3, ANY_KEY, ANY_SECRET, running_moto
 from wml_backend.errors import StorageError
-from wml_backend.storage import StoreConfig
-from wml_backend.storage import sync
+from wml_backend.storage import StoreConfig, sync
 from wml_backend.storage.file import FileStore
 from wml_backend.storage.s3 import S3Store
-from wml_backend.storage.sync import SyncProgress, download, file_etag, tqdm_progress, upload
+from wml_backend.storage.sync import (
+    SyncProgress,
+    download,
+    file_etag,
+    tqdm_progress,
+    upload,
+)
 
 MIB = 1 << 20
 #: A small multipart threshold and part size (S3's minimum) keeps the test files small.
@@ -117,6 +121,13 @@ class Recorder(SyncProgress):
 
     def close(self) -> None:
         self.closed = True
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """The session's moto S3 server."""
+    with running_moto() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

@@ -42,14 +42,13 @@ def _emit(args: argparse.Namespace, obj: Any, human: Callable[[], str]) -> None:
 # -- commands -------------------------------------------------------------------------------
 def cmd_backend(args: argparse.Namespace) -> int:
     from wml_backend import daemon
-    from wml_backend.settings import Settings
+    args.host = None
+    settings = daemon.settings_from(args)
     if args.action == "serve":
-        daemon.serve(Settings(port=args.port or Settings.port, executor=args.executor, gpus=args.gpus,
-                              slots=args.slots))
+        daemon.serve(settings)
         return 0
     if args.action == "start":
-        info = daemon.start(Settings(port=args.port or Settings.port, executor=args.executor,
-                                     gpus=args.gpus, slots=args.slots))
+        info = daemon.start(settings)
     elif args.action == "stop":
         stopped = daemon.stop()
         info = {**daemon.status(), "stopped": stopped}
@@ -177,10 +176,12 @@ def build_parser() -> Parser:
 
     sp = command("backend", cmd_backend, "start, stop or query the embedded backend", json_flag=True)
     sp.add_argument("action", choices=["start", "stop", "status", "serve"])
-    sp.add_argument("--executor", choices=["local", "kubernetes"], default="local")
+    sp.add_argument("--executor", choices=["local", "kubernetes"])
     sp.add_argument("--gpus", type=int, help="GPUs to schedule (slots on a machine without GPUs)")
     sp.add_argument("--slots", type=int, help="most runs at once (default: max(GPUs, CPU cores))")
     sp.add_argument("--port", type=int, help="port on 127.0.0.1")
+    sp.add_argument("--storage", help="default object store: s3://bucket/prefix (default: the embedded file store)")
+    sp.add_argument("--endpoint", help="S3 endpoint URL (MinIO, Ceph, IBM COS...)")
 
     sp = command("config", cmd_config, "show or set the client configuration", json_flag=True)
     sp.add_argument("action", nargs="?", choices=["show", "set"], default="show")

@@ -33,7 +33,7 @@ class Client:
         url = backend or self.profile.backend
         token = token or self.profile.token
         if not url:
-            url, token = _embedded_backend(token)
+            url, token = _embedded_backend(token, self.profile)
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, timeout=HTTP_TIMEOUT_S,
                                   headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -69,12 +69,14 @@ class Client:
         data = self.request("POST", "/v1/experiments", json=body.model_dump())
         return Experiment(models.Experiment.model_validate(data), self)
 
-    def train_code(self, source: str, *, notebook: Optional[dict] = None, **options: Any) -> Experiment:
+    def train_code(self, source: str, *, notebook: Optional[dict] = None, first_line: int = 1,
+                   **options: Any) -> Experiment:
         """Submit Python source (e.g. a notebook cell) as ``train.py`` of a new definition.
 
         ``options`` are those of ``%%wml train`` (``wml_jupyter.cell.TrainOptions``: name, gpus,
         sweep, runs, metric, mode, data, include...). The source must be self-contained: a name
-        it uses but never defines is an ``InvalidInput`` naming the line, raised before submitting.
+        it uses but never defines is an ``InvalidInput`` naming the line (counted from
+        ``first_line``), raised before submitting; ``notebook`` (a namespace) improves the hint.
         """
         from dataclasses import fields
 
@@ -83,7 +85,7 @@ class Client:
         unknown = sorted(set(options) - set(valid))
         if unknown:
             raise InvalidInput(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-        manifest_text, code = definition(source, TrainOptions(**options), notebook)
+        manifest_text, code = definition(source, TrainOptions(**options), notebook, first_line)
         return self.train("manifest.yml", manifest_text=manifest_text, code=code)
 
     def watch(self, experiment_id: str, metric: Optional[str] = None) -> Experiment:
@@ -201,13 +203,14 @@ def _is_run_id(value: str) -> bool:
     return bool(re.fullmatch(r"[a-z0-9]+-\d+", value))
 
 
-def _embedded_backend(token: Optional[str]) -> tuple[str, Optional[str]]:
-    """Find or start the embedded backend; return its URL and the admin token."""
+def _embedded_backend(token: Optional[str], profile: Profile) -> tuple[str, Optional[str]]:
+    """Find or start the embedded backend (with the profile's store); return its URL and admin token."""
     from wml_backend import daemon
     from wml_backend.settings import Settings
     info = daemon.status()
     if not info["running"]:
-        info = daemon.start(Settings())
+        store = {k: v for k, v in {"storage_url": profile.storage, "endpoint": profile.endpoint}.items() if v}
+        info = daemon.start(Settings(**store))
     if token is None:
         token_file = wml_home() / "backend" / "token"
         token = token_file.read_text().strip() if token_file.exists() else None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from wml_backend.errors import InvalidInput
-from wml_backend.settings import wml_home
+from wml_backend.settings import parse_storage_url, wml_home
 from wml_backend.storage import ObjectStore, StoreConfig, open_store
 
 from .config import Profile
@@ -13,8 +12,7 @@ def store_config(profile: Profile) -> StoreConfig:
     """``s3://bucket/prefix`` with the profile's endpoint, or the embedded file store."""
     if not profile.storage:
         return StoreConfig(kind="file", root=str(wml_home() / "storage"))
-    if not profile.storage.startswith("s3://"):
-        raise InvalidInput(f"storage: {profile.storage!r} is not an s3:// URL")
+    parse_storage_url(profile.storage)
     return StoreConfig(kind="s3", endpoint=profile.endpoint)
 
 

@@ -137,6 +137,10 @@ def _flags(settings: Settings) -> list[str]:
         flags += ["--gpus", str(settings.gpus)]
     if settings.slots is not None:
         flags += ["--slots", str(settings.slots)]
+    if settings.storage_url:
+        flags += ["--storage", settings.storage_url]
+    if settings.endpoint:
+        flags += ["--endpoint", settings.endpoint]
     return flags
 
 
@@ -165,13 +169,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["local", "kubernetes"], default="local")
     p.add_argument("--gpus", type=int, help="local executor: GPUs (or slots without GPUs)")
     p.add_argument("--slots", type=int, help="local executor: most runs at once")
+    p.add_argument("--storage", help="default object store, s3://bucket/prefix (default: $WML_STORAGE or files)")
+    p.add_argument("--endpoint", help="S3 endpoint URL of the default store (default: $AWS_ENDPOINT_URL)")
     return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from parsed flags; flags not given keep their defaults (environment included)."""
+    given = {"host": args.host, "port": args.port, "executor": args.executor, "gpus": args.gpus,
+             "slots": args.slots, "storage_url": args.storage, "endpoint": args.endpoint}
+    return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point of ``wml-backend serve``."""
-    args = parser().parse_args(argv)
-    serve(Settings(host=args.host, port=args.port, executor=args.executor, gpus=args.gpus, slots=args.slots))
+    serve(settings_from(parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ class Service:
     # -- experiments ------------------------------------------------------------------------
     def submit(self, account: Account, request: ExperimentRequest) -> Experiment:
         """Validate and store an experiment; its runs wait in the queue."""
-        new = build_experiment(account, request, self.settings.store_config)
+        new = build_experiment(account, request, self.settings.store_config, self.settings.default_results)
         self.store.insert_experiment(new.experiment, new.runs, new.code, new.secret)
         self.lifecycle.wake()
         return self.experiment(account, new.experiment.id)

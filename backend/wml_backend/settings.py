@@ -17,6 +17,15 @@ DEFAULT_RESULTS_BUCKET = "wml-results"
 MAX_CODE_BYTES = 64 * 1024 * 1024
 
 
+def parse_storage_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` as (bucket, prefix); ``InvalidInput`` for anything else."""
+    from .errors import InvalidInput
+    if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
+        raise InvalidInput(f"storage: {url!r} is not an s3://bucket[/prefix] URL")
+    bucket, _, prefix = url[5:].partition("/")
+    return bucket, prefix.strip("/")
+
+
 def wml_home() -> Path:
     """``$WML_HOME`` or ``~/.wml``: configuration and the embedded backend's state."""
     return Path(os.environ.get("WML_HOME") or Path.home() / ".wml")
@@ -34,7 +43,11 @@ class Settings:
     gpus: Optional[int] = None
     #: Local executor: most runs at once (None: max(GPUs, CPU cores)).
     slots: Optional[int] = None
-    storage: Optional[StoreConfig] = None
+    #: The default object store: ``s3://bucket/prefix`` (results of definitions that name no
+    #: results bucket go there), or None for the embedded file store under ``home``.
+    storage_url: Optional[str] = field(default_factory=lambda: os.environ.get("WML_STORAGE") or None)
+    #: S3 endpoint of the default store (None: boto3's own, e.g. AWS_ENDPOINT_URL or AWS).
+    endpoint: Optional[str] = field(default_factory=lambda: os.environ.get("AWS_ENDPOINT_URL") or None)
     #: URL runners use to reach the backend (defaults to http://host:port).
     public_url: Optional[str] = None
     #: Where the run store lives: a ``postgresql://`` URL, or None for SQLite under ``home``.
@@ -52,8 +65,16 @@ class Settings:
 
     @property
     def store_config(self) -> StoreConfig:
-        """The default object store: configured, or the embedded file store."""
-        return self.storage or StoreConfig(kind="file", root=str(self.home / "storage"))
+        """The default object store: S3 when configured, else the embedded file store."""
+        if self.storage_url:
+            parse_storage_url(self.storage_url)
+            return StoreConfig(kind="s3", endpoint=self.endpoint)
+        return StoreConfig(kind="file", root=str(self.home / "storage"))
+
+    @property
+    def default_results(self) -> tuple[str, str]:
+        """(bucket, prefix) of results of definitions that name none."""
+        return parse_storage_url(self.storage_url) if self.storage_url else (DEFAULT_RESULTS_BUCKET, "")
 
     @property
     def url(self) -> str:

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
-from .definition import Definition, ParamSpec, Search
+from .definition import DataStore, Definition, Location, ParamSpec, Search
 from .errors import InvalidInput, QuotaExceeded, StorageError
 from .manifest import load_manifest
 from .models import ExperimentRequest
-from .settings import DEFAULT_RESULTS_BUCKET, MAX_CODE_BYTES
+from .settings import MAX_CODE_BYTES
 from .search import sample
 from .space import parse_sweep_flag
 from .storage import StoreConfig, open_store
@@ -76,13 +76,22 @@ def store_config_for(definition: Definition, default: StoreConfig) -> StoreConfi
                        secret_key=conn.secret_key.get_secret_value() if conn.secret_key else None)
 
 
+def with_results(definition: Definition, default: tuple[str, str]) -> Definition:
+    """The definition with its results location filled in from the default when it names none."""
+    ds = definition.data_store or DataStore()
+    if ds.training_results is not None:
+        return definition
+    results = Location(bucket=default[0], prefix=default[1])
+    return definition.model_copy(update={"data_store": ds.model_copy(update={"training_results": results})})
+
+
 def check_storage(definition: Definition, config: StoreConfig) -> None:
     """Fail now, not in a run, if the data bucket is missing or the store unusable."""
     store = open_store(config)
     ds = definition.data_store
-    if ds and ds.training_data:
+    if ds.training_data:
         store.check_bucket(ds.training_data.bucket)
-    results = ds.training_results.bucket if ds and ds.training_results else DEFAULT_RESULTS_BUCKET
+    results = ds.training_results.bucket
     if not store.bucket_exists(results):
         try:
             store.create_bucket(results)
@@ -93,9 +102,11 @@ def check_storage(definition: Definition, config: StoreConfig) -> None:
                                f"{type(exc).__name__}") from None
 
 
-def build_experiment(account: Account, request: ExperimentRequest, default_store: StoreConfig) -> NewExperiment:
+def build_experiment(account: Account, request: ExperimentRequest, default_store: StoreConfig,
+                     default_results: tuple[str, str]) -> NewExperiment:
     """Validate a request and build its experiment and runs; nothing is stored yet."""
-    definition = load_manifest(request.manifest, request.manifest_name, env=request.env)
+    definition = with_results(load_manifest(request.manifest, request.manifest_name, env=request.env),
+                              default_results)
     code = decode_code(request.code_zip_b64)
     need = definition.gpus * definition.learners
     if need > account.gpu_quota:
@@ -130,9 +141,8 @@ def assemble(account: Account, definition: Definition, assignments: list[dict], 
 def run_rows(experiment: ExperimentRow, assignments: list[dict], first: int, total: int) -> list[RunRow]:
     """QUEUED runs of ``experiment`` for ``assignments``, numbered from ``first`` of ``total``."""
     d = experiment.definition
-    results = (d.get("data_store") or {}).get("training_results") or {}
-    bucket = results.get("bucket", DEFAULT_RESULTS_BUCKET)
-    prefix = results.get("prefix", "").strip("/")
+    results = d["data_store"]["training_results"]
+    bucket, prefix = results["bucket"], results.get("prefix", "").strip("/")
     width = max(2, len(str(total)))
     created = datetime.now(timezone.utc)
     rows = []

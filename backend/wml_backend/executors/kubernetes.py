@@ -31,6 +31,9 @@ SWEEP_S = 0.5
 ORPHAN_SECRET_S = 60.0
 #: GPUs and run slots the backend admits into the cluster when ``--gpus``/``--slots`` are not given.
 DEFAULT_GPUS, DEFAULT_SLOTS = 8, 100
+#: Seconds a finished Job waits for its pod's last state from the pod watch (the two streams
+#: are not ordered with each other) before the run ends without it.
+POD_LAG_S = 5.0
 #: Lines of the pod's log kept with a run whose runner died without reporting.
 LOG_TAIL_LINES = 20
 #: Seconds one watch request lasts before it is renewed from the last resourceVersion.
@@ -58,6 +61,7 @@ class _Run:
     pod: Optional[dict] = None
     pod_gone: bool = False
     stuck_since: Optional[float] = None
+    over_since: Optional[float] = None
     #: Why we stopped it ourselves (an image that cannot be pulled...).
     failure: Optional[str] = None
     note: Optional[str] = None
@@ -192,7 +196,9 @@ class KubernetesExecutor(Executor):
         if run.job is None and not run.job_gone:
             return None  # created, not yet seen
         job_over = run.job_gone or job_finished(run.job) or run.failure is not None
-        if job_over and pod_over(None if run.pod_gone else run.pod):
+        run.over_since = (run.over_since or time.monotonic()) if job_over else None
+        unseen = run.pod is None and not run.pod_gone and time.monotonic() - (run.over_since or 0) < POD_LAG_S
+        if job_over and pod_over(None if run.pod_gone else run.pod) and not unseen:
             return "end"
         stuck = stuck_reason(None if run.pod_gone else run.pod)
         run.stuck_since = (run.stuck_since or time.monotonic()) if stuck else None

@@ -95,11 +95,9 @@ def fetch_data(store: ObjectStore, spec: RunSpec, ws: Workspace) -> Path:
 
 def store_results(store: ObjectStore, spec: RunSpec, ws: Workspace, code: bytes) -> None:
     """Upload ``RESULT_DIR``, the training logs and the submitted code under ``training-<id>/``."""
+    from ..storage.sync import upload
     prefix = spec.results_prefix
-    store.create_bucket(spec.results_bucket)
-    for path in sorted(ws.results.rglob("*")):
-        if path.is_file():
-            store.put_file(spec.results_bucket, prefix + path.relative_to(ws.results).as_posix(), path)
+    upload(store, ws.results, spec.results_bucket, prefix.rstrip("/"))
     for learner in range(1, spec.learners + 1):
         log = ws.training_log(learner)
         if log.exists():

@@ -17,10 +17,10 @@ import hashlib
 import math
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
 
 import boto3
 import botocore.session
@@ -62,7 +62,7 @@ _UNREACHABLE = (bex.EndpointConnectionError, bex.ConnectTimeoutError,
                 bex.ConnectionClosedError, bex.ReadTimeoutError)
 
 
-def _md5(data: bytes) -> "hashlib._Hash":
+def _md5(data: bytes) -> hashlib._Hash:
     return hashlib.md5(data, usedforsecurity=False)
 
 
@@ -72,7 +72,7 @@ class _ProgressSubscriber(BaseSubscriber):
     def __init__(self, progress: Progress):
         self._progress = progress
 
-    def on_progress(self, future, bytes_transferred, **kwargs):  # noqa: ARG002 (s3transfer API)
+    def on_progress(self, future, bytes_transferred, **kwargs):
         if self._progress:
             self._progress(bytes_transferred)
 
@@ -80,7 +80,7 @@ class _ProgressSubscriber(BaseSubscriber):
 class S3Store(ObjectStore):
     """Buckets and objects of an S3-compatible service, reached through boto3."""
 
-    def __init__(self, config: StoreConfig, transfer: Optional[TransferConfig] = None):
+    def __init__(self, config: StoreConfig, transfer: TransferConfig | None = None):
         self.config = config
         self.transfer = transfer or DEFAULT_TRANSFER
         core = botocore.session.get_session()
@@ -93,8 +93,8 @@ class S3Store(ObjectStore):
         self.endpoint = self.client.meta.endpoint_url
         self._lock = threading.Lock()
         self._probe = None
-        self._parts: Optional[ThreadPoolExecutor] = None
-        self._transfers: Optional[TransferManager] = None
+        self._parts: ThreadPoolExecutor | None = None
+        self._transfers: TransferManager | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -141,18 +141,18 @@ class S3Store(ObjectStore):
             self._transfers.shutdown()
 
     @contextmanager
-    def _errors(self, bucket: str, key: Optional[str] = None):
+    def _errors(self, bucket: str, key: str | None = None):
         """Turn botocore's exceptions into one-line ``StorageError``s."""
         try:
             yield
         except (bex.BotoCoreError, bex.ClientError) as exc:
             raise self._error(exc, bucket, key) from exc
 
-    def _error(self, exc: Exception, bucket: str, key: Optional[str] = None) -> StorageError:
+    def _error(self, exc: Exception, bucket: str, key: str | None = None) -> StorageError:
         """The ``StorageError`` for ``exc``: one line naming bucket and endpoint, no keys."""
         return StorageError(self._scrub(self._message(exc, bucket, key)))
 
-    def _message(self, exc: Exception, bucket: str, key: Optional[str]) -> str:
+    def _message(self, exc: Exception, bucket: str, key: str | None) -> str:
         """What went wrong, in words: transport problems first, then the server's refusal."""
         where = f"bucket {bucket!r} at {self.endpoint}"
         if isinstance(exc, bex.NoCredentialsError):
@@ -207,8 +207,8 @@ class S3Store(ObjectStore):
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
         return self.list_range(bucket, prefix)
 
-    def list_range(self, bucket: str, prefix: str = "", after: Optional[str] = None,
-                   until: Optional[str] = None, page_size: int = 1000) -> Iterator[ObjectInfo]:
+    def list_range(self, bucket: str, prefix: str = "", after: str | None = None,
+                   until: str | None = None, page_size: int = 1000) -> Iterator[ObjectInfo]:
         """Objects under ``prefix`` with ``after < key <= until`` (None: no bound), in key order.
 
         Lets a caller list disjoint key ranges of one prefix in parallel.
@@ -296,7 +296,7 @@ class S3Store(ObjectStore):
                            for page in pages for p in page.get("Parts", ())}
 
     def _send_part(self, bucket: str, key: str, upload_id: str, path: Path,
-                   span: tuple[int, int, int], existing: Optional[tuple[int, str]]
+                   span: tuple[int, int, int], existing: tuple[int, str] | None
                    ) -> tuple[bytes, str]:
         """Upload one part unless the open upload already holds these exact bytes."""
         number, offset, length = span
@@ -320,7 +320,7 @@ class S3Store(ObjectStore):
                                            Delete={"Objects": keys[start:start + 1000]})
 
 
-def _refusal(exc: bex.ClientError, bucket: str, endpoint: str, key: Optional[str]) -> str:
+def _refusal(exc: bex.ClientError, bucket: str, endpoint: str, key: str | None) -> str:
     """The message for an error answer of the S3 service at ``endpoint``."""
     code, where = _code(exc), f"bucket {bucket!r} at {endpoint}"
     if code in _MISSING:

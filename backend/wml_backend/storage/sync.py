@@ -21,11 +21,11 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Optional
 
 from ..errors import StorageError
 from .base import ObjectInfo, ObjectStore, SyncSummary
@@ -118,7 +118,7 @@ def multipart_etag(part_md5s: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
 
 
-def _md5_of(f, length: int) -> "hashlib._Hash":
+def _md5_of(f, length: int) -> hashlib._Hash:
     """The MD5 of the next ``length`` bytes of the open file ``f`` (fewer at its end)."""
     digest = hashlib.md5(usedforsecurity=False)
     while length > 0 and (chunk := f.read(min(_CHUNK, length))):
@@ -176,7 +176,7 @@ class DigestCache:
     that cannot be opened (read-only home) degrades to memory only.
     """
 
-    def __init__(self, db: Optional[Path], scope: Path):
+    def __init__(self, db: Path | None, scope: Path):
         self._db, self._lock = db, threading.Lock()
         self._rows: dict[tuple[str, int], tuple[int, int, str]] = {}
         self._new: dict[tuple[str, int], tuple[int, int, str]] = {}
@@ -201,7 +201,7 @@ class DigestCache:
                                 (scope, below, below[:-1] + chr(ord(os.sep) + 1)))
             self._rows = {(p, part): (size, mtime, etag) for p, part, size, mtime, etag in rows}
 
-    def known(self, path: Path, stat: _Stat, part_size: int) -> Optional[str]:
+    def known(self, path: Path, stat: _Stat, part_size: int) -> str | None:
         """The remembered ETag of ``path`` as of ``stat``, or None."""
         row = self._rows.get((str(path), part_size))
         return row[2] if row and row[:2] == (stat.size, stat.mtime_ns) else None
@@ -241,7 +241,7 @@ def cache_path(store: ObjectStore) -> Path:
     return Path(base) / "digests.sqlite"
 
 
-def _matches(store: ObjectStore, item: "_Item", digest: Callable[..., Optional[str]]) -> bool:
+def _matches(store: ObjectStore, item: _Item, digest: Callable[..., str | None]) -> bool:
     """Whether the local file has the remote object's size and ETag, per ``digest``
 
     (``DigestCache.known`` to ask the cache only, ``DigestCache.etag`` to hash if need be).
@@ -261,8 +261,8 @@ class _Item:
 
     path: Path
     key: str
-    stat: Optional[_Stat]
-    remote: Optional[ObjectInfo]
+    stat: _Stat | None
+    remote: ObjectInfo | None
     size: int
 
 
@@ -303,7 +303,7 @@ def _local_items(root: Path, prefix: str) -> list[tuple[Path, str]]:
     return [(path, _join(prefix, rel)) for path, rel in _walk(root)]
 
 
-def _remote_dest(dest: Path, prefix: str, key: str) -> Optional[Path]:
+def _remote_dest(dest: Path, prefix: str, key: str) -> Path | None:
     """Where object ``key`` goes under ``dest``; None for keys outside the prefix or unsafe."""
     base = prefix.strip("/")
     if key == base:
@@ -364,7 +364,7 @@ def _sync(store: ObjectStore, items: list[_Item], scope: Path, task, progress, w
 
 
 def upload(store: ObjectStore, local_path, bucket: str, prefix: str = "",
-           progress: Optional[SyncProgress] = None, workers: int = 8) -> SyncSummary:
+           progress: SyncProgress | None = None, workers: int = 8) -> SyncSummary:
     """Sync a file or directory to ``bucket/prefix``, creating the bucket, skipping unchanged."""
     started, root = time.monotonic(), Path(local_path).absolute()
     files = _local_items(root, prefix)
@@ -393,7 +393,7 @@ def upload(store: ObjectStore, local_path, bucket: str, prefix: str = "",
 
 
 def download(store: ObjectStore, bucket: str, prefix: str, dest,
-             progress: Optional[SyncProgress] = None, workers: int = 8) -> SyncSummary:
+             progress: SyncProgress | None = None, workers: int = 8) -> SyncSummary:
     """Sync the objects under ``bucket/prefix`` into the directory ``dest``, skipping unchanged."""
     started, dest = time.monotonic(), Path(dest).absolute()
     items = []

@@ -67,6 +67,13 @@ def test_run_reads_data_from_and_writes_results_to_s3(s3_backend, moto, tmp_path
     dest = tmp_path / "pulled"
     assert s3_backend.cli("download", run_id, str(dest)).returncode == 0
     assert (dest / "data-seen.txt").read_text() == "data on s3"
+    logs = tmp_path / "logs"
+    assert s3_backend.cli("download", run_id, str(logs), "--logs-only").returncode == 0
+    assert [p.relative_to(logs).as_posix() for p in logs.rglob("*") if p.is_file()] == [
+        "learner-1/training-log.txt"]
+    model = tmp_path / "model"
+    assert s3_backend.cli("download", run_id, str(model), "--model").returncode == 0
+    assert (model / "_submitted_code" / "model.zip").is_file()
 
 
 def test_ffdl_connection_credentials_never_leak(s3_backend, moto, tmp_path):

@@ -143,7 +143,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from wml_backend.storage.sync import tqdm_progress
-    summary = _client().download(args.run, args.dest, progress=tqdm_progress())
+    part = "logs" if args.logs_only else "model" if args.model else "all"
+    summary = _client().download(args.run, args.dest, progress=tqdm_progress(), part=part)
     print(summary.line("received"))
     return 0
 
@@ -224,6 +225,9 @@ def build_parser() -> Parser:
     sp = command("download", cmd_download, "download a run's results")
     sp.add_argument("run")
     sp.add_argument("dest", nargs="?", default=".")
+    only = sp.add_mutually_exclusive_group()
+    only.add_argument("--logs-only", action="store_true", help="only the training logs (learner-*/)")
+    only.add_argument("--model", action="store_true", help="only the submitted model code (_submitted_code/)")
 
     command("usage", cmd_usage, "GPU quota and GPU time", json_flag=True)
 

@@ -178,12 +178,25 @@ class Client:
         bucket, _, prefix = bucket.partition("/")
         return upload(self.store(), Path(path), bucket, prefix, progress=progress)
 
-    def download(self, run_id: str, dest: str | os.PathLike = ".", progress: Any = None):
-        """Pull a run's results (``RESULT_DIR``, logs, code) into ``dest``."""
+    def download(self, run_id: str, dest: str | os.PathLike = ".", progress: Any = None, part: str = "all"):
+        """Pull a run's results into ``dest``: ``all``, only the ``logs``, or the submitted ``model`` code."""
         from wml_backend.storage.sync import download
-        results = self.run(run_id).results
-        bucket, _, prefix = results.partition("/")
-        return download(self.store(), bucket, prefix, Path(dest), progress=progress)
+        run = self.run(run_id)
+        bucket, _, prefix = run.results.partition("/")
+        folders = {"all": [""], "model": ["_submitted_code/"],
+                   "logs": [f"learner-{k}/" for k in range(1, run.learners + 1)]}
+        if part not in folders:
+            raise InvalidInput(f"part: {part!r} is not one of {', '.join(folders)}")
+        summaries = [download(self.store(), bucket, prefix + folder, Path(dest) / folder, progress=progress)
+                     for folder in folders[part]]
+        return summaries[0] if len(summaries) == 1 else _total(summaries)
+
+
+def _total(summaries: list) -> Any:
+    """One summary of several transfers."""
+    from wml_backend.storage import SyncSummary
+    return SyncSummary(sent=sum(s.sent for s in summaries), skipped=sum(s.skipped for s in summaries),
+                       bytes=sum(s.bytes for s in summaries), seconds=sum(s.seconds for s in summaries))
 
 
 def _error(response: httpx.Response) -> WmlError:

@@ -32,18 +32,29 @@ def substitute(command: str, hparams: dict[str, Any]) -> str:
     return _PLACEHOLDER.sub(value, " ".join(command.split("\n")))
 
 
-def environment(spec: RunSpec, ws: Workspace, data_dir: Path, learner: int = 1) -> dict[str, str]:
-    """FfDL's variables and ours, on top of the runner's environment minus its secrets."""
+def environment(spec: RunSpec, ws: Workspace, data_dir: Path, learner: int = 1,
+                master: tuple[str, int] = ("127.0.0.1", 29500)) -> dict[str, str]:
+    """FfDL's variables, torch.distributed's and ours, on the runner's environment minus its secrets.
+
+    Each learner is a node of one process: RANK = NODE_RANK = LEARNER_ID - 1, LOCAL_RANK = 0,
+    and its own share of the run's GPUs in CUDA_VISIBLE_DEVICES.
+    """
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
     env.update({
         "DATA_DIR": str(data_dir), "RESULT_DIR": str(ws.results), "LOG_DIR": str(ws.logs),
         "JOB_STATE_DIR": str(ws.state), "CHECKPOINT_DIR": str(ws.checkpoints), "MODEL_DIR": str(ws.model),
         "TRAINING_ID": spec.run_id, "GPU_COUNT": str(spec.gpus), "NUM_LEARNERS": str(spec.learners),
         "LEARNER_ID": str(learner), "WML_EXPERIMENT_ID": spec.experiment_id,
-        "WML_HPARAMS": json.dumps(spec.hparams), "WML_METRICS_FILE": str(ws.state / "wml-metrics.jsonl"),
+        "WML_HPARAMS": json.dumps(spec.hparams), "WML_METRICS_FILE": str(ws.metrics_file(learner)),
         "WML_ATTEMPT": str(spec.attempt), "PYTHONUNBUFFERED": "1",
+        "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "WORLD_SIZE": str(spec.learners),
+        "RANK": str(learner - 1), "NODE_RANK": str(learner - 1), "LOCAL_RANK": "0",
         "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
     })
+    devices = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    if devices and spec.learners > 1:
+        share = devices[(learner - 1) * spec.gpus:learner * spec.gpus]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(share)
     return env
 
 
@@ -56,15 +67,24 @@ class Command:
         self._lock = threading.Lock()
         self.stopped = False
 
-    def run(self) -> int:
-        """Run to the end; return its exit code (negative: killed by that signal)."""
+    def start(self) -> None:
+        """Start the command (unless it was stopped already)."""
         with open(self.log_path, "ab") as log, self._lock:
-            if self.stopped:
-                return -signal.SIGTERM
-            self._proc = subprocess.Popen(["bash", "-c", self.command], cwd=self.cwd, env=self.env,
-                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                          process_group=0)
-        return self._proc.wait()
+            if not self.stopped:
+                self._proc = subprocess.Popen(["bash", "-c", self.command], cwd=self.cwd, env=self.env,
+                                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                              process_group=0)
+
+    def poll(self) -> Optional[int]:
+        """Its exit code (negative: killed by that signal) once it has ended, else None."""
+        if self._proc is None:
+            return -signal.SIGTERM if self.stopped else None
+        return self._proc.poll()
+
+    def run(self) -> int:
+        """Run to the end; return its exit code."""
+        self.start()
+        return self._proc.wait() if self._proc else -signal.SIGTERM
 
     def stop(self) -> None:
         """SIGTERM the command's process group, SIGKILL it after ``TERM_GRACE_S``."""

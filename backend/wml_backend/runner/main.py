@@ -13,6 +13,7 @@ from pathlib import Path
 from ..models import RunSpec
 from ..states import RunState
 from .command import Command, environment, substitute
+from .learners import LearnerGroup, free_port
 from .reporter import Reporter
 from .shipper import Shipper
 from .workspace import Workspace, fetch_data, open_run_store, store_results, unpack_code
@@ -44,13 +45,14 @@ class Runner:
     def __init__(self, reporter: Reporter, ws: Workspace):
         self.reporter, self.ws = reporter, ws
         self.cancelled = False
-        self.command: Command | None = None
+        self.learners: LearnerGroup | None = None
+        self.failed_learner: int | None = None
 
     def cancel(self) -> None:
-        """Stop the command (SIGTERM, then SIGKILL); results are still stored."""
+        """Stop the learners (SIGTERM, then SIGKILL); results are still stored."""
         self.cancelled = True
-        if self.command is not None:
-            self.command.stop()
+        if self.learners is not None:
+            self.learners.stop()
 
     def run(self) -> None:
         """Do the whole attempt and report its end, whatever happens."""
@@ -66,31 +68,37 @@ class Runner:
         elif exit_code == 0:
             self._end(RunState.COMPLETED, 0, None)
         else:
-            self._end(RunState.FAILED, exit_code, _exit_reason(exit_code))
+            who = f"learner {self.failed_learner}: " if self.failed_learner else ""
+            self._end(RunState.FAILED, exit_code, who + _exit_reason(exit_code))
 
     def _train(self, spec: RunSpec) -> int:
         self.reporter.state(RunState.DOWNLOADING)
-        self.ws.reset()
+        self.ws.reset(spec.learners)
         code = self.reporter.code()
         unpack_code(code, self.ws.model)
         store = open_run_store(spec)
         data_dir = fetch_data(store, spec, self.ws)
-        log_path = self.ws.training_log(1)
-        self.command = Command(substitute(spec.command, spec.hparams), environment(spec, self.ws, data_dir),
-                               self.ws.model, log_path)
+        master = ("127.0.0.1", free_port())
+        command = substitute(spec.command, spec.hparams)
+        envs = {k: environment(spec, self.ws, data_dir, k, master) for k in range(1, spec.learners + 1)}
+        self.learners = LearnerGroup({k: Command(command, env, self.ws.model, self.ws.training_log(k))
+                                      for k, env in envs.items()})
         if self.cancelled:
-            self.command.stop()
+            self.learners.stop()
         self.reporter.state(RunState.PROCESSING)
-        shipper = Shipper(self.reporter, log_path, self.ws.state / "wml-metrics.jsonl",
-                          tensorboard_dir=_tensorboard_dir(spec, self.command.env), attempt=spec.attempt).start()
-        exit_code = self.command.run()
-        shipper.finish()
+        shippers = [Shipper(self.reporter, self.ws.training_log(k), self.ws.metrics_file(k), learner=k,
+                            tensorboard_dir=_tensorboard_dir(spec, env) if k == 1 else None,
+                            attempt=spec.attempt).start() for k, env in envs.items()]
+        outcome = self.learners.run()
+        for shipper in shippers:
+            shipper.finish()
+        self.failed_learner = outcome.failed_learner
         self.reporter.state(RunState.STORING)
         _retry(lambda: store_results(store, spec, self.ws, code), STORE_RETRY_S)
-        return exit_code
+        return outcome.exit_code
 
     def _end(self, state: RunState, exit_code: int | None, reason: str | None) -> None:
-        tail = _tail(self.ws.training_log(1)) if state is RunState.FAILED else []
+        tail = _tail(self.ws.training_log(self.failed_learner or 1)) if state is RunState.FAILED else []
         self.reporter.state(state, exit_code=exit_code, reason=reason, log_tail=tail)
 
 

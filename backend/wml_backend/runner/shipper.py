@@ -27,6 +27,8 @@ LOG_CHUNK_BYTES = 256 * 1024
 METRICS_BATCH = 5000
 #: Sequence numbers each attempt of a run may use (2**32: far more points than a run logs).
 ATTEMPT_SEQ_SPAN = 2 ** 32
+#: Sequence numbers each learner of an attempt may use.
+LEARNER_SEQ_SPAN = 2 ** 24
 
 
 class Shipper:
@@ -39,7 +41,8 @@ class Shipper:
         self._log_pos = 0          # bytes of the local file already sent
         self._remote_offset = 0    # length of the log on the backend
         self._metrics_pos = 0
-        self._seq = (attempt - 1) * ATTEMPT_SEQ_SPAN  # each attempt numbers its points apart
+        # each attempt, and each learner in it, numbers its points apart
+        self._seq = (attempt - 1) * ATTEMPT_SEQ_SPAN + (learner - 1) * LEARNER_SEQ_SPAN
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="wml-shipper", daemon=True)
 

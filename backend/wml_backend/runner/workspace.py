@@ -45,12 +45,17 @@ class Workspace:
         return self.root / "checkpoints"
 
     def training_log(self, learner: int = 1) -> Path:
-        """Where the command's stdout and stderr go."""
+        """Where a learner's stdout and stderr go."""
         return self.root / f"learner-{learner}" / "training-log.txt"
 
-    def reset(self) -> None:
+    def metrics_file(self, learner: int = 1) -> Path:
+        """Where a learner's ``run.log`` points go for the runner to ship."""
+        return self.state / f"wml-metrics-{learner}.jsonl"
+
+    def reset(self, learners: int = 1) -> None:
         """Fresh directories for an attempt (checkpoints excepted)."""
-        for path in (self.model, self.data, self.results, self.logs, self.state, self.training_log().parent):
+        logs = [self.training_log(k).parent for k in range(1, learners + 1)]
+        for path in (self.model, self.data, self.results, self.logs, self.state, *logs):
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True)
         self.checkpoints.mkdir(parents=True, exist_ok=True)

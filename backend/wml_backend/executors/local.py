@@ -35,7 +35,7 @@ def detect_gpus() -> int:
 #: Runners are forked from a server that has already imported the runner, so starting one
 #: costs milliseconds instead of a Python start-up and its imports.
 _FORKSERVER = multiprocessing.get_context("forkserver")
-_FORKSERVER.set_forkserver_preload(["wml_backend.runner.main", "wml_backend.daemon"])
+_FORKSERVER.set_forkserver_preload(["wml_backend.runner.preload", "wml_backend.daemon"])
 
 
 def _run_runner(env: dict[str, str], run_dir: str) -> None:

@@ -42,7 +42,6 @@ def _emit(args: argparse.Namespace, obj: Any, human: Callable[[], str]) -> None:
 # -- commands -------------------------------------------------------------------------------
 def cmd_backend(args: argparse.Namespace) -> int:
     from wml_backend import daemon
-    args.host = None
     settings = daemon.settings_from(args)
     if args.action == "serve":
         daemon.serve(settings)
@@ -183,6 +182,9 @@ def build_parser() -> Parser:
     sp.add_argument("--port", type=int, help="port on 127.0.0.1")
     sp.add_argument("--storage", help="default object store: s3://bucket/prefix (default: the embedded file store)")
     sp.add_argument("--endpoint", help="S3 endpoint URL (MinIO, Ceph, IBM COS...)")
+    sp.add_argument("--host", help="address to listen on (default 127.0.0.1; others need TLS or --insecure)")
+    from wml_backend.daemon import add_exposure_flags
+    add_exposure_flags(sp)
 
     sp = command("config", cmd_config, "show or set the client configuration", json_flag=True)
     sp.add_argument("action", nargs="?", choices=["show", "set"], default="show")

@@ -10,15 +10,21 @@ from .states import RunState
 
 
 def gpu_seconds(transitions: Iterable[Transition], gpus: int, now: Optional[float] = None) -> float:
-    """GPU-seconds a run has used: every span from PENDING to leaving the active states."""
-    total, start = 0.0, None
+    """GPU-seconds a run has used: every span from PENDING to leaving the active states.
+
+    A span that went from PENDING straight back to QUEUED never started (the backend stopped
+    between assigning GPUs and starting the run) and is not billed.
+    """
+    total, start, previous = 0.0, None, None
     for t in transitions:
         stamp = t.time.timestamp()
         if t.state is RunState.PENDING and start is None:
             start = stamp
         elif start is not None and not t.state.active:
-            total += stamp - start
+            never_started = t.state is RunState.QUEUED and previous is RunState.PENDING
+            total += 0.0 if never_started else stamp - start
             start = None
+        previous = t.state
     if start is not None:
         total += (now if now is not None else _time.time()) - start
     return gpus * total

@@ -50,6 +50,7 @@ def serve(settings: Settings) -> None:
     from .service import Service
     from .store import connect
 
+    settings.check_exposure()
     os.umask(0o077)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service(settings, connect(settings.database), build_executor(settings))
@@ -57,7 +58,8 @@ def serve(settings: Settings) -> None:
     capacity = service.executor.capacity()
     _write_state(settings, capacity)
     config = uvicorn.Config(create_app(service), host=settings.host, port=settings.port,
-                            log_level="warning", access_log=False)
+                            log_level="warning", access_log=False,
+                            ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     try:
         uvicorn.Server(config).run()
     finally:
@@ -93,6 +95,7 @@ def _healthy(url: str) -> bool:
 
 def start(settings: Settings) -> dict:
     """Start the daemon unless one runs; wait until it answers; return its status."""
+    settings.check_exposure()
     current = status(settings.home)
     if current["running"]:
         return current
@@ -141,6 +144,10 @@ def _flags(settings: Settings) -> list[str]:
         flags += ["--storage", settings.storage_url]
     if settings.endpoint:
         flags += ["--endpoint", settings.endpoint]
+    if settings.tls_cert:
+        flags += ["--tls-cert", settings.tls_cert, "--tls-key", settings.tls_key or ""]
+    if settings.insecure:
+        flags += ["--insecure"]
     return flags
 
 
@@ -171,19 +178,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--slots", type=int, help="local executor: most runs at once")
     p.add_argument("--storage", help="default object store, s3://bucket/prefix (default: $WML_STORAGE or files)")
     p.add_argument("--endpoint", help="S3 endpoint URL of the default store (default: $AWS_ENDPOINT_URL)")
+    add_exposure_flags(p)
     return p
+
+
+def add_exposure_flags(p: argparse.ArgumentParser) -> None:
+    """--tls-cert, --tls-key and --insecure: what serving beyond loopback requires."""
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="allow plain HTTP on a non-loopback --host")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from parsed flags; flags not given keep their defaults (environment included)."""
     given = {"host": args.host, "port": args.port, "executor": args.executor, "gpus": args.gpus,
-             "slots": args.slots, "storage_url": args.storage, "endpoint": args.endpoint}
+             "slots": args.slots, "storage_url": args.storage, "endpoint": args.endpoint,
+             "tls_cert": args.tls_cert, "tls_key": args.tls_key, "insecure": args.insecure}
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point of ``wml-backend serve``."""
-    serve(settings_from(parser().parse_args(argv)))
+    """Entry point of ``wml-backend serve``; a configuration error is one line and exit 2."""
+    try:
+        serve(settings_from(parser().parse_args(argv)))
+    except InvalidInput as exc:
+        print(f"wml-backend: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ class Settings:
     endpoint: Optional[str] = field(default_factory=lambda: os.environ.get("AWS_ENDPOINT_URL") or None)
     #: URL runners use to reach the backend (defaults to http://host:port).
     public_url: Optional[str] = None
+    #: TLS certificate and key files (PEM) to serve HTTPS with.
+    tls_cert: Optional[str] = None
+    tls_key: Optional[str] = None
+    #: Allow plain HTTP on an address other than loopback (behind a trusted proxy or network).
+    insecure: bool = False
     #: Where the run store lives: a ``postgresql://`` URL, or None for SQLite under ``home``.
     database_url: Optional[str] = field(default_factory=lambda: os.environ.get("WML_DATABASE") or None)
 
@@ -79,4 +84,16 @@ class Settings:
     @property
     def url(self) -> str:
         """Where runners and clients reach this backend."""
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return self.public_url or f"{scheme}://{host}:{self.port}"
+
+    def check_exposure(self) -> None:
+        """Refuse to serve plain HTTP beyond loopback unless told ``insecure``: tokens would travel in clear."""
+        from .errors import InvalidInput
+        if self.tls_cert and not self.tls_key:
+            raise InvalidInput("tls: --tls-cert needs --tls-key")
+        loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+        if not loopback and not self.tls_cert and not self.insecure:
+            raise InvalidInput(f"host: serving on {self.host} needs TLS (--tls-cert/--tls-key) "
+                               "or an explicit --insecure")

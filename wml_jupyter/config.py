@@ -10,6 +10,7 @@ from typing import Optional
 import yaml
 
 from wml_backend.errors import InvalidInput
+from wml_backend.private import write_private
 from wml_backend.settings import wml_home
 
 #: Keys a profile may set, and what each means.
@@ -90,7 +91,4 @@ def set_value(key: str, value: Optional[str], profile: Optional[str] = None, hom
     else:
         section[key] = value
     path = config_path(home)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    write_private(path, yaml.safe_dump(data, sort_keys=True))

@@ -20,6 +20,7 @@ import psutil
 
 from .errors import BackendUnavailable, InvalidInput
 from .executors import Executor
+from .private import private_dir
 from .settings import DEFAULT_PORT, Settings, wml_home
 
 #: How long ``start`` waits for a new daemon to answer /healthz.
@@ -52,6 +53,7 @@ def serve(settings: Settings) -> None:
 
     settings.check_exposure()
     os.umask(0o077)
+    private_dir(settings.home).chmod(0o700)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service(settings, connect(settings.database), build_executor(settings))
     service.start()
@@ -68,7 +70,7 @@ def serve(settings: Settings) -> None:
 
 def _write_state(settings: Settings, capacity) -> None:
     path = state_file(settings.home)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     path.write_text(json.dumps({
         "pid": os.getpid(), "url": settings.url, "port": settings.port, "executor": settings.executor,
         "gpus": len(capacity.gpu_ids), "slots": capacity.slots, "real_gpus": capacity.real_gpus,
@@ -101,7 +103,7 @@ def start(settings: Settings) -> dict:
         return current
     settings = _free_port(settings)
     log_path = settings.home / "backend" / "backend.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(log_path.parent)
     with open(log_path, "ab") as log:
         subprocess.Popen([sys.executable, "-m", "wml_backend.daemon", "serve", *_flags(settings)],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from .errors import Forbidden, InvalidInput, NotFound, Unauthorized, quoted
 from .events import EventBus
 from .executors import Executor
 from .lifecycle import Lifecycle, token_hash
 from .models import (AccountCreated, Experiment, ExperimentRequest, LogChunk, MetricPoint, Run, Usage)
+from .private import write_private
 from .settings import Settings
 from .states import ACTIVE, RunState
 from .store import Account, RunRow, RunStore
@@ -61,7 +62,7 @@ class Service:
         quota = max(len(self.executor.capacity().gpu_ids), 1)
         if not self.store.accounts():
             self.store.create_account(Account(name=ADMIN_ACCOUNT, gpu_quota=quota, admin=True), token_hash(token))
-            _write_private(token_file, token)
+            write_private(token_file, token)
 
     def authenticate(self, token: Optional[str]) -> Account:
         """The account a bearer token belongs to."""
@@ -90,7 +91,7 @@ class Service:
         """One experiment with its run counts and best run."""
         row = self.store.experiment(experiment_id, account.name)
         if row is None:
-            raise NotFound(f"no experiment {experiment_id!r}")
+            raise NotFound(f"no experiment {quoted(experiment_id)}")
         return experiment_view(row, self.runs(account, experiment=experiment_id))
 
     def experiments(self, account: Account) -> list[Experiment]:
@@ -112,7 +113,7 @@ class Service:
     def _row(self, account: Account, run_id: str) -> RunRow:
         row = self.store.run(run_id, account.name)
         if row is None:
-            raise NotFound(f"no run {run_id!r}")
+            raise NotFound(f"no run {quoted(run_id)}")
         return row
 
     def run(self, account: Account, run_id: str) -> Run:
@@ -136,12 +137,14 @@ class Service:
     def runs(self, account: Account, experiment: Optional[str] = None,
              state: Optional[str] = None) -> list[Run]:
         """The account's runs, filtered by experiment and state."""
+        if experiment and self.store.experiment(experiment, account.name) is None:
+            raise NotFound(f"no experiment {quoted(experiment)}")
         states = None
         if state:
             try:
                 states = [RunState(state.upper())]
             except ValueError:
-                raise InvalidInput(f"state: {state!r} is not one of {', '.join(s.value for s in RunState)}") from None
+                raise InvalidInput(f"state: {quoted(state)} is not one of {', '.join(s.value for s in RunState)}") from None
         rows = self.store.runs(account=account.name, experiment=experiment, states=states)
         positions = self._positions(account)
         now = time.time()
@@ -174,9 +177,3 @@ class Service:
                           self.store.runs(account=account.name, states=[RunState.QUEUED]))
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(text)

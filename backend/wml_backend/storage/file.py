@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import StorageError
+from ..private import private_dir, private_open
 from .base import ObjectInfo, ObjectStore, Progress, StoreConfig
 
 _CHUNK = 1 << 20
@@ -24,9 +25,9 @@ def _md5(path: Path) -> str:
 
 def _copy(src: Path, dst: Path, progress: Progress) -> None:
     """Copy through a temporary name so a reader never sees half a file."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(dst.parent)
     tmp = dst.with_name(f".{dst.name}.part-{os.getpid()}")
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+    with open(src, "rb") as fin, private_open(tmp) as fout:
         while chunk := fin.read(_CHUNK):
             fout.write(chunk)
             if progress:
@@ -57,7 +58,7 @@ class FileStore(ObjectStore):
         return self._bucket(bucket).is_dir()
 
     def create_bucket(self, bucket: str) -> None:
-        self._bucket(bucket).mkdir(parents=True, exist_ok=True)
+        private_dir(self._bucket(bucket))
 
     def check_bucket(self, bucket: str) -> None:
         if not self.bucket_exists(bucket):

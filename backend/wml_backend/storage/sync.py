@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import StorageError
+from ..private import private_dir
 from .base import ObjectInfo, ObjectStore, SyncSummary
 
 _CHUNK = 1 << 20
@@ -186,8 +187,9 @@ class DigestCache:
             self._db = None
 
     def _connect(self) -> sqlite3.Connection:
-        self._db.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self._db.parent)
         conn = sqlite3.connect(self._db, timeout=10)
+        os.chmod(self._db, 0o600)
         conn.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT, part INTEGER, size INTEGER,"
                      " mtime_ns INTEGER, etag TEXT, PRIMARY KEY (path, part))")
         return conn

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
 from wml_backend import models
-from wml_backend.errors import ERRORS_BY_CODE, BackendUnavailable, InvalidInput, WmlError
+from wml_backend.errors import ERRORS_BY_CODE, BackendUnavailable, InvalidInput, WmlError, quoted
+from wml_backend.manifest import read_manifest_text
 from wml_backend.settings import wml_home
 
 from .codezip import package
@@ -22,6 +24,8 @@ from .objects import Experiment, Run
 #: Seconds a call waits for the backend.
 HTTP_TIMEOUT_S = 60.0
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: What a run or experiment id may hold: anything else would change the URL the id goes in.
+_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 
 
 class Client:
@@ -55,17 +59,15 @@ class Client:
               code: Optional[bytes] = None, manifest_text: Optional[str] = None) -> Experiment:
         """Submit a definition (manifest file + code directory or zip) as an experiment."""
         path = Path(manifest)
+        if manifest_text is None and not path.exists():
+            raise InvalidInput(f"{path}: no such file")
         if manifest_text is None:
-            try:
-                manifest_text = path.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                raise InvalidInput(f"{path}: no such file") from None
-            except UnicodeDecodeError:
-                raise InvalidInput(f"{path}:1: not UTF-8 text") from None
-        body = models.ExperimentRequest(
-            manifest=manifest_text, manifest_name=str(path),
-            code_zip_b64=base64.b64encode(code if code is not None else package(model, path)).decode(),
-            sweep=list(sweep or []), runs=runs, env=_referenced_env(manifest_text))
+            manifest_text = read_manifest_text(path)
+        if code is None:
+            code = _package(model, path)
+        body = _checked(models.ExperimentRequest, manifest=manifest_text, manifest_name=str(path),
+                        code_zip_b64=base64.b64encode(code).decode(), sweep=list(sweep or []), runs=runs,
+                        env=_referenced_env(manifest_text))
         data = self.request("POST", "/v1/experiments", json=body.model_dump())
         return Experiment(models.Experiment.model_validate(data), self)
 
@@ -105,7 +107,7 @@ class Client:
 
     def rerun(self, run_id: str) -> Experiment:
         """Submit a run again (same code, data, definition, hyperparameters) as a new experiment."""
-        return Experiment(models.Experiment.model_validate(self.request("POST", f"/v1/runs/{run_id}/rerun")), self)
+        return Experiment(models.Experiment.model_validate(self.request("POST", f"/v1/runs/{_id(run_id)}/rerun")), self)
 
     # -- queries --------------------------------------------------------------------------
     def experiments(self) -> list[Experiment]:
@@ -116,7 +118,7 @@ class Client:
     def experiment(self, experiment_id: str) -> Experiment:
         """One experiment."""
         return Experiment(models.Experiment.model_validate(
-            self.request("GET", f"/v1/experiments/{experiment_id}")), self)
+            self.request("GET", f"/v1/experiments/{_id(experiment_id)}")), self)
 
     def runs(self, experiment: Optional[str] = None, state: Optional[str] = None) -> list[Run]:
         """Your runs, optionally of one experiment and/or in one state."""
@@ -125,19 +127,19 @@ class Client:
 
     def run(self, run_id: str) -> Run:
         """One run."""
-        return Run(models.Run.model_validate(self.request("GET", f"/v1/runs/{run_id}")), self)
+        return Run(models.Run.model_validate(self.request("GET", f"/v1/runs/{_id(run_id)}")), self)
 
     def cancel(self, id: str) -> Any:
         """Cancel a run, or every live run of an experiment."""
         if _is_run_id(id):
-            return Run(models.Run.model_validate(self.request("POST", f"/v1/runs/{id}/cancel")), self)
+            return Run(models.Run.model_validate(self.request("POST", f"/v1/runs/{_id(id)}/cancel")), self)
         return Experiment(models.Experiment.model_validate(
-            self.request("POST", f"/v1/experiments/{id}/cancel")), self)
+            self.request("POST", f"/v1/experiments/{_id(id)}/cancel")), self)
 
     def logs(self, run_id: str, offset: int = 0, learner: int = 1) -> models.LogChunk:
         """The run's training log from byte ``offset``."""
         return models.LogChunk.model_validate(self.request(
-            "GET", f"/v1/runs/{run_id}/logs", params={"offset": offset, "learner": learner}))
+            "GET", f"/v1/runs/{_id(run_id)}/logs", params={"offset": offset, "learner": learner}))
 
     def follow_logs(self, run_id: str, learner: int = 1, poll_s: float = 0.5) -> Iterator[str]:
         """Yield log text as it comes until the run has ended."""
@@ -155,7 +157,7 @@ class Client:
     def metrics(self, run_id: str, since: int = -1) -> list[models.MetricPoint]:
         """Every metric point a run logged (after sequence number ``since``)."""
         return [models.MetricPoint.model_validate(p) for p in self.request(
-            "GET", f"/v1/runs/{run_id}/metrics", params={"since": since})]
+            "GET", f"/v1/runs/{_id(run_id)}/metrics", params={"since": since})]
 
     def usage(self) -> models.Usage:
         """Your GPU quota, GPUs in use and queued, and GPU time per experiment."""
@@ -175,12 +177,16 @@ class Client:
     def upload(self, path: str | os.PathLike, bucket: str, progress: Any = None):
         """Sync a local file or directory to ``bucket[/prefix]``; return what was sent."""
         from wml_backend.storage.sync import upload
-        bucket, _, prefix = bucket.partition("/")
+        if not Path(path).exists():
+            raise InvalidInput(f"{path}: no such file or directory")
+        bucket, prefix = _destination(bucket)
         return upload(self.store(), Path(path), bucket, prefix, progress=progress)
 
     def download(self, run_id: str, dest: str | os.PathLike = ".", progress: Any = None, part: str = "all"):
         """Pull a run's results into ``dest``: ``all``, only the ``logs``, or the submitted ``model`` code."""
         from wml_backend.storage.sync import download
+        if Path(dest).exists() and not Path(dest).is_dir():
+            raise InvalidInput(f"{dest}: exists and is not a directory")
         run = self.run(run_id)
         bucket, _, prefix = run.results.partition("/")
         folders = {"all": [""], "model": ["_submitted_code/"],
@@ -207,9 +213,43 @@ def _error(response: httpx.Response) -> WmlError:
         return WmlError(f"the backend answered {response.status_code} {response.reason_phrase}")
 
 
+def _checked(model: type[BaseModel], **fields: Any) -> BaseModel:
+    """``model(**fields)``; a field the backend would refuse is an ``InvalidInput`` naming it."""
+    try:
+        return model(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise InvalidInput(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _package(model: Optional[str | os.PathLike], manifest: Path) -> bytes:
+    """The code zip of ``model``; a file that cannot be read is an ``InvalidInput`` naming it."""
+    try:
+        return package(model, manifest)
+    except OSError as exc:
+        raise InvalidInput(f"{exc.filename or model}: {exc.strerror or 'cannot be read'}") from None
+
+
+def _destination(target: str) -> tuple[str, str]:
+    """``BUCKET[/PREFIX]`` as (bucket, prefix), refusing what would land outside the bucket."""
+    bucket, _, prefix = target.partition("/")
+    if not bucket or bucket.startswith(".") or "\\" in target:
+        raise InvalidInput(f"bucket: {target!r} is not BUCKET[/PREFIX] (a bucket name, then an optional prefix)")
+    if {".", ".."} & set(prefix.split("/")):
+        raise InvalidInput(f"bucket: {target!r}: the prefix must not contain . or .. segments")
+    return bucket, prefix
+
+
 def _referenced_env(manifest: str) -> dict[str, str]:
     """Values of the environment variables a manifest names as ``${VAR}`` (for credentials)."""
     return {name: os.environ[name] for name in set(_ENV_REF.findall(manifest)) if name in os.environ}
+
+
+def _id(value: str) -> str:
+    """``value``, checked to be an id, so that it names one object in a URL path."""
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise InvalidInput(f"{quoted(value)} is not a run or experiment id")
+    return value
 
 
 def _is_run_id(value: str) -> bool:

@@ -11,6 +11,8 @@ from wml_backend.errors import WmlError
 
 if TYPE_CHECKING:
     from .client import Client
+    from .compare import Comparison
+    from .display import LiveDisplay
 
 #: How often ``wait`` asks the backend.
 WAIT_POLL_S = 0.5
@@ -41,6 +43,11 @@ class Run:
     def to_dict(self) -> dict:
         """The run as plain JSON types."""
         return self.model.model_dump(mode="json")
+
+    def to_dataframe(self):
+        """Every metric point this run logged, one row per ``run.log`` call (needs pandas)."""
+        return _dataframe([{"seq": p.seq, "time": p.time, "step": p.step, **p.values} for p in self.history()],
+                          "seq")
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.state.value} {self.hparams}>"
@@ -85,6 +92,36 @@ class Experiment:
         """Stop every live run."""
         return self._client.cancel(self.id)
 
+    def live(self, metric: Optional[str] = None) -> "LiveDisplay":
+        """This experiment's live display (runs table, progress, metric curves), started once."""
+        display = self.__dict__.get("_live")
+        if display is None or (metric is not None and metric != display.model.metric):
+            from .display import LiveDisplay
+            if display is not None:
+                display.close()
+            display = self.__dict__["_live"] = LiveDisplay(self._client, self.model, metric)
+        return display
+
+    def watch(self, metric: Optional[str] = None) -> "Experiment":
+        """Attach a live display, so that this experiment renders as one; returns itself."""
+        self.live(metric)
+        return self
+
+    def compare(self, metric: Optional[str] = None) -> "Comparison":
+        """Runs sorted by the metric, best first, with a parallel-coordinates plot."""
+        from .compare import Comparison
+        return Comparison(self.refresh().model, [r.model for r in self.runs()], metric)
+
+    def to_dataframe(self):
+        """This experiment's runs as a pandas DataFrame (needs pandas)."""
+        return RunList(self.runs()).to_dataframe()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Optional[dict]:
+        live = self.__dict__.get("_live")
+        if live is None:
+            return None
+        return {**live._repr_mimebundle_(**kwargs), "text/plain": repr(self)}
+
     def __repr__(self) -> str:
         return f"<Experiment {self.id} {self.name!r} {self.state} {self.model.runs}>"
 
@@ -112,3 +149,89 @@ def _table(rows: list[dict[str, str]], columns: list[str]) -> str:
     head = "".join(f"<th>{c}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+# -- collections that render themselves (``%wml list``, ``%wml usage``...) -------------------
+
+def _dataframe(records: list[dict], index: str):
+    import pandas as pd
+    frame = pd.DataFrame(records)
+    return frame.set_index(index) if index in frame else frame
+
+
+def run_record(run: models.Run) -> dict[str, Any]:
+    """A run as one flat record: its hyperparameters and latest metrics as columns."""
+    return {"id": run.id, "experiment": run.experiment_id, "state": run.state.value, **run.hparams,
+            **{k: v for k, v in run.metrics.items() if k not in run.hparams}, "gpu_seconds": run.gpu_seconds,
+            "exit_code": run.exit_code, "reason": run.reason}
+
+
+class RunList(list):
+    """A list of ``Run`` that renders as a table; ``.to_dataframe()`` where pandas is installed."""
+
+    def to_dataframe(self):
+        """One row per run (pandas)."""
+        return _dataframe([run_record(r.model) for r in self], "id")
+
+    def _repr_html_(self) -> str:
+        return _table([run_row(r.model) for r in self], RUN_COLUMNS)
+
+
+EXPERIMENT_COLUMNS = ["id", "name", "state", "runs", "best", "gpu_seconds"]
+
+
+def experiment_row(e: models.Experiment) -> dict[str, str]:
+    """An experiment as the strings a table shows."""
+    best = f"{e.best.run_id} {e.best.metric}={e.best.value:.4g}" if e.best else ""
+    return {"id": e.id, "name": e.name, "state": e.state, "runs": _fmt(e.runs), "best": best,
+            "gpu_seconds": f"{e.gpu_seconds:.1f}"}
+
+
+class ExperimentList(list):
+    """A list of ``Experiment`` that renders as a table; ``.to_dataframe()`` with pandas."""
+
+    def to_dataframe(self):
+        """One row per experiment (pandas)."""
+        return _dataframe([{"id": e.id, "name": e.name, "state": e.state, **e.model.runs,
+                            "best_run": e.model.best.run_id if e.model.best else None,
+                            "best_value": e.model.best.value if e.model.best else None,
+                            "gpu_seconds": e.gpu_seconds, "created": e.created} for e in self], "id")
+
+    def _repr_html_(self) -> str:
+        return _table([experiment_row(e.model) for e in self], EXPERIMENT_COLUMNS)
+
+
+class UsageReport:
+    """An account's quota, GPUs in use and GPU time per experiment; renders as a table."""
+
+    def __init__(self, usage: models.Usage):
+        self.model = usage
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["model"], name)
+
+    def to_dataframe(self):
+        """GPU time per experiment (pandas)."""
+        return _dataframe([e.model_dump() for e in self.model.experiments], "id")
+
+    def __repr__(self) -> str:
+        u = self.model
+        return (f"<Usage {u.account}: {u.gpus_in_use}/{u.gpu_quota} GPUs in use, {u.queued_gpus} queued, "
+                f"{u.gpu_seconds / 3600:.3f} GPU-hours>")
+
+    def _repr_html_(self) -> str:
+        u = self.model
+        head = (f"<b>{html.escape(u.account)}</b>: {u.gpus_in_use}/{u.gpu_quota} GPU(s) in use, "
+                f"{u.queued_gpus} queued; GPU time {u.gpu_seconds:.1f} s ({u.gpu_seconds / 3600:.3f} GPU-hours)")
+        rows = [{"experiment": e.id, "name": e.name, "gpu_seconds": f"{e.gpu_seconds:.1f}"} for e in u.experiments]
+        return head + _table(rows, ["experiment", "name", "gpu_seconds"])
+
+
+class LogText(str):
+    """A training log: prints as itself, renders as preformatted text."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        return f"<pre style='max-height:30em;overflow:auto'>{html.escape(self)}</pre>"

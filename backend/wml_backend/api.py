@@ -9,14 +9,15 @@ import json
 from typing import Annotated, Optional
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 
 from . import __version__
-from .errors import WmlError
+from .errors import ERRORS_BY_CODE, WmlError
+from .events import Subscription
 from .models import (AccountCreated, Experiment, ExperimentRequest, LogAppend, LogChunk, MetricPoint,
                      Run, RunSpec, StateReport, Usage)
 from .reports import RunnerReports
@@ -34,9 +35,17 @@ class Error(BaseModel):
     message: str
 
 
+#: Every error status a route may answer, each with an ``Error`` body.
+ERROR_RESPONSES = {status: {"model": Error}
+                   for status in sorted({cls.http_status for cls in ERRORS_BY_CODE.values()} | {400, 404})}
+#: Codes of the errors the framework itself raises (unknown route, wrong method, unreadable body).
+HTTP_CODES = {400: "invalid", 404: "not_found", 405: "method_not_allowed"}
+
+
 class AccountRequest(BaseModel):
     """A new account's name and GPU quota."""
 
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
     gpus: int = Field(ge=0, le=10_000)
 
@@ -49,8 +58,7 @@ class Count(BaseModel):
 
 def create_app(service: Service) -> FastAPI:
     """The ASGI application serving ``service``."""
-    app = FastAPI(title="wml backend", version=__version__,
-                  responses={400: {"model": Error}, 401: {"model": Error}, 404: {"model": Error}})
+    app = FastAPI(title="wml backend", version=__version__, responses=ERROR_RESPONSES)
     reports = RunnerReports(service)
 
     @app.exception_handler(WmlError)
@@ -59,9 +67,14 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return JSONResponse({"code": "invalid", "message": f"{where}: {first['msg']}"}, status_code=422)
+        return JSONResponse({"code": "invalid", "message": _validation_message(exc.errors())}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "error")
+        message = (f"no such route: {request.method} {request.url.path}" if exc.status_code in (404, 405)
+                   else str(exc.detail))
+        return JSONResponse({"code": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
 
     def account(token: Token) -> Account:
         return service.authenticate(token.credentials if token else None)
@@ -129,8 +142,9 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/v1/events", response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}})
-    async def events(caller: Caller) -> StreamingResponse:
-        return StreamingResponse(_sse(service, caller.name), media_type="text/event-stream",
+    async def events(caller: Caller, experiment: Optional[str] = None) -> StreamingResponse:
+        subscription = service.events.subscribe(caller.name)  # before the response starts: nothing missed
+        return StreamingResponse(_sse(subscription, experiment), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # -- runners --------------------------------------------------------------------------
@@ -158,11 +172,28 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
-async def _sse(service: Service, account: str):
-    """Server-sent events of ``account``: run changes and new metrics, with heartbeats."""
+def _validation_message(errors: list[dict]) -> str:
+    """The first problem of a request that does not parse, as ``field: problem``."""
+    if not errors:
+        return "body: invalid request"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    if first.get("type") == "json_invalid":
+        return "body: not valid JSON"
+    if first.get("type") == "extra_forbidden":
+        return f"{where}: unknown field"
+    return f"{where}: {first['msg']}"
+
+
+async def _sse(subscription: Subscription, experiment: Optional[str]):
+    """Server-sent events: run changes and new metrics (of one experiment if given), with heartbeats."""
     yield ": connected\n\n"
-    async for event in service.events.subscribe(account):
+    async for event in subscription.stream():
         if event is None:
             yield ": heartbeat\n\n"
-        else:
-            yield f"event: {event['type']}\ndata: {json.dumps(jsonable_encoder(event))}\n\n"
+        elif experiment is None or _experiment_of(event) == experiment:
+            yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+
+
+def _experiment_of(event: dict) -> Optional[str]:
+    return event.get("experiment_id") or (event.get("run") or {}).get("experiment_id")

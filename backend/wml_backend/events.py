@@ -30,17 +30,31 @@ class EventBus:
         if queue.qsize() < QUEUE_LIMIT:
             queue.put_nowait(event)
 
-    async def subscribe(self, account: str, heartbeat: float = 15.0) -> AsyncIterator[Optional[dict]]:
-        """Yield ``account``'s events as they come; ``None`` every ``heartbeat`` idle seconds."""
+    def subscribe(self, account: str) -> "Subscription":
+        """Start receiving ``account``'s events now (call from the event loop); close it when done."""
         entry = (asyncio.get_running_loop(), asyncio.Queue(), account)
         with self._lock:
             self._subscribers.append(entry)
+        return Subscription(self, entry)
+
+    def _unsubscribe(self, entry: tuple) -> None:
+        with self._lock:
+            self._subscribers.remove(entry)
+
+
+class Subscription:
+    """One subscriber's queue of events."""
+
+    def __init__(self, bus: EventBus, entry: tuple):
+        self._bus, self._entry = bus, entry
+
+    async def stream(self, heartbeat: float = 15.0) -> AsyncIterator[Optional[dict]]:
+        """Yield events as they come, ``None`` every ``heartbeat`` idle seconds; unsubscribes at the end."""
         try:
             while True:
                 try:
-                    yield await asyncio.wait_for(entry[1].get(), heartbeat)
+                    yield await asyncio.wait_for(self._entry[1].get(), heartbeat)
                 except asyncio.TimeoutError:
                     yield None
         finally:
-            with self._lock:
-                self._subscribers.remove(entry)
+            self._bus._unsubscribe(self._entry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .states import RunState
 
@@ -127,8 +127,10 @@ class AccountCreated(BaseModel):
 class ExperimentRequest(BaseModel):
     """What a client submits: a manifest's text, the code as a base64 zip, and overrides."""
 
+    model_config = ConfigDict(extra="forbid")
     manifest: str
-    manifest_name: str = "manifest.yml"
+    #: Shown in error messages as ``file:line: field: problem``: one line of a sane length.
+    manifest_name: str = Field("manifest.yml", max_length=1000, pattern=r"^[^\x00-\x1f\x7f]*$")
     code_zip_b64: str
     #: Hyperparameter flags (``lr=loguniform(1e-4,1e-1)``) added to the manifest's space.
     sweep: list[str] = Field(default_factory=list)
@@ -164,6 +166,7 @@ class RunSpec(BaseModel):
     hparams: dict[str, Any]
     gpus: int
     learners: int
+    cpus: float = 1.0
     framework: str
     evaluation_metrics: Optional[dict[str, Any]] = None
     #: The object store (with credentials: only runners see this), and the buckets/prefixes.

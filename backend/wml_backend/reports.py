@@ -42,7 +42,8 @@ class RunnerReports:
         bucket, _, prefix = run.results.partition("/")
         return RunSpec(run_id=run.id, experiment_id=run.experiment_id, attempt=run.attempt,
                        command=definition["command"], hparams=run.hparams, gpus=run.gpus,
-                       learners=run.learners, framework=definition.get("framework", "custom"),
+                       learners=run.learners, cpus=definition.get("cpus", 1.0),
+                       framework=definition.get("framework", "custom"),
                        evaluation_metrics=definition.get("evaluation_metrics"), store=store,
                        data_bucket=data.get("bucket"), data_prefix=data.get("prefix", ""),
                        results_bucket=bucket, results_prefix=prefix)

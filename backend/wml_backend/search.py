@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .definition import ParamSpec, Search
 from .errors import InvalidInput
-from .space import DEFAULT_RUNS, MAX_RUNS, TPE_STARTUP, grid
+from .space import DEFAULT_RUNS, MAX_RUNS, TPE_STARTUP, grid, grid_size, is_finite
 from .space import count_values
 
 
@@ -67,7 +67,8 @@ def sample(space: Mapping[str, ParamSpec], search: Search, n: int | None = None)
             raise InvalidInput(f"the grid has {len(points)} points but runs is {count}: "
                                f"raise runs or shrink the grid")
         return points
-    count = count or DEFAULT_RUNS
+    if not count:  # unsaid: DEFAULT_RUNS, but never more draws than a finite space has points
+        count = min(DEFAULT_RUNS, grid_size(space)) if is_finite(space) else DEFAULT_RUNS
     if search.algorithm == "tpe":
         count = startup_runs(count)
     return random_points(space, count, search.seed)

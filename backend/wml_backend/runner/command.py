@@ -51,6 +51,9 @@ def environment(spec: RunSpec, ws: Workspace, data_dir: Path, learner: int = 1,
         "RANK": str(learner - 1), "NODE_RANK": str(learner - 1), "LOCAL_RANK": "0",
         "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
     })
+    threads = str(max(1, int(spec.cpus)))  # math libraries would otherwise take every core
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(name, threads)
     devices = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
     if devices and spec.learners > 1:
         share = devices[(learner - 1) * spec.gpus:learner * spec.gpus]

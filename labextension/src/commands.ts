@@ -1,0 +1,205 @@
+/**
+ * The extension's commands: what the sidebar's buttons, the notebook toolbar and the cell
+ * context menu run (also reachable from the command palette).
+ */
+import { JupyterFrontEnd } from '@jupyterlab/application';
+import { Clipboard, Dialog, Notification, showDialog } from '@jupyterlab/apputils';
+import { PathExt } from '@jupyterlab/coreutils';
+import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
+
+import { WmlApi } from './api';
+import { wmlIcon } from './icons';
+import { createLogTab } from './logs';
+import { SidebarActions, SidebarWidget } from './panel';
+import { errorView } from './state';
+import { askTrainOptions } from './train';
+
+/** Command ids. */
+export const CommandIds = {
+  openSidebar: 'wml:open-sidebar',
+  refresh: 'wml:refresh',
+  cancelRun: 'wml:cancel-run',
+  cancelExperiment: 'wml:cancel-experiment',
+  openLogs: 'wml:open-logs',
+  download: 'wml:download-results',
+  copyRunId: 'wml:copy-run-id',
+  insertWatch: 'wml:insert-watch',
+  trainCell: 'wml:train-cell'
+} as const;
+
+/** What the commands work with. */
+export interface CommandContext {
+  app: JupyterFrontEnd;
+  api: WmlApi;
+  sidebar: SidebarWidget;
+  notebooks: INotebookTracker;
+}
+
+/** The sidebar's actions, each running the matching command. */
+export function sidebarActions(app: JupyterFrontEnd): SidebarActions {
+  const run = (id: string, args: Record<string, string>) => void app.commands.execute(id, args);
+  return {
+    cancelRun: r => run(CommandIds.cancelRun, { runId: r.id }),
+    cancelExperiment: e => run(CommandIds.cancelExperiment, { experimentId: e.id }),
+    openLogs: r => run(CommandIds.openLogs, { runId: r.id }),
+    download: r => run(CommandIds.download, { runId: r.id }),
+    copyId: r => run(CommandIds.copyRunId, { runId: r.id }),
+    insertWatch: e => run(CommandIds.insertWatch, { experimentId: e.id })
+  };
+}
+
+/** Show a failed action as a notification (never as a console error only). */
+function report(what: string, error: unknown): void {
+  const view = errorView(error);
+  Notification.error(`${what}: ${view.message} ${view.hint}`.trim(), { autoClose: 8000 });
+}
+
+/** Ask before cancelling; true if the user confirmed. */
+async function confirmCancel(what: string, detail: string): Promise<boolean> {
+  const result = await showDialog({
+    title: `Cancel ${what}?`,
+    body: detail,
+    buttons: [Dialog.cancelButton({ label: 'Keep running' }), Dialog.warnButton({ label: `Cancel ${what}` })]
+  });
+  return result.button.accept;
+}
+
+/** Register every command. */
+export function registerCommands(ctx: CommandContext): void {
+  const { app, api, sidebar } = ctx;
+  const { commands } = app;
+  const arg = (args: unknown, key: string) => String((args as Record<string, unknown>)[key] ?? '');
+
+  commands.addCommand(CommandIds.openSidebar, {
+    label: 'Show WML training runs',
+    icon: wmlIcon,
+    execute: () => app.shell.activateById(sidebar.id)
+  });
+  commands.addCommand(CommandIds.refresh, {
+    label: 'Refresh WML training runs',
+    execute: () => sidebar.refresh()
+  });
+  commands.addCommand(CommandIds.cancelRun, {
+    label: 'Cancel WML run',
+    execute: async args => {
+      const runId = arg(args, 'runId');
+      if (await confirmCancel('run', `Run ${runId} will stop and end HALTED.`)) {
+        await api.cancelRun(runId).then(() => sidebar.refresh(), e => report(`Cancel ${runId}`, e));
+      }
+    }
+  });
+  commands.addCommand(CommandIds.cancelExperiment, {
+    label: 'Cancel WML experiment',
+    execute: async args => {
+      const id = arg(args, 'experimentId');
+      if (await confirmCancel('experiment', `Every live run of experiment ${id} will stop and end HALTED.`)) {
+        await api.cancelExperiment(id).then(() => sidebar.refresh(), e => report(`Cancel ${id}`, e));
+      }
+    }
+  });
+  commands.addCommand(CommandIds.openLogs, {
+    label: 'Open WML run logs',
+    execute: args => openLogs(ctx, arg(args, 'runId'))
+  });
+  commands.addCommand(CommandIds.download, {
+    label: 'Download WML run results',
+    execute: args => downloadResults(api, arg(args, 'runId'))
+  });
+  commands.addCommand(CommandIds.copyRunId, {
+    label: 'Copy WML run id',
+    execute: args => {
+      Clipboard.copyToSystem(arg(args, 'runId'));
+      Notification.success(`Copied ${arg(args, 'runId')}`, { autoClose: 2000 });
+    }
+  });
+  commands.addCommand(CommandIds.insertWatch, {
+    label: 'Insert %wml watch in the notebook',
+    execute: args => insertWatch(ctx, arg(args, 'experimentId'))
+  });
+  commands.addCommand(CommandIds.trainCell, {
+    label: 'Train this cell with WML…',
+    caption: 'Submit the active cell as a WML training experiment (as %%wml train)',
+    icon: wmlIcon,
+    isEnabled: () => ctx.notebooks.activeCell?.model.type === 'code',
+    execute: () => trainCell(ctx)
+  });
+}
+
+function openLogs(ctx: CommandContext, runId: string): void {
+  const id = `wml-logs-${runId}`;
+  const open = Array.from(ctx.app.shell.widgets('main')).find(w => w.id === id);
+  if (open) {
+    ctx.app.shell.activateById(id);
+    return;
+  }
+  ctx.app.shell.add(createLogTab(ctx.api, runId), 'main');
+}
+
+async function downloadResults(api: WmlApi, runId: string): Promise<void> {
+  const fetching = api.results(runId).then(blob => {
+    saveBlob(blob, `${runId}-results.zip`);
+    return runId;
+  });
+  Notification.promise(fetching, {
+    pending: { message: `Fetching the results of ${runId}…`, options: { autoClose: false } },
+    success: { message: () => `Downloaded ${runId}-results.zip`, options: { autoClose: 3000 } },
+    error: { message: (e: unknown) => `Results of ${runId}: ${errorView(e).message}` }
+  });
+  await fetching.catch(() => undefined);
+}
+
+/** Hand `blob` to the browser as a download named `filename`. */
+function saveBlob(blob: Blob, filename: string): void {
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = filename;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+/** Code run silently before `%wml watch`, so the magic works on a fresh kernel (no output). */
+const LOAD_MAGICS = '%load_ext wml_jupyter';
+
+async function insertWatch(ctx: CommandContext, experimentId: string): Promise<void> {
+  const panel = ctx.notebooks.currentWidget;
+  if (!panel) {
+    Notification.warning('Open a notebook to insert the live display of an experiment.');
+    return;
+  }
+  ctx.app.shell.activateById(panel.id);
+  const notebook = panel.content;
+  NotebookActions.insertBelow(notebook);
+  notebook.activeCell?.model.sharedModel.setSource(`%wml watch ${experimentId}`);
+  await panel.sessionContext.ready;
+  const kernel = panel.sessionContext.session?.kernel;
+  if (kernel) {
+    await kernel.requestExecute({ code: LOAD_MAGICS, silent: true, store_history: false }).done;
+    await NotebookActions.run(notebook, panel.sessionContext);
+  }
+}
+
+async function trainCell(ctx: CommandContext): Promise<void> {
+  const panel = ctx.notebooks.currentWidget;
+  const cell = ctx.notebooks.activeCell;
+  if (!panel || !cell) {
+    return;
+  }
+  const stem = PathExt.basename(panel.context.path, PathExt.extname(panel.context.path));
+  const request = await askTrainOptions(cell.model.sharedModel.getSource(), stem || 'cell');
+  if (!request) {
+    return;
+  }
+  try {
+    const experiment = await ctx.api.train(request);
+    Notification.success(`Experiment ${experiment.id} (${experiment.name}) submitted`, {
+      autoClose: 5000,
+      actions: [{ label: 'Show runs', callback: () => ctx.app.shell.activateById(ctx.sidebar.id) }]
+    });
+    await ctx.sidebar.refresh();
+  } catch (error) {
+    report('Train this cell', error);
+  }
+}

@@ -1,0 +1,256 @@
+/**
+ * The wire model, mirrored field by field from Python.
+ *
+ * `Run`, `Experiment`, `Usage`, `MetricPoint`, `LogChunk` and their parts mirror
+ * `backend/wml_backend/models.py`; `Snapshot`, `ExperimentPage`, `RunPage` and
+ * `TrainRequest` mirror `wml_jupyter/serverext/wire.py`. A field is added in Python first.
+ * Times are ISO 8601 strings (UTC), as pydantic writes them.
+ */
+
+/** A run's lifecycle state, in order (FfDL's). */
+export type RunState =
+  | 'QUEUED'
+  | 'PENDING'
+  | 'DOWNLOADING'
+  | 'PROCESSING'
+  | 'STORING'
+  | 'COMPLETED'
+  | 'FAILED'
+  | 'HALTED'
+  | 'STOPPED';
+
+/** Every state, in lifecycle order. */
+export const RUN_STATES: readonly RunState[] = [
+  'QUEUED',
+  'PENDING',
+  'DOWNLOADING',
+  'PROCESSING',
+  'STORING',
+  'COMPLETED',
+  'FAILED',
+  'HALTED',
+  'STOPPED'
+];
+
+/** States a run never leaves. */
+export const TERMINAL_STATES: ReadonlySet<string> = new Set([
+  'COMPLETED',
+  'FAILED',
+  'HALTED',
+  'STOPPED'
+]);
+
+/** A run entered `state` at `time` (models.Transition). */
+export interface Transition {
+  /** The state entered. */
+  state: RunState;
+  /** When (ISO 8601, UTC). */
+  time: string;
+  /** Which attempt of the run (retries count up from 1). */
+  attempt: number;
+}
+
+/** One training run: one hyperparameter assignment of an experiment (models.Run). */
+export interface Run {
+  /** Run id, `<experiment id>-<n>`. */
+  id: string;
+  /** The experiment it belongs to. */
+  experiment_id: string;
+  /** The account that owns it. */
+  account: string;
+  /** Display name. */
+  name: string;
+  /** Current state. */
+  state: RunState;
+  /** This run's hyperparameter assignment. */
+  hparams: Record<string, unknown>;
+  /** GPUs per learner. */
+  gpus: number;
+  /** Cooperating learners (processes or pods). */
+  learners: number;
+  /** GPU time billed so far (gpus × seconds from PENDING to leaving STORING). */
+  gpu_seconds: number;
+  /** Exit code of the training command, once it ended. */
+  exit_code: number | null;
+  /** Why it failed or was stopped. */
+  reason: string | null;
+  /** The last lines of the training log, kept when a run fails. */
+  log_tail: string[];
+  /** Latest value of each metric the run logged (plus `step`). */
+  metrics: Record<string, number>;
+  /** Every state change with its time. */
+  transitions: Transition[];
+  /** Where its outputs are: `bucket/training-<id>/`. */
+  results: string | null;
+  /** 1-based place in its account's queue while QUEUED. */
+  queue_position: number | null;
+  /** Current attempt (1 unless retried). */
+  attempt: number;
+  /** When it was created (ISO 8601, UTC). */
+  created: string;
+  /** What reproduces the run (filled when one run is shown): code hash, data checksums, framework, seed. */
+  provenance: Record<string, unknown>;
+}
+
+/** The experiment's best run so far by its metric and mode (models.BestRun). */
+export interface BestRun {
+  /** The best run's id. */
+  run_id: string;
+  /** The metric compared. */
+  metric: string;
+  /** Its latest value in that run. */
+  value: number;
+}
+
+/** A definition plus a hyperparameter search: N runs (models.Experiment). */
+export interface Experiment {
+  /** Experiment id. */
+  id: string;
+  /** The account that owns it. */
+  account: string;
+  /** The manifest's name. */
+  name: string;
+  /** A summary: QUEUED, RUNNING, COMPLETED, FAILED (some failed) or HALTED. */
+  state: string;
+  /** Number of runs in each state. */
+  runs: Partial<Record<RunState, number>>;
+  /** The best run so far, once one logged the metric. */
+  best: BestRun | null;
+  /** The metric the search optimises, if any. */
+  metric: string | null;
+  /** `max` or `min`. */
+  mode: string;
+  /** GPU time of all its runs. */
+  gpu_seconds: number;
+  /** GPU time the early-stopped runs did not use, estimated from the completed runs' step times. */
+  gpu_seconds_saved: number;
+  /** When it was submitted (ISO 8601, UTC). */
+  created: string;
+  /** The validated definition, credentials redacted. */
+  definition: Record<string, unknown>;
+}
+
+/** One `run.log()` call (models.MetricPoint). */
+export interface MetricPoint {
+  /** Sequence number in the run. */
+  seq: number;
+  /** Unix time. */
+  time: number;
+  /** The step it was logged at, if given. */
+  step: number | null;
+  /** Metric name → value. */
+  values: Record<string, number>;
+}
+
+/** Part of a run's training log from byte `offset` (models.LogChunk). */
+export interface LogChunk {
+  /** Where this chunk starts. */
+  offset: number;
+  /** Where to ask next. */
+  next_offset: number;
+  /** The text. */
+  data: string;
+  /** Which learner's log. */
+  learner: number;
+  /** True once the run has ended and the log is whole. */
+  complete: boolean;
+}
+
+/** GPU time of one experiment (models.ExperimentUsage). */
+export interface ExperimentUsage {
+  /** Experiment id. */
+  id: string;
+  /** Experiment name. */
+  name: string;
+  /** Its GPU time. */
+  gpu_seconds: number;
+}
+
+/** An account's quota, what it holds now and the GPU time it used (models.Usage). */
+export interface Usage {
+  /** Account name. */
+  account: string;
+  /** GPUs its runs may hold at once. */
+  gpu_quota: number;
+  /** GPUs its runs hold now. */
+  gpus_in_use: number;
+  /** GPUs its queued runs wait for. */
+  queued_gpus: number;
+  /** GPU time used, all experiments. */
+  gpu_seconds: number;
+  /** GPU time per experiment. */
+  experiments: ExperimentUsage[];
+}
+
+/** One page of the account's experiments, newest first (wire.ExperimentPage). */
+export interface ExperimentPage {
+  /** How many experiments there are. */
+  total: number;
+  /** Index of the first item. */
+  offset: number;
+  /** This page's experiments. */
+  items: Experiment[];
+}
+
+/** One page of an experiment's runs with sparklines (wire.RunPage). */
+export interface RunPage {
+  /** How many runs the experiment has. */
+  total: number;
+  /** Index of the first item. */
+  offset: number;
+  /** This page's runs. */
+  items: Run[];
+  /** The metric shown as "latest metric" and sparkline. */
+  metric: string | null;
+  /** Run id → the metric's values over time (downsampled), oldest first. */
+  sparklines: Record<string, number[]>;
+}
+
+/** Everything the sidebar shows at once (wire.Snapshot). */
+export interface Snapshot {
+  /** The backend URL the server extension talks to. */
+  backend: string;
+  /** The account's quota and use. */
+  usage: Usage;
+  /** A page of experiments. */
+  experiments: ExperimentPage;
+  /** Expanded experiment id → a page of its runs. */
+  runs: Record<string, RunPage>;
+  /** Items per page. */
+  page_size: number;
+}
+
+/** A notebook cell to submit as `%%wml train` would (wire.TrainRequest). */
+export interface TrainRequest {
+  /** The cell's code: becomes `train.py`. */
+  code: string;
+  /** Experiment name. */
+  name: string;
+  /** GPUs per run. */
+  gpus: number;
+  /** The manifest's `framework.name`. */
+  framework: string;
+  /** Training data bucket in the configured store, if any. */
+  data: string | null;
+  /** Hyperparameter flags, e.g. `lr=loguniform(1e-4,1e-1)`. */
+  sweep: string[];
+  /** Number of runs of the search, if set. */
+  runs: number | null;
+}
+
+/** Frameworks the "Train this cell" dialog offers: the manifest's `framework.name` values in DESIGN.md. */
+export const FRAMEWORKS: readonly string[] = [
+  'pytorch',
+  'tensorflow',
+  'keras',
+  'horovod',
+  'caffe',
+  'caffe2',
+  'h2o3',
+  'custom'
+];
+
+/** Whether a run has ended for good. */
+export function isTerminal(state: string): boolean {
+  return TERMINAL_STATES.has(state);
+}

@@ -1,0 +1,89 @@
+"""What the ``/wml/`` routes exchange with the sidebar, beyond the backend's wire model.
+
+Runs, experiments, usage and log chunks are ``wml_backend.models`` unchanged; this module adds
+the envelopes around them. ``labextension/src/model.ts`` mirrors every class here field by field.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, Field, ValidationError
+
+from wml_backend.errors import InvalidInput
+from wml_backend.models import Experiment, Run, Usage
+
+#: Items per page of experiments and of one experiment's runs: the sidebar shows pages, not
+#: thousands of rows, so it stays smooth whatever the sweep's size.
+PAGE_SIZE = 50
+
+
+class ExperimentPage(BaseModel):
+    """One page of the account's experiments, newest first."""
+
+    total: int
+    offset: int
+    items: list[Experiment]
+
+
+class RunPage(BaseModel):
+    """One page of an experiment's runs, with a sparkline of each run's metric."""
+
+    total: int
+    offset: int
+    items: list[Run]
+    #: The metric the sparklines and "latest metric" show (the experiment's, else the first logged).
+    metric: Optional[str] = None
+    #: Run id → that metric's values over time (downsampled), oldest first.
+    sparklines: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class Snapshot(BaseModel):
+    """Everything the sidebar shows at once: account usage, experiments, expanded runs."""
+
+    backend: str
+    usage: Usage
+    experiments: ExperimentPage
+    #: Experiment id → the page of its runs the sidebar has expanded.
+    runs: dict[str, RunPage] = Field(default_factory=dict)
+    page_size: int = PAGE_SIZE
+
+
+class SnapshotQuery(BaseModel):
+    """Which pages the sidebar wants: ``offset`` of experiments, and expanded experiment → run offset."""
+
+    offset: int = Field(0, ge=0)
+    expanded: dict[str, int] = Field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, offset: str, expand: list[str]) -> "SnapshotQuery":
+        """Read ``?offset=N&expand=EXP:OFFSET&expand=...`` (an absent offset is 0)."""
+        try:
+            pairs = (item.partition(":") for item in expand)
+            return cls(offset=int(offset or 0), expanded={exp: int(off or 0) for exp, _, off in pairs})
+        except (ValueError, ValidationError):
+            raise InvalidInput("offset and expand offsets must be whole numbers ≥ 0") from None
+
+
+class TrainRequest(BaseModel):
+    """A notebook cell to submit as ``%%wml train`` would, with the dialog's options."""
+
+    code: str
+    name: str = Field("cell", min_length=1, max_length=100)
+    gpus: int = Field(1, ge=0, le=64)
+    framework: str = "pytorch"
+    #: Training data bucket (``training_data.container``) in the configured default store.
+    data: Optional[str] = None
+    #: Hyperparameter flags, as ``--sweep``: ``lr=loguniform(1e-4,1e-1)``.
+    sweep: list[str] = Field(default_factory=list)
+    runs: Optional[int] = Field(None, ge=1, le=1000)
+
+
+def parse_body(model: type[BaseModel], body: bytes) -> BaseModel:
+    """A request body as ``model``; a bad one is ``InvalidInput`` naming the first bad field."""
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise InvalidInput(f"{where}: {first['msg']}") from None

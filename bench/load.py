@@ -1,0 +1,176 @@
+"""Load: 50 concurrent clients submitting experiments and polling runs and events for 60 s
+against one backend with 10,000 runs in its database (loopback only, bounded in time).
+Prints errors, read latency percentiles (goal p99 <= 100 ms) and the backend's memory over time.
+
+    python bench/load.py [--clients 50] [--seconds 60] [--seed-runs 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from backend_process import BackendProcess  # noqa: E402
+
+from wml_backend.models import MetricPoint  # noqa: E402
+from wml_backend.states import RunState  # noqa: E402
+from wml_backend.store import ExperimentRow, RunRow, SqliteRunStore  # noqa: E402
+
+
+def seed(database: Path, account: str, runs: int, per_experiment: int = 100) -> None:
+    """Fill the run store with finished experiments, as a busy backend's history."""
+    store = SqliteRunStore(database)
+    now = time.time() - 3600
+    for e in range(runs // per_experiment):
+        exp = ExperimentRow(id=f"seed{e:04d}", account=account, name=f"history-{e}", metric="acc", mode="max",
+                            definition={"name": "history", "gpus": 1, "learners": 1, "max_retries": 0,
+                                        "search": {"algorithm": "random", "metric": "acc"}},
+                            created=now + e)
+        rows = [RunRow(id=f"seed{e:04d}-{i:03d}", experiment_id=exp.id, account=account, name=f"r{i}",
+                       state="QUEUED", hparams={"lr": random.random()}, gpus=1,
+                       created=datetime.fromtimestamp(now + e, timezone.utc), results="r/")
+                for i in range(per_experiment)]
+        store.insert_experiment(exp, rows, b"PK\x05\x06" + b"\0" * 18, None)
+        for row in rows:
+            for state in (RunState.PENDING, RunState.PROCESSING, RunState.STORING, RunState.COMPLETED):
+                store.transition(row.id, state, now + e + 1)
+            store.add_metrics(row.id, [MetricPoint(seq=s, time=now, step=s, values={"acc": random.random()})
+                                       for s in range(3)])
+    store.close()
+
+
+def definition(folder: Path) -> tuple[str, str]:
+    """A small experiment to submit under load: 2 quick runs."""
+    import base64
+    import io
+    import zipfile
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("train.py", "print('hi')\n")
+    manifest = {"name": "load", "gpus": 1, "framework": {"name": "custom", "command": "python3 train.py"},
+                "hyperparameters": {"x": [1, 2]}, "search": {"algorithm": "grid"}}
+    return yaml.safe_dump(manifest), base64.b64encode(buffer.getvalue()).decode()
+
+
+async def client_loop(http: httpx.AsyncClient, body: dict, until: float, lat: dict, errors: list,
+                      experiments: list[str]) -> None:
+    """One user: mostly reads, now and then a submission."""
+    rng = random.Random()
+    while time.monotonic() < until:
+        roll = rng.random()
+        if roll < 0.05:
+            op, call = "submit", http.post("/v1/experiments", json=body)
+        elif roll < 0.35 or not experiments:
+            op, call = "list experiments", http.get("/v1/experiments")
+        elif roll < 0.7:
+            op, call = "list runs", http.get("/v1/runs", params={"experiment": rng.choice(experiments)})
+        else:
+            op, call = "show run", http.get(f"/v1/runs/{rng.choice(experiments)}-{rng.randint(1, 2):02d}")
+        started = time.monotonic()
+        try:
+            response = await call
+            if response.status_code >= 400 and not (op == "show run" and response.status_code == 404):
+                errors.append(f"{op}: {response.status_code} {response.text[:100]}")
+            elif op == "submit":
+                experiments.append(response.json()["id"])
+        except httpx.HTTPError as exc:
+            errors.append(f"{op}: {type(exc).__name__}")
+        lat[op].append(time.monotonic() - started)
+        await asyncio.sleep(rng.uniform(0.0, 0.05))
+
+
+async def listen_events(url: str, token: str, until: float, counts: list) -> None:
+    """A live display: follows the event stream."""
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=None) as http:
+        try:
+            async with http.stream("GET", "/v1/events") as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("event:"):
+                        counts.append(1)
+                    if time.monotonic() > until:
+                        return
+        except httpx.HTTPError:
+            return
+
+
+async def load(url: str, token: str, clients: int, seconds: float, body: dict) -> tuple[dict, list, int]:
+    """Run the clients and listeners; return latencies by operation, errors and events seen."""
+    lat, errors, events, experiments = defaultdict(list), [], [], [f"seed{e:04d}" for e in range(5)]
+    until = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                                 limits=limits) as http:
+        tasks = [client_loop(http, body, until, lat, errors, experiments) for _ in range(clients)]
+        listeners = [listen_events(url, token, until, events) for _ in range(5)]
+        await asyncio.wait_for(asyncio.gather(*tasks, *listeners), seconds + 60)
+    return lat, errors, len(events)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    """Seed, start, load, report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--seed-runs", type=int, default=10_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        backend = BackendProcess(home, gpus=2, slots=2).start()  # creates the admin account
+        backend.stop()
+        seeded = time.monotonic()
+        seed(home / "backend" / "wml.db", "local", args.seed_runs)
+        print(f"seeded {args.seed_runs} runs in {time.monotonic() - seeded:.1f} s")
+        backend.start()
+        proc = psutil.Process(backend.proc.pid)
+        manifest, code = definition(Path(tmp))
+        body = {"manifest": manifest, "code_zip_b64": code}
+        memory = []
+
+        async def sample_memory(until: float) -> None:
+            while time.monotonic() < until:
+                memory.append(proc.memory_info().rss / 2**20)
+                await asyncio.sleep(1)
+
+        async def run_all():
+            until = time.monotonic() + args.seconds
+            return (await asyncio.gather(load(backend.url, backend.token, args.clients, args.seconds, body),
+                                         sample_memory(until)))[0]
+
+        try:
+            lat, errors, events = asyncio.run(run_all())
+        finally:
+            backend.stop()
+    reads = [v for op, values in lat.items() if op != "submit" for v in values]
+    print(f"{args.clients} clients for {args.seconds:.0f} s against {args.seed_runs} stored runs")
+    for op, values in sorted(lat.items()):
+        print(f"  {op:17} n={len(values):6}  p50 {1000 * statistics.median(values):6.1f} ms  "
+              f"p99 {1000 * percentile(values, 99):7.1f} ms")
+    print(f"  reads p99 {1000 * percentile(reads, 99):.1f} ms (goal <= 100 ms); errors {len(errors)}; "
+          f"events received {events}")
+    for line in errors[:5]:
+        print("   ", line)
+    print(f"  backend memory (RSS, MiB): first {memory[0]:.0f}, max {max(memory):.0f}, last {memory[-1]:.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -100,3 +100,13 @@ def test_tpe_adds_runs_as_results_arrive_until_the_budget(backend, tmp_path):
         assert later > created[0] and later >= ends[0], "later points are drawn once results arrive"
     assert sorted(r["id"] for r in runs) == [f"{exp_id}-{i:02d}" for i in range(1, 8)]
     assert all(0.0 <= r["hparams"]["lr"] <= 1.0 for r in runs)
+
+
+def test_no_rung_at_or_beyond_max_steps():
+    search = Search(algorithm="random", metric="acc", mode="max",
+                    early_stopping=EarlyStopping(type="asha", min_steps=1, reduction_factor=3, max_steps=9))
+    assert rung_steps(search, 9) == [1, 3]
+    trials = {"a": Trial({"q": 0.9}, "completed", {s: 0.9 for s in range(1, 10)}),
+              "b": Trial({"q": 0.1}, "running", {s: 0.1 for s in range(1, 10)})}
+    assert early_stop(search, SPACE, trials, "b") is not None  # judged at rung 3, not at step 9
+    assert rung_steps(Search(algorithm="random", metric="acc", early_stopping=EarlyStopping(max_steps=1)), 5) == []

@@ -109,6 +109,10 @@ class TrainOptions:
     metric: Optional[str] = None
     mode: str = "max"
     early_stop: Optional[str] = None
+    #: Early stopping's rungs: first at min_steps, then × reduction_factor, never at max_steps.
+    min_steps: Optional[int] = None
+    reduction_factor: Optional[int] = None
+    max_steps: Optional[int] = None
     seed: Optional[int] = None
     include: list[str] = field(default_factory=list)
 
@@ -127,7 +131,9 @@ def _search(opts: TrainOptions) -> dict:
     if opts.early_stop:
         if not opts.metric:
             raise InvalidInput("--early-stop needs --metric (the metric to compare runs by)")
-        search["early_stopping"] = {"type": opts.early_stop}
+        rungs = {"min_steps": opts.min_steps, "reduction_factor": opts.reduction_factor,
+                 "max_steps": opts.max_steps}
+        search["early_stopping"] = {"type": opts.early_stop, **{k: v for k, v in rungs.items() if v is not None}}
     return {k: v for k, v in search.items() if v is not None}
 
 

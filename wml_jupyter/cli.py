@@ -7,13 +7,13 @@ import json
 import sys
 from typing import Any, Callable, Optional
 
-from wml_backend.errors import (Forbidden, InvalidInput, NotFound, QuotaExceeded, Unauthorized,
-                                WmlError)
+from wml_backend.errors import (Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded,
+                                Unauthorized, WmlError)
 
 from . import tables
 
 #: Errors that mean the user's input was wrong (exit 2) rather than the operation failing (1).
-INPUT_ERRORS = (InvalidInput, NotFound, QuotaExceeded, Unauthorized, Forbidden)
+INPUT_ERRORS = (InvalidInput, NotFound, QuotaExceeded, Unauthorized, Forbidden, Conflict)
 
 
 class UsageError(InvalidInput):

@@ -22,6 +22,8 @@ def zip_directory(path: Path) -> bytes:
             dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
             for name in sorted(filenames):
                 full = Path(dirpath) / name
+                if full.exists() and not full.is_file():  # a FIFO would block the zip forever
+                    raise InvalidInput(f"{full}: not a regular file (a pipe, socket or device)")
                 zf.write(full, full.relative_to(path).as_posix())
     return buffer.getvalue()
 

@@ -107,6 +107,9 @@ def parse(handler: Handler, text: str) -> Any:
 @argument("--metric", help="metric the search compares runs by, as logged with run.log(NAME=...)")
 @argument("--mode", choices=["max", "min"], default="max", help="whether a larger or smaller metric is better")
 @argument("--early-stop", choices=["asha", "median"], help="stop runs that fall behind (needs --metric)")
+@argument("--min-steps", type=int, help="early stopping: first step runs are compared at (default 1)")
+@argument("--reduction-factor", type=int, help="ASHA: keep the best 1/N at each rung (default 3)")
+@argument("--max-steps", type=int, help="early stopping: the step runs train to; never stopped there")
 @argument("--seed", type=int, help="seed of the search, for repeatable draws")
 @argument("--include", action="append", default=[], metavar="PATH",
           help="a file or directory shipped beside train.py, repeatable")
@@ -123,7 +126,8 @@ def train_cell(magics: WmlMagics, args: Any, cell: str) -> Any:
     options = dict(name=args.name, framework=name, framework_version=version or None, gpus=args.gpus,
                    cpus=args.cpus, memory=args.memory, learners=args.learners, data=args.data,
                    sweep=args.sweep, runs=args.runs, search=args.search, metric=args.metric, mode=args.mode,
-                   early_stop=args.early_stop, seed=args.seed, include=args.include)
+                   early_stop=args.early_stop, min_steps=args.min_steps, reduction_factor=args.reduction_factor,
+                   max_steps=args.max_steps, seed=args.seed, include=args.include)
     experiment = magics.client.train_code(cell, notebook=magics.shell.user_ns if magics.shell else None,
                                           first_line=2, **options)  # the cell's line 1 is %%wml
     return _submitted(magics, experiment.watch(args.metric), args.wait)

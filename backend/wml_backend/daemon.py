@@ -127,6 +127,7 @@ def _free_port(settings: Settings) -> Settings:
         if port is None:
             continue
         with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is fine
             try:
                 sock.bind((settings.host, port))
             except OSError:

@@ -64,6 +64,8 @@ class EarlyStopping(BaseModel):
     type: Literal["asha", "median"] = "asha"
     min_steps: int = Field(1, ge=1)
     reduction_factor: int = Field(3, ge=2)
+    #: The step runs train to: no rung at or beyond it (a finished run is never stopped).
+    max_steps: Optional[int] = Field(None, ge=1)
 
 
 class Search(BaseModel):

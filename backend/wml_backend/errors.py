@@ -8,6 +8,17 @@ reads the same in a terminal, a notebook and a test.
 from __future__ import annotations
 
 
+#: Characters of a user's value that an error message quotes; the rest is elided.
+QUOTED_CHARS = 80
+
+
+def quoted(value: object) -> str:
+    """``value`` as an error message quotes it: its repr, elided past QUOTED_CHARS characters
+    (a 10,000-character id or flag must not make a 10,000-character message)."""
+    text = repr(value)
+    return text if len(text) <= QUOTED_CHARS else text[:QUOTED_CHARS - 3] + "..."
+
+
 class WmlError(Exception):
     """Base of every error a user is expected to see and act on."""
 

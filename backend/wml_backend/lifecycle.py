@@ -13,21 +13,37 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from .billing import gpu_seconds
 from .errors import Conflict
 from .events import EventBus
 from .executors import Executor, Launch
 from .scheduler import plan_admissions
 from .settings import Settings
 from .states import ACTIVE, RunState
+from .storage import StoreConfig
 from .store import RunRow, RunStore
 from .views import run_view
 
 log = logging.getLogger("wml_backend")
 
+#: Runner variables holding the run's store credentials (the runner prefers them to the spec's).
+STORE_CREDENTIAL_ENV = ("WML_STORE_ACCESS_KEY", "WML_STORE_SECRET_KEY")
 #: Lines of the training log kept with a failed run.
 LOG_TAIL_LINES = 20
 #: A cancelled runner that has not reported HALTED after this long is killed.
 CANCEL_GRACE_S = 10.0
+
+
+def store_credentials(secret: Optional[dict], default: StoreConfig) -> dict[str, str]:
+    """The run's store credentials as runner variables, which executors deliver as secrets
+    (a per-run Kubernetes Secret); the default S3 store's come from the backend's boto3 chain."""
+    keys = (secret or {}).get("access_key"), (secret or {}).get("secret_key")
+    if secret is None and default.kind == "s3":
+        import boto3
+        found = boto3.Session().get_credentials()
+        frozen = found.get_frozen_credentials() if found else None
+        keys = (frozen.access_key, frozen.secret_key) if frozen else (None, None)
+    return {name: value for name, value in zip(STORE_CREDENTIAL_ENV, keys) if value}
 
 
 def token_hash(token: str) -> str:
@@ -49,6 +65,7 @@ class Lifecycle:
         #: Called with each run that has just ended (a sequential search adds runs then).
         self.on_end: list[Callable[[RunRow], None]] = []
         executor.on_exit = self.runner_exited
+        executor.on_note = self.note
 
     # -- state changes ---------------------------------------------------------------------
     def move(self, run_id: str, state: RunState, **fields: Any) -> RunRow:
@@ -57,6 +74,8 @@ class Lifecycle:
         self.events.publish(row.account, {"type": "run", "run": run_view(row).model_dump(mode="json")})
         if state.terminal:
             self._stopping.pop(run_id, None)
+            row.gpu_seconds = round(gpu_seconds(row.transitions, row.gpus * row.learners), 3)
+            self.store.update_run(run_id, gpu_seconds=row.gpu_seconds)
             for hook in self.on_end:
                 hook(row)
         if not state.active:
@@ -123,7 +142,8 @@ class Lifecycle:
             gpu_ids=gpu_ids, learners=run.learners, cpus=definition.get("cpus", 1),
             memory_bytes=definition.get("memory_bytes"), framework=definition.get("framework", "custom"),
             framework_version=definition.get("framework_version"), gpu_type=definition.get("gpu_type"),
-            env={"WML_RUN_ID": run.id, "WML_RUNNER_TOKEN": token, "WML_BACKEND_URL": self.settings.url})
+            env={"WML_RUN_ID": run.id, "WML_RUNNER_TOKEN": token, "WML_BACKEND_URL": self.settings.url,
+                 **store_credentials(self.store.secret(run.experiment_id), self.settings.store_config)})
         try:
             handle = self.executor.start(launch)
         except Exception as exc:  # the executor could not start it: say why on the run
@@ -149,7 +169,8 @@ class Lifecycle:
                 run = self.store.run(run.id)
         self._stopping[run.id] = (state, reason)
         self.executor.cancel(run.id, run.handle)
-        threading.Timer(CANCEL_GRACE_S, self._force_stop, args=(run.id,)).start()
+        grace = getattr(self.executor, "cancel_grace_s", CANCEL_GRACE_S)  # Kubernetes: the pods' grace
+        threading.Timer(grace, self._force_stop, args=(run.id,)).start()
 
     def stopped_as(self, run_id: str) -> Optional[tuple[RunState, str]]:
         """The state and reason a run asked to stop ends with, if it was asked."""
@@ -164,6 +185,14 @@ class Lifecycle:
             self._end_lost(run, None)
 
     # -- runner reports and exits -------------------------------------------------------------
+    def note(self, run_id: str, text: str) -> None:
+        """Say on a started run why it still waits (e.g. no free GPU in the cluster)."""
+        run = self.store.run(run_id)
+        if run is not None and run.state.active:
+            self.store.update_run(run_id, reason=text)
+            row = self.store.run(run_id)
+            self.events.publish(row.account, {"type": "run", "run": run_view(row).model_dump(mode="json")})
+
     def runner_exited(self, run_id: str, attempt: int, exit_code: Optional[int],
                       reason: Optional[str] = None, log_tail: Optional[list[str]] = None) -> None:
         """The runner ended: if it did not report an end, the run failed (or halted).

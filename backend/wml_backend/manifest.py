@@ -39,6 +39,12 @@ MAX_ALIASES = 100
 MAX_DEPTH = 50
 MAX_NODES = 10_000
 MAX_CHARS = 1_000_000
+#: Upper bounds of resources, far above any real machine, so that a typo (or a hostile
+#: manifest) is an error rather than a number too big to store.
+MAX_GPUS = 1024
+MAX_LEARNERS = 1024
+MAX_CPUS = 4096
+MAX_MEMORY_BYTES = 2**60
 
 #: Top-level fields of each format; EXTENSIONS are accepted in both.
 EXTENSIONS = ("hyperparameters", "search", "max_retries")
@@ -62,7 +68,7 @@ WML_CONNECTION = {"endpoint_url": "endpoint", "access_key_id": "access_key",
                   "aws_secret_access_key": "secret_key", "region": "region"}
 #: Extension sections.
 SEARCH_FIELDS = ("algorithm", "runs", "metric", "mode", "seed", "early_stopping")
-EARLY_STOPPING_FIELDS = ("type", "min_steps", "reduction_factor")
+EARLY_STOPPING_FIELDS = ("type", "min_steps", "reduction_factor", "max_steps")
 
 GB = 10**9
 #: Watson ML compute_configuration names: (GPUs, CPUs, memory in GB, GPU type).
@@ -140,6 +146,12 @@ def load_manifest(text: str, filename: str = "manifest.yml",
 def load_manifest_file(path: str | os.PathLike,
                        env: Mapping[str, str] | None = None) -> Definition:
     """Read a manifest file (UTF-8); an unreadable file is a ManifestError too."""
+    return load_manifest(read_manifest_text(path), str(path), env)
+
+
+def read_manifest_text(path: str | os.PathLike) -> str:
+    """A manifest file's text (UTF-8, with or without a BOM); a file that cannot be read, or is
+    not UTF-8, is a ManifestError naming it."""
     name = str(path)
     try:
         data = Path(path).read_bytes()
@@ -147,13 +159,12 @@ def load_manifest_file(path: str | os.PathLike,
         raise ManifestError([Problem(name, 1, "manifest", f"cannot read: {err.strerror}")]) \
             from None
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         raise ManifestError([Problem(name, line, "manifest", f"not UTF-8 text (byte "
                                      f"0x{data[err.start]:02x}); save the file as UTF-8")]) \
             from None
-    return load_manifest(text, name, env)
 
 
 def manifest_format(text: str) -> str:
@@ -177,10 +188,12 @@ def parse_memory(value: Any) -> int:
     if not unit:
         raise ValueError(f"{text!r} is not a memory size: write a number and a unit such as "
                          f"512Mi, 4Gi, 4Gb or 4GB (a bare number is MB)")
-    size = int(float(match.group(1)) * unit)
-    if size <= 0:
+    size = float(match.group(1)) * unit
+    if not size < MAX_MEMORY_BYTES:
+        raise ValueError(f"{_shown(text)} is more memory than any machine has")
+    if int(size) <= 0:
         raise ValueError(f"must be positive (got {text!r})")
-    return size
+    return int(size)
 
 
 def _shown(value: Any) -> str:
@@ -230,6 +243,9 @@ class _Tree:
             root = yaml.compose(text, Loader=_LOADER)
         except yaml.YAMLError as err:
             raise _Fatal(*_yaml_error(err, text)) from None
+        except UnicodeEncodeError as err:  # lone surrogates: text decoded from bytes that were not UTF-8
+            raise _Fatal(text.count("\n", 0, err.start) + 1, "manifest", "not valid Unicode text; "
+                         "save the file as UTF-8") from None
         if root is None:
             raise _Fatal(1, "manifest", "is empty: a manifest needs name, framework, ...")
         if not isinstance(root, yaml.MappingNode):
@@ -427,20 +443,20 @@ class _Reader:
             self.problem(path, f"must be a whole number (got {_shown(value)})")
         elif value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"{low} or more"
-            self.problem(path, f"must be {bounds} (got {value})")
+            self.problem(path, f"must be {bounds} (got {_shown(value)})")
         else:
             return value
         return default
 
-    def positive(self, path: tuple, default: float) -> float:
-        """A finite number above 0 (FfDL's cpus: 0.5 is fine)."""
+    def positive(self, path: tuple, default: float, high: float) -> float:
+        """A number above 0 and at most ``high`` (FfDL's cpus: 0.5 is fine)."""
         value = self.get(path)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             self.problem(path, f"must be a number (got {_shown(value)})")
-        elif not 0 < value < float("inf"):
-            self.problem(path, f"must be a positive number (got {value})")
+        elif not 0 < value <= high:
+            self.problem(path, f"must be a positive number up to {high:g} (got {_shown(value)})")
         else:
             return value
         return default
@@ -478,9 +494,9 @@ def _read_ffdl(r: _Reader) -> dict:
     return dict(
         name=r.name(("name",)), description=r.text(("description",)) or "",
         version=r.text(("version",)),
-        gpus=r.whole(("gpus",), 0, 0), gpu_type=r.text(("gpu_type",)),
-        cpus=r.positive(("cpus",), 1.0), memory_bytes=r.memory(("memory",)),
-        learners=r.whole(("learners",), 1, 1),
+        gpus=r.whole(("gpus",), 0, 0, MAX_GPUS), gpu_type=r.text(("gpu_type",)),
+        cpus=r.positive(("cpus",), 1.0, MAX_CPUS), memory_bytes=r.memory(("memory",)),
+        learners=r.whole(("learners",), 1, 1, MAX_LEARNERS),
         data_store=_ffdl_store(r), evaluation_metrics=_ffdl_metrics(r), **framework)
 
 
@@ -548,6 +564,9 @@ def _container(r: _Reader, path: tuple, key: str = "container") -> Location | No
     if not bucket:
         r.problem(path + (key,), "needs a bucket name (bucket or bucket/prefix)")
         return None
+    if {".", ".."} & set(value.replace("\\", "/").split("/")):
+        r.problem(path + (key,), "must not contain . or .. segments: name a bucket and a prefix inside it")
+        return None
     return Location(bucket=bucket, prefix=prefix.strip("/"))
 
 
@@ -587,7 +606,7 @@ def _compute(r: _Reader, path: tuple) -> dict:
         return {}
     gpus, cpus, memory_gb, gpu_type = COMPUTE_SIZES[size.lower()]
     return dict(gpus=gpus, cpus=cpus, memory_bytes=memory_gb * GB, gpu_type=gpu_type,
-                learners=r.whole(path + ("nodes",), 1, 1))
+                learners=r.whole(path + ("nodes",), 1, 1, MAX_LEARNERS))
 
 
 def _wml_store(r: _Reader) -> DataStore | None:
@@ -656,8 +675,9 @@ def _early_stopping(r: _Reader, path: tuple) -> EarlyStopping | None:
     if r.section(path, EARLY_STOPPING_FIELDS) is None:
         return None
     return EarlyStopping(type=r.choice(path + ("type",), ("asha", "median"), "asha"),
-                         min_steps=r.whole(path + ("min_steps",), 1, 1),
-                         reduction_factor=r.whole(path + ("reduction_factor",), 3, 2))
+                         min_steps=r.whole(path + ("min_steps",), 1, 1, 10**9),
+                         reduction_factor=r.whole(path + ("reduction_factor",), 3, 2, 100),
+                         max_steps=r.whole(path + ("max_steps",), None, 1, 10**9))
 
 
 def _check_search(r: _Reader, search: Search, params: dict) -> None:

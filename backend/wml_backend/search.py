@@ -159,6 +159,10 @@ def rung_steps(search: Search, up_to: float) -> list[int]:
     stopping = search.early_stopping
     if stopping is None or up_to < stopping.min_steps:
         return []
+    if stopping.max_steps is not None:  # a run that has trained to the end is not stopped
+        up_to = min(up_to, stopping.max_steps - 1)
+        if up_to < stopping.min_steps:
+            return []
     if stopping.type == "median":
         return list(range(stopping.min_steps, int(up_to) + 1))
     count = int(math.log(up_to / stopping.min_steps, stopping.reduction_factor) + 1e-9) + 1

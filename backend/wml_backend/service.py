@@ -21,12 +21,16 @@ from .states import ACTIVE, RunState
 from .store import Account, RunRow, RunStore
 from .submit import build_experiment, rerun_of
 from .sweeps import SweepDriver
-from .views import experiment_view, queue_positions, run_view, usage_view
+from .views import experiment_view, queue_positions, run_view, step_seconds, usage_view
 
 log = logging.getLogger("wml_backend")
 
 #: The embedded backend's first account, its administrator.
 ADMIN_ACCOUNT = "local"
+#: Experiments one listing returns (the newest).
+EXPERIMENTS_PAGE = 200
+#: Summaries of finished experiments kept in memory (they never change).
+FINISHED_CACHE = 100_000
 #: Most bytes of log one request returns.
 LOG_PAGE_BYTES = 1 << 20
 
@@ -39,6 +43,8 @@ class Service:
         self.events = EventBus()
         self.lifecycle = Lifecycle(settings, store, executor, self.events)
         self.sweeps = SweepDriver(store, self.lifecycle)
+        self._finished: dict[str, Experiment] = {}
+        self._summarising = threading.Lock()
         self.lifecycle.on_end.append(self.sweeps.on_end)
 
     def start(self) -> None:
@@ -92,15 +98,40 @@ class Service:
         row = self.store.experiment(experiment_id, account.name)
         if row is None:
             raise NotFound(f"no experiment {quoted(experiment_id)}")
-        return experiment_view(row, self.runs(account, experiment=experiment_id))
+        runs = self.runs(account, experiment=experiment_id)
+        return experiment_view(row, runs, self._step_times(runs))
 
-    def experiments(self, account: Account) -> list[Experiment]:
-        """The account's experiments, newest first."""
-        runs = self.runs(account)
+    def _step_times(self, runs: list[Run]) -> dict[str, float]:
+        """Seconds per step of completed runs, when early stopping saved time to estimate."""
+        if not any(r.state is RunState.STOPPED for r in runs):
+            return {}
+        times = {r.id: step_seconds(self.store.metrics(r.id)) for r in runs if r.state is RunState.COMPLETED}
+        return {k: v for k, v in times.items() if v is not None}
+
+    def experiments(self, account: Account, limit: int = EXPERIMENTS_PAGE) -> list[Experiment]:
+        """The account's ``limit`` newest experiments, newest first."""
+        rows = self.store.experiments(account.name, limit)
+        if any(r.id not in self._finished for r in rows):
+            with self._summarising:  # one request computes what is missing; the others reuse it
+                todo = [r.id for r in rows if r.id not in self._finished]
+                summaries = self._summaries(account, [r for r in rows if r.id in todo])
+        else:
+            summaries = {}
+        return [self._finished.get(row.id) or summaries[row.id] for row in rows]
+
+    def _summaries(self, account: Account, rows: list) -> dict[str, Experiment]:
         by_exp: dict[str, list[Run]] = {}
-        for run in runs:
-            by_exp.setdefault(run.experiment_id, []).append(run)
-        return [experiment_view(row, by_exp.get(row.id, [])) for row in self.store.experiments(account.name)]
+        now = time.time()
+        for run in self.store.runs(account=account.name, experiment=[r.id for r in rows], transitions="live"):
+            by_exp.setdefault(run.experiment_id, []).append(run_view(run, now=now))
+        return {row.id: self._summary(row, by_exp.get(row.id, [])) for row in rows}
+
+    def _summary(self, row, runs: list[Run]) -> Experiment:
+        """An experiment's summary; a finished experiment never changes, so it is kept."""
+        summary = experiment_view(row, runs, self._step_times(runs))
+        if summary.state not in ("QUEUED", "RUNNING") and len(self._finished) < FINISHED_CACHE:
+            self._finished[row.id] = summary
+        return summary
 
     def cancel_experiment(self, account: Account, experiment_id: str) -> Experiment:
         """Halt every live run of an experiment."""
@@ -151,7 +182,7 @@ class Service:
         return [run_view(r, positions, now) for r in rows]
 
     def _positions(self, account: Account) -> dict[str, int]:
-        return queue_positions(self.store.runs(account=account.name, states=[RunState.QUEUED]))
+        return queue_positions(self.store.runs(account=account.name, states=[RunState.QUEUED], transitions="none"))
 
     def cancel_run(self, account: Account, run_id: str) -> Run:
         """Halt one run (stored partial results included)."""
@@ -172,8 +203,8 @@ class Service:
 
     def usage(self, account: Account) -> Usage:
         """The account's quota, GPUs in use and queued, and GPU time per experiment."""
-        return usage_view(account, self.experiments(account),
-                          self.store.runs(account=account.name, states=ACTIVE),
-                          self.store.runs(account=account.name, states=[RunState.QUEUED]))
+        now = time.time()
+        runs = [run_view(r, now=now) for r in self.store.runs(account=account.name, transitions="live")]
+        return usage_view(account, self.store.experiments(account.name), runs)
 
 

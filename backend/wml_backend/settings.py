@@ -49,7 +49,7 @@ class Settings:
     #: S3 endpoint of the default store (None: boto3's own, e.g. AWS_ENDPOINT_URL or AWS).
     endpoint: Optional[str] = field(default_factory=lambda: os.environ.get("AWS_ENDPOINT_URL") or None)
     #: URL runners use to reach the backend (defaults to http://host:port).
-    public_url: Optional[str] = None
+    public_url: Optional[str] = field(default_factory=lambda: os.environ.get("WML_PUBLIC_URL") or None)
     #: TLS certificate and key files (PEM) to serve HTTPS with.
     tls_cert: Optional[str] = None
     tls_key: Optional[str] = None

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .definition import ParamSpec
-from .errors import InvalidInput
+from .errors import InvalidInput, quoted
 
 #: Distribution names a manifest or flag may use, and the ParamSpec kind each one means.
 KINDS = {"choice": "choice", "uniform": "uniform", "loguniform": "loguniform",
@@ -97,7 +97,7 @@ def _from_mapping(name: str, value: Mapping) -> ParamSpec:
     if dist not in KINDS:
         close = difflib.get_close_matches(str(dist), KINDS, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        _fail((name, dist), f"unknown distribution {dist!r}; {hint}use one of {', '.join(KINDS)}")
+        _fail((name, dist), f"unknown distribution {quoted(dist)}; {hint}use one of {', '.join(KINDS)}")
     kind = KINDS[dist]
     if kind == "choice":
         if not isinstance(args, list):
@@ -124,14 +124,14 @@ def _range(path: tuple, kind: str, args: Any) -> ParamSpec:
     shape = {"quniform": "[low, high, step]", "int": "[low, high] or [low, high, step]"}.get(
         kind, "[low, high]")
     if not isinstance(args, list) or not required <= len(args) <= required + optional:
-        _fail(path, f"{path[-1]} needs {shape}, got {args!r}")
+        _fail(path, f"{path[-1]} needs {shape}, got {quoted(args)}")
     whole = kind == "int"
     for arg in args:
         if isinstance(arg, bool) or not isinstance(arg, int if whole else (int, float)):
             _fail(path, f"{path[-1]} bounds must be {'whole ' if whole else ''}numbers, "
-                        f"got {arg!r}")
-        if not math.isfinite(arg):
-            _fail(path, f"{path[-1]} bounds must be finite, got {arg!r}")
+                        f"got {quoted(arg)}")
+        if not _finite(arg):
+            _fail(path, f"{path[-1]} bounds must be finite, got {quoted(arg)}")
     low, high, step = (list(args) + [None])[:3]
     if low >= high:
         _fail(path, f"low ({low}) must be less than high ({high}); write a fixed value plainly")
@@ -139,7 +139,18 @@ def _range(path: tuple, kind: str, args: Any) -> ParamSpec:
         _fail(path, f"loguniform needs low > 0 (got {low}): a log scale cannot reach 0")
     if step is not None and step <= 0:
         _fail(path, f"step must be positive (got {step})")
+    if step is not None and not _finite((high - low) / step):
+        _fail(path, f"the range has too many steps of {step:g}: use a larger step")
     return ParamSpec(kind=kind, low=low, high=high, step=step)
+
+
+def _finite(number: float) -> bool:
+    """Whether ``number`` is finite as a float (an int too big for a float is not)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
 
 
 # ---- command-line flags ------------------------------------------------------------------
@@ -153,12 +164,12 @@ def parse_sweep_flag(text: str) -> tuple[str, ParamSpec]:
     """``'lr=loguniform(1e-4,1e-1)'`` → ``("lr", ParamSpec(...))``; see the module docstring."""
     match = _FLAG.match(text)
     if not match or not match.group(2):
-        raise InvalidInput(f"--sweep {text!r}: expected NAME=SPEC, e.g. lr=loguniform(1e-4,1e-1)")
+        raise InvalidInput(f"--sweep {quoted(text)}: expected NAME=SPEC, e.g. lr=loguniform(1e-4,1e-1)")
     name, spec = match.groups()
     try:
         return name, parse_param(name, _flag_value(spec))
     except SpaceError as err:
-        raise InvalidInput(f"--sweep {text!r}: {err.errors[0][1]}") from None
+        raise InvalidInput(f"--sweep {quoted(text)}: {err.errors[0][1]}") from None
 
 
 def _flag_value(spec: str) -> Any:
@@ -179,7 +190,7 @@ def _flag_scalar(token: str) -> Any:
     """``3`` → 3, ``1e-4`` → 0.0001, ``true`` → True, ``'a b'`` → 'a b', ``adam`` → 'adam'."""
     token = token.strip()
     if _BRACKETS.search(token):
-        raise SpaceError([((), f"cannot read {token!r}: write func(a,b), [a,b] or one value")])
+        raise SpaceError([((), f"cannot read {quoted(token)}: write func(a,b), [a,b] or one value")])
     for convert in (int, float):
         try:
             return convert(token)

@@ -7,16 +7,20 @@ import binascii
 import hashlib
 import io
 import itertools
+import lzma
 import secrets
+import stat
 import string
+import struct
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
 from .definition import DataStore, Definition, Location, ParamSpec, Search
-from .errors import InvalidInput, QuotaExceeded, StorageError
+from .errors import InvalidInput, QuotaExceeded, StorageError, quoted
 from .manifest import load_manifest
 from .models import ExperimentRequest
 from .settings import MAX_CODE_BYTES
@@ -28,6 +32,11 @@ from .store import Account, ExperimentRow, RunRow
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 #: Most data objects whose checksums a run's provenance records.
 MAX_PROVENANCE_OBJECTS = 1000
+#: Most bytes a code zip may unpack to: far more than model code needs, far less than a bomb.
+MAX_UNPACKED_BYTES = 1 << 30
+#: What reading a malformed or hostile zip raises (zipfile does not wrap them all).
+_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, ValueError, OverflowError, struct.error, NotImplementedError,
+               RuntimeError, zlib.error, lzma.LZMAError, UnicodeDecodeError)
 
 
 @dataclass
@@ -46,21 +55,41 @@ def new_id(length: int = 6) -> str:
 
 
 def decode_code(code_b64: str) -> bytes:
-    """The submitted code zip, checked: a readable zip with no entry escaping its folder."""
+    """The submitted code zip, checked: a readable zip with no entry escaping its folder,
+    no links, and no more than MAX_UNPACKED_BYTES once unpacked (no zip bomb)."""
     try:
         data = base64.b64decode(code_b64, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidInput("code: not valid base64") from None
     if len(data) > MAX_CODE_BYTES:
-        raise InvalidInput(f"code: the zip is {len(data) >> 20} MiB; the limit is {MAX_CODE_BYTES >> 20} MiB")
+        raise InvalidInput(f"code: the zip is {len(data) / 2**20:.1f} MiB; the limit is {MAX_CODE_BYTES >> 20} MiB")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for name in archive.namelist():
-                if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
-                    raise InvalidInput(f"code: zip entry {name!r} points outside the model directory")
-    except zipfile.BadZipFile:
-        raise InvalidInput("code: not a zip archive") from None
+            _check_entries(archive.infolist())
+            bad = archive.testzip()
+    except _ZIP_ERRORS:
+        raise InvalidInput("code: not a readable zip archive") from None
+    if bad is not None:
+        raise InvalidInput(f"code: zip entry {quoted(bad)} is corrupt")
     return data
+
+
+def _check_entries(entries: list[zipfile.ZipInfo]) -> None:
+    """Refuse entries that would land outside the model directory, links, encrypted entries
+    and archives that unpack to more than MAX_UNPACKED_BYTES."""
+    for info in entries:
+        name = info.filename
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise InvalidInput(f"code: zip entry {quoted(name)} points outside the model directory")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise InvalidInput(f"code: zip entry {quoted(name)} is a symbolic link; zip the files it points to")
+        if info.flag_bits & 0x1:
+            raise InvalidInput(f"code: zip entry {quoted(name)} is encrypted")
+    unpacked = sum(info.file_size for info in entries)
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise InvalidInput(f"code: the zip unpacks to {unpacked >> 20} MiB; the limit is "
+                           f"{MAX_UNPACKED_BYTES >> 20} MiB")
+
 
 
 def store_config_for(definition: Definition, default: StoreConfig) -> StoreConfig:

@@ -25,7 +25,8 @@ def queue_positions(queued: list[RunRow]) -> dict[str, int]:
 def run_view(row: RunRow, positions: Optional[dict[str, int]] = None, now: Optional[float] = None) -> Run:
     """The public ``Run`` with its GPU time and queue position filled in."""
     run = row.wire()
-    run.gpu_seconds = round(gpu_seconds(row.transitions, row.gpus * row.learners, now), 3)
+    if not (row.state.terminal and not row.transitions):  # ended runs keep their GPU time stored
+        run.gpu_seconds = round(gpu_seconds(row.transitions, row.gpus * row.learners, now), 3)
     if row.state is RunState.QUEUED and positions:
         run.queue_position = positions.get(row.id)
     return run
@@ -53,18 +54,32 @@ def summary_state(counts: Counter) -> str:
     return "COMPLETED"
 
 
-def gpu_seconds_saved(runs: list[Run]) -> float:
-    """GPU time stopped runs would have used to reach the completed runs' last step."""
+def gpu_seconds_saved(runs: list[Run], step_seconds: Optional[dict[str, float]] = None) -> float:
+    """GPU time stopped runs would have used to reach the completed runs' last step.
+
+    ``step_seconds``: each completed run's seconds per step, timed from its metric points; without
+    it a step costs the run's whole GPU time over its steps (start-up included: an overestimate).
+    """
     done = [r for r in runs if r.state is RunState.COMPLETED and r.metrics.get("step") and r.gpus]
     stopped = [r for r in runs if r.state is RunState.STOPPED and r.gpus]
     if not done or not stopped:
         return 0.0
-    per_step = sum(r.gpu_seconds / (r.gpus * r.learners) / r.metrics["step"] for r in done) / len(done)
+    timed = [step_seconds[r.id] for r in done if step_seconds and r.id in step_seconds]
+    per_step = (sum(timed) / len(timed) if timed else
+                sum(r.gpu_seconds / (r.gpus * r.learners) / r.metrics["step"] for r in done) / len(done))
     full = max(r.metrics["step"] for r in done)
     return sum(r.gpus * r.learners * per_step * max(0.0, full - r.metrics.get("step", 0)) for r in stopped)
 
 
-def experiment_view(row: ExperimentRow, runs: list[Run]) -> Experiment:
+def step_seconds(points: list) -> Optional[float]:
+    """Seconds a step took on average, from a run's metric points (None with fewer than two steps)."""
+    stepped = [p for p in points if p.step is not None]
+    if len(stepped) < 2 or stepped[-1].step == stepped[0].step:
+        return None
+    return (stepped[-1].time - stepped[0].time) / (stepped[-1].step - stepped[0].step)
+
+
+def experiment_view(row: ExperimentRow, runs: list[Run], step_times: Optional[dict[str, float]] = None) -> Experiment:
     """The public ``Experiment``: state counts, summary state, best run, GPU time."""
     counts = Counter(r.state.value for r in runs)
     state = summary_state(counts)
@@ -75,16 +90,18 @@ def experiment_view(row: ExperimentRow, runs: list[Run]) -> Experiment:
         id=row.id, account=row.account, name=row.name, state=state,
         runs=dict(counts), best=best_run(runs, row.metric, row.mode), metric=row.metric,
         mode=row.mode, gpu_seconds=round(sum(r.gpu_seconds for r in runs), 3),
-        gpu_seconds_saved=round(gpu_seconds_saved(runs), 3),
+        gpu_seconds_saved=round(gpu_seconds_saved(runs, step_times), 3),
         created=datetime.fromtimestamp(row.created, timezone.utc), definition=row.definition)
 
 
-def usage_view(account: Account, experiments: list[Experiment], active: list[RunRow],
-               queued: list[RunRow]) -> Usage:
-    """An account's quota, GPUs held and waited for, and GPU time per experiment."""
+def usage_view(account: Account, experiments: list[ExperimentRow], runs: list[Run]) -> Usage:
+    """An account's quota, GPUs held and waited for, and GPU time per experiment (newest first)."""
+    spent: Counter = Counter()
+    for run in runs:
+        spent[run.experiment_id] += run.gpu_seconds
     return Usage(
         account=account.name, gpu_quota=account.gpu_quota,
-        gpus_in_use=sum(r.gpus * r.learners for r in active),
-        queued_gpus=sum(r.gpus * r.learners for r in queued),
-        gpu_seconds=round(sum(e.gpu_seconds for e in experiments), 3),
-        experiments=[ExperimentUsage(id=e.id, name=e.name, gpu_seconds=e.gpu_seconds) for e in experiments])
+        gpus_in_use=sum(r.gpus * r.learners for r in runs if r.state.active),
+        queued_gpus=sum(r.gpus * r.learners for r in runs if r.state is RunState.QUEUED),
+        gpu_seconds=round(sum(spent.values()), 3),
+        experiments=[ExperimentUsage(id=e.id, name=e.name, gpu_seconds=round(spent[e.id], 3)) for e in experiments])

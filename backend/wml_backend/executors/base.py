@@ -46,7 +46,9 @@ class Executor(ABC):
     name: str = "executor"
 
     def __init__(self) -> None:
-        self.on_exit: ExitCallback = lambda run_id, attempt, code: None
+        self.on_exit: ExitCallback = lambda run_id, attempt, code, reason=None, log_tail=None: None
+        #: Called with (run_id, text) when the executor learns why a started run still waits.
+        self.on_note: Callable[[str, str], None] = lambda run_id, note: None
 
     @abstractmethod
     def capacity(self) -> Capacity:

@@ -194,11 +194,13 @@ def _container(launch: Launch, options: K8sOptions, secret_name: str) -> dict[st
 
 
 def _limits(launch: Launch) -> dict[str, str]:
-    limits = {"cpu": cpu_quantity(launch.cpus or 1)}
+    """The pod's limits: the runner starts every learner in it, each with the manifest's share."""
+    learners = max(launch.learners, 1)
+    limits = {"cpu": cpu_quantity((launch.cpus or 1) * learners)}
     if launch.memory_bytes:
-        limits["memory"] = memory_quantity(launch.memory_bytes)
+        limits["memory"] = memory_quantity(launch.memory_bytes * learners)
     if launch.gpus:
-        limits[GPU_RESOURCE] = str(launch.gpus)
+        limits[GPU_RESOURCE] = str(launch.gpus * learners)
     return limits
 
 

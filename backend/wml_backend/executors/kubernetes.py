@@ -19,9 +19,9 @@ from typing import Any, Optional
 
 from ..errors import InvalidInput, WmlError
 from .base import Capacity, Executor, Launch
-from .k8s_objects import (RUN_LABEL, SELECTOR, K8sOptions, condition, exit_code, failure_reason, job_finished,
-                          job_object, label_value, load_options, object_name, pod_over, secret_object, stuck_reason,
-                          waiting_note)
+from .k8s_objects import (RUN_LABEL, SELECTOR, TERMINATION_GRACE_S, K8sOptions, condition, exit_code,
+                          failure_reason, job_finished, job_object, label_value, load_options, object_name, pod_over,
+                          secret_object, stuck_reason, waiting_note)
 
 log = logging.getLogger("wml_backend.kubernetes")
 
@@ -71,6 +71,9 @@ class KubernetesExecutor(Executor):
     """Runs each run's runner as a Job in one namespace; follows them with watches."""
 
     name = "kubernetes"
+    #: Seconds a cancelled runner may take to store partial results before ``kill``: the pods'
+    #: termination grace period (the lifecycle is asked to wait this long, not its local 10 s).
+    cancel_grace_s = TERMINATION_GRACE_S
 
     def __init__(self, api: Any, options: K8sOptions, capacity: Capacity):
         super().__init__()
@@ -129,6 +132,7 @@ class KubernetesExecutor(Executor):
             created = self._api(self._batch.create_namespaced_job, self.ns, job)
         except ClusterError:
             self._forget(launch.run_id)
+            self._delete_secret(name)  # if it was made
             raise
         return {"namespace": self.ns, "job": name, "uid": created["metadata"]["uid"], "attempt": launch.attempt}
 

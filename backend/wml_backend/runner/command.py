@@ -19,7 +19,8 @@ from .workspace import Workspace
 #: Seconds between SIGTERM and SIGKILL when a run is stopped.
 TERM_GRACE_S = 1.0
 #: Variables of the runner that the training command must not see.
-PRIVATE_ENV = ("WML_RUNNER_TOKEN", "WML_BACKEND_URL", "WML_WORK_DIR")
+PRIVATE_ENV = ("WML_RUNNER_TOKEN", "WML_BACKEND_URL", "WML_WORK_DIR",
+               "WML_STORE_ACCESS_KEY", "WML_STORE_SECRET_KEY")
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

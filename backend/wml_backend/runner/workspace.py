@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -80,9 +81,15 @@ def unpack_code(archive: bytes, dest: Path) -> None:
                 target.chmod(0o755)
 
 
+#: Store credentials an executor hands the runner as environment variables (the Kubernetes
+#: executor, from the run's Secret); they win over the spec's, which may then leave them out.
+CREDENTIAL_ENV = {"access_key": "WML_STORE_ACCESS_KEY", "secret_key": "WML_STORE_SECRET_KEY"}
+
+
 def open_run_store(spec: RunSpec) -> ObjectStore:
-    """The object store the run's data and results live in."""
+    """The object store the run's data and results live in (credentials from the env first)."""
     fields = {k: spec.store.get(k) for k in ("kind", "root", "endpoint", "region", "access_key", "secret_key")}
+    fields.update({k: os.environ[v] for k, v in CREDENTIAL_ENV.items() if os.environ.get(v)})
     return open_store(StoreConfig(**{k: v for k, v in fields.items() if v is not None}))
 
 

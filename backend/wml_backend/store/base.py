@@ -47,8 +47,8 @@ class RunRow(Run):
     max_retries: int = 0
 
     def wire(self) -> Run:
-        """The public view of this run."""
-        return Run(**self.model_dump(include=set(Run.model_fields)))
+        """The public view of this run (its fields are validated already: no second validation)."""
+        return Run.model_construct(**{name: getattr(self, name) for name in Run.model_fields})
 
 
 class RunStore(ABC):
@@ -87,17 +87,21 @@ class RunStore(ABC):
         """One experiment, or None; None too if it is not ``account``'s (when given)."""
 
     @abstractmethod
-    def experiments(self, account: str) -> list[ExperimentRow]:
-        """An account's experiments, newest first (by ``created``, then the later stored)."""
+    def experiments(self, account: str, limit: Optional[int] = None) -> list[ExperimentRow]:
+        """An account's experiments, newest first (by ``created``, then the later stored); at most ``limit``."""
 
     @abstractmethod
     def run(self, run_id: str, account: Optional[str] = None) -> Optional[RunRow]:
         """One run with its transitions in order, or None; None too if it is not ``account``'s."""
 
     @abstractmethod
-    def runs(self, account: Optional[str] = None, experiment: Optional[str] = None,
-             states: Optional[Iterable[RunState]] = None) -> list[RunRow]:
-        """Runs matching every filter given, in submission order."""
+    def runs(self, account: Optional[str] = None, experiment: Optional[str | list[str]] = None,
+             states: Optional[Iterable[RunState]] = None, transitions: str = "all") -> list[RunRow]:
+        """Runs matching every filter given (``experiment``: one id or a list), in submission order.
+
+        ``transitions``: load each run's transitions for ``all`` runs, only ``live`` (not ended)
+        ones, or ``none`` (lists that show no GPU time or history need none).
+        """
 
     @abstractmethod
     def transition(self, run_id: str, state: RunState, time: float, **fields: Any) -> RunRow:

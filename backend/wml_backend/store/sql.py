@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS runs (
   gpus INTEGER NOT NULL, learners INTEGER NOT NULL, exit_code INTEGER, reason TEXT,
   log_tail {json} NOT NULL DEFAULT '[]', metrics {json} NOT NULL DEFAULT '{{}}', results TEXT,
   attempt INTEGER NOT NULL DEFAULT 1, created {real} NOT NULL, gpu_ids {json} NOT NULL DEFAULT '[]',
-  handle {json} NOT NULL DEFAULT '{{}}', runner_token_hash TEXT, max_retries INTEGER NOT NULL DEFAULT 0);
+  handle {json} NOT NULL DEFAULT '{{}}', runner_token_hash TEXT, max_retries INTEGER NOT NULL DEFAULT 0,
+  gpu_seconds {real} NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
 CREATE INDEX IF NOT EXISTS runs_state ON runs(state, account);
 CREATE TABLE IF NOT EXISTS transitions (
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS code (experiment_id TEXT PRIMARY KEY, zip {blob} NOT 
 _JSON_FIELDS = {"hparams", "log_tail", "metrics", "gpu_ids", "handle"}
 _RUN_COLUMNS = ("seq", "id", "experiment_id", "account", "name", "state", "hparams", "gpus",
                 "learners", "exit_code", "reason", "log_tail", "metrics", "results", "attempt",
-                "created", "gpu_ids", "handle", "runner_token_hash", "max_retries")
+                "created", "gpu_ids", "handle", "runner_token_hash", "max_retries", "gpu_seconds")
 _EXPERIMENT_COLUMNS = ("id", "account", "name", "definition", "metric", "mode", "created")
 _TRANSITION_COLUMNS = ("run_id", "state", "time", "attempt")
 
@@ -148,9 +149,9 @@ class SqlRunStore(RunStore):
         data["created"] = run.created.timestamp()
         return tuple(json.dumps(data[c]) if c in _JSON_FIELDS else data[c] for c in _RUN_COLUMNS[1:])
 
-    def _experiment_rows(self, where: str, args: tuple) -> list[ExperimentRow]:
-        rows = self._query(f"SELECT {','.join(_EXPERIMENT_COLUMNS)} FROM experiments "
-                           f"WHERE {where} ORDER BY created DESC, rowid DESC", args)
+    def _experiment_rows(self, where: str, args: tuple, limit: Optional[int] = None) -> list[ExperimentRow]:
+        rows = self._query(f"SELECT {','.join(_EXPERIMENT_COLUMNS)} FROM experiments WHERE {where} "
+                           f"ORDER BY created DESC, rowid DESC{f' LIMIT {int(limit)}' if limit else ''}", args)
         return [ExperimentRow(**dict(zip(_EXPERIMENT_COLUMNS, row), definition=_load(row[3])))
                 for row in rows]
 
@@ -159,18 +160,19 @@ class SqlRunStore(RunStore):
         rows = self._experiment_rows(where, args)
         return rows[0] if rows else None
 
-    def experiments(self, account: str) -> list[ExperimentRow]:
-        return self._experiment_rows("account=?", (account,))
+    def experiments(self, account: str, limit: Optional[int] = None) -> list[ExperimentRow]:
+        return self._experiment_rows("account=?", (account,), limit)
 
     # -- runs -------------------------------------------------------------------------------
-    def _run_rows(self, where: str, args: list) -> list[RunRow]:
+    def _run_rows(self, where: str, args: list, transitions: str = "all") -> list[RunRow]:
         rows = self._query(f"SELECT {','.join(_RUN_COLUMNS)} FROM runs WHERE {where} ORDER BY seq", args)
         if not rows:
             return []
-        ids = [r[1] for r in rows]
+        state = _RUN_COLUMNS.index("state")
+        ids = [r[1] for r in rows if transitions == "all" or transitions == "live" and not RunState(r[state]).terminal]
         trans = self.transitions_of(self._query(
             f"SELECT run_id, state, time, attempt FROM transitions WHERE run_id IN ({','.join('?' * len(ids))}) "
-            "ORDER BY rowid", ids))
+            "ORDER BY rowid", ids)) if ids else {}
         out = []
         for row in rows:
             data = dict(zip(_RUN_COLUMNS, row))
@@ -186,20 +188,21 @@ class SqlRunStore(RunStore):
         rows = self._run_rows(where, args)
         return rows[0] if rows else None
 
-    def runs(self, account: Optional[str] = None, experiment: Optional[str] = None,
-             states: Optional[Iterable[RunState]] = None) -> list[RunRow]:
+    def runs(self, account: Optional[str] = None, experiment: Optional[str | list[str]] = None,
+             states: Optional[Iterable[RunState]] = None, transitions: str = "all") -> list[RunRow]:
         where, args = ["1=1"], []
         if account is not None:
             where.append("account=?")
             args.append(account)
         if experiment is not None:
-            where.append("experiment_id=?")
-            args.append(experiment)
+            experiments = [experiment] if isinstance(experiment, str) else list(experiment)
+            where.append(f"experiment_id IN ({','.join('?' * len(experiments))})" if experiments else "1=0")
+            args.extend(experiments)
         if states is not None:
             states = [RunState(s).value for s in states]
             where.append(f"state IN ({','.join('?' * len(states))})" if states else "1=0")
             args.extend(states)
-        return self._run_rows(" AND ".join(where), args)
+        return self._run_rows(" AND ".join(where), args, transitions)
 
     def transition(self, run_id: str, state: RunState, time: float, **fields: Any) -> RunRow:
         with self._tx() as db:

@@ -38,6 +38,8 @@ class SqliteRunStore(SqlRunStore):
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._admitting = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -57,8 +59,22 @@ class SqliteRunStore(SqlRunStore):
             self._db.execute("COMMIT")
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchall()
+        """Reads run on a connection of the calling thread's own, in parallel with other readers."""
+        if self.path == ":memory:":
+            with self._lock:
+                return self._db.execute(sql, tuple(args)).fetchall()
+        return self._reader().execute(sql, tuple(args)).fetchall()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "reader", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # closed by close()
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA query_only=ON")
+            self._local.reader = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
 
     @contextmanager
     def admission_lock(self) -> Iterator[None]:
@@ -75,4 +91,6 @@ class SqliteRunStore(SqlRunStore):
     def close(self) -> None:
         """Close the database."""
         with self._lock:
+            for reader in self._readers:
+                reader.close()
             self._db.close()

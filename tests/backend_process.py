@@ -102,6 +102,16 @@ class BackendProcess:
         from wml_jupyter import Client
         return Client(backend=self.url, token=token or self.token)
 
+    def wait_state(self, run_id: str, state: str, timeout: float = 60) -> dict:
+        """Poll until run ``run_id`` is in ``state``; return the run object."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.cli_json("show", run_id)
+            if run["state"] == state:
+                return run
+            time.sleep(0.1)
+        raise AssertionError(f"run {run_id} did not reach {state} in {timeout} s")
+
     def wait_experiment(self, experiment_id: str, timeout: float = 180, token: Optional[str] = None) -> dict:
         """Poll until every run of the experiment has ended; return the experiment object."""
         deadline = time.monotonic() + timeout

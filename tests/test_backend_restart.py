@@ -39,9 +39,7 @@ def test_run_whose_process_died_while_backend_was_down_is_failed(backend, tmp_pa
     import psutil
     exp_id = submit(backend, definition(tmp_path, hyperparameters={"lr": [0.1], "steps": [200], "sleep": [0.1]}))
     run_id = f"{exp_id}-01"
-    deadline = time.monotonic() + 60
-    while backend.cli_json("show", run_id)["state"] != "PROCESSING" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    backend.wait_state(run_id, "PROCESSING")
     backend.kill()
     run_dir = str(backend.home / "backend" / "runs" / run_id)
     runner = [p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == run_dir]

@@ -126,9 +126,7 @@ def test_run_over_quota_is_refused_at_submit(backend, tmp_path):
 def test_cancel_stops_a_run_within_two_seconds_and_stores_partial_results(backend, tmp_path):
     exp_id = submit(backend, definition(tmp_path, hyperparameters={"lr": [0.1], "steps": [1000], "sleep": [0.05]}))
     run_id = f"{exp_id}-01"
-    deadline = time.monotonic() + 60
-    while backend.cli_json("show", run_id)["state"] != "PROCESSING" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    backend.wait_state(run_id, "PROCESSING")
     time.sleep(0.5)
     started, cancelled_at = time.monotonic(), time.time()
     assert backend.cli("cancel", run_id).returncode == 0

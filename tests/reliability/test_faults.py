@@ -76,9 +76,7 @@ def training_process(backend, run_id: str) -> psutil.Process:
 def test_killed_training_process_fails_the_run_within_two_seconds(backend, tmp_path):
     exp_id = submit(backend, definition(tmp_path, hyperparameters={"lr": [0.1], "steps": [300], "sleep": [0.1]}))
     run_id = f"{exp_id}-01"
-    deadline = time.monotonic() + 60
-    while backend.cli_json("show", run_id)["state"] != "PROCESSING" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    backend.wait_state(run_id, "PROCESSING")
     time.sleep(1.0)
     killed_at = time.time()
     training_process(backend, run_id).kill()

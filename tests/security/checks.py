@@ -38,6 +38,7 @@ class StateProbe:
     def __init__(self, home: Path):
         self.database = home / "backend" / "wml.db"
         self.folders = [home / "storage", home / "backend" / "runs"]
+        self.log = home / "backend-test.log"
         self.baseline = self.files()
 
     def files(self) -> set[str]:
@@ -50,7 +51,10 @@ class StateProbe:
             return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in FRESH_ROWS}
 
     def assert_untouched(self) -> None:
-        """No row was added to the database and no file to the store since the probe was made."""
+        """No row was added to the database and no file to the store since the probe was made,
+        and the backend logged no traceback."""
         assert self.rows() == FRESH_ROWS, "a refused input left rows in the database"
         added = sorted(self.files() - self.baseline)
         assert not added, f"a refused input left files in the store: {added[:5]}"
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        assert "Traceback" not in log, log[log.find("Traceback"):][:3000]

@@ -30,7 +30,7 @@ CHECKS = "not_a_server_error,response_schema_conformance,status_code_conformance
 #: Examples per operation and the cases each run must reach at least.
 SHORT_EXAMPLES, SHORT_CASES = 4, 150
 STATEFUL_EXAMPLES, STATEFUL_CASES = 15, 50
-LONG_EXAMPLES, LONG_CASES = int(os.environ.get("WML_FUZZ_EXAMPLES", "100")), 1000
+LONG_EXAMPLES, LONG_CASES = int(os.environ.get("WML_FUZZ_EXAMPLES", "200")), 1000
 
 
 @pytest.fixture(scope="module")

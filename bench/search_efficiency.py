@@ -40,7 +40,7 @@ def manifest(folder: Path, epochs: int, early_stopping: bool) -> Path:
     m["hyperparameters"] = {**SPACE, "epochs": [epochs]}
     m["search"] = {"algorithm": "grid", "metric": "val_acc", "mode": "max"}
     if early_stopping:
-        m["search"]["early_stopping"] = {"type": "asha", "min_steps": 1, "reduction_factor": 3}
+        m["search"]["early_stopping"] = {"type": "asha", "min_steps": 1, "reduction_factor": 3, "max_steps": epochs}
     path = folder / f"manifest-{'asha' if early_stopping else 'grid'}.yml"
     path.write_text(yaml.safe_dump(m))
     return path
@@ -57,7 +57,7 @@ def main() -> None:
     """Run grid and ASHA and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=27)
-    parser.add_argument("--tile", type=int, default=4)
+    parser.add_argument("--tile", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -82,6 +82,13 @@ class StorageError(WmlError):
     http_status = 422
 
 
+class BackendFull(WmlError):
+    """The backend's disk is full: nothing was written; free space and try again."""
+
+    code = "full"
+    http_status = 507
+
+
 class BackendUnavailable(WmlError):
     """The backend could not be reached or started."""
 
@@ -91,4 +98,4 @@ class BackendUnavailable(WmlError):
 
 ERRORS_BY_CODE = {cls.code: cls for cls in
                   (WmlError, InvalidInput, NotFound, Unauthorized, Forbidden,
-                   QuotaExceeded, Conflict, StorageError, BackendUnavailable)}
+                   QuotaExceeded, Conflict, StorageError, BackendFull, BackendUnavailable)}

@@ -16,6 +16,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the PostgreSQL run store needs psycopg: "
                       "pip install 'wml-backend[postgres]'") from exc
 
+from ..errors import BackendFull
 from .sql import SqlRunStore, schema
 
 #: PostgreSQL's column types for the shared schema. JSON keeps the text as written (key order
@@ -85,8 +86,12 @@ class PostgresRunStore(SqlRunStore):
     def _tx(self) -> Iterator[_Tx]:
         with self._lock:
             conn = self._conn()
-            with conn.transaction():
-                yield _Tx(conn)
+            try:
+                with conn.transaction():
+                    yield _Tx(conn)
+            except psycopg.errors.DiskFull:
+                raise BackendFull("the database server's disk is full: nothing was saved; "
+                                  "free some space and try again") from None
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         with self._lock:

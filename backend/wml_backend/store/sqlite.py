@@ -14,11 +14,24 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: one process per database file anyway
     fcntl = None
 
+from ..errors import BackendFull
 from .sql import SqlRunStore, schema
 
 #: SQLite's column types for the shared schema (``rowid`` is SQLite's own).
 TYPES = {"json": "TEXT", "real": "REAL", "blob": "BLOB", "bigint": "INTEGER",
          "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "rowid": ""}
+
+
+@contextmanager
+def _disk_full_is_an_error(path: str) -> Iterator[None]:
+    """SQLite's "database or disk is full" as the one-line ``BackendFull`` (the transaction is undone)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "full" not in str(exc):
+            raise
+        raise BackendFull(f"the backend's disk is full ({Path(path).parent}): nothing was saved; "
+                          "free some space and try again") from None
 
 
 class SqliteRunStore(SqlRunStore):
@@ -49,14 +62,15 @@ class SqliteRunStore(SqlRunStore):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, _disk_full_is_an_error(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         """Reads run on a connection of the calling thread's own, in parallel with other readers."""

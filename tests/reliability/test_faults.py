@@ -9,10 +9,9 @@ from datetime import datetime
 
 import psutil
 import pytest
-import yaml
 
 from backend_process import BackendProcess
-from test_cli_e2e import TINY, active_spans, definition, submit
+from test_cli_e2e import active_spans, definition, submit
 
 TERMINAL = {"COMPLETED", "FAILED", "HALTED", "STOPPED"}
 

@@ -11,6 +11,7 @@ from jupyter_client.manager import start_new_kernel
 from backend_process import BackendProcess
 
 CELL = '''%%wml train --name survivor --gpus 1 --sweep 'x=[1,2,3,4]' --runs 4
+import time
 from wml_jupyter import run
 for step in range(1, 6):
     run.log(step=step, x=run.hparams()["x"] * step)

@@ -27,6 +27,17 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in [low, high] (argparse names the flag when it is not)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+    parse.__name__ = "whole number"  # argparse's message reads "invalid whole number value"
+    return parse
+
+
 def _client():
     from .client import Client
     return Client()
@@ -177,9 +188,9 @@ def build_parser() -> Parser:
     sp = command("backend", cmd_backend, "start, stop or query the embedded backend", json_flag=True)
     sp.add_argument("action", choices=["start", "stop", "status", "serve"])
     sp.add_argument("--executor", choices=["local", "kubernetes"])
-    sp.add_argument("--gpus", type=int, help="GPUs to schedule (slots on a machine without GPUs)")
-    sp.add_argument("--slots", type=int, help="most runs at once (default: max(GPUs, CPU cores))")
-    sp.add_argument("--port", type=int, help="port on 127.0.0.1")
+    sp.add_argument("--gpus", type=bounded(0, 10_000), help="GPUs to schedule (slots on a machine without GPUs)")
+    sp.add_argument("--slots", type=bounded(1, 10_000), help="most runs at once (default: max(GPUs, CPU cores))")
+    sp.add_argument("--port", type=bounded(1, 65_535), help="port on 127.0.0.1")
     sp.add_argument("--storage", help="default object store: s3://bucket/prefix (default: the embedded file store)")
     sp.add_argument("--endpoint", help="S3 endpoint URL (MinIO, Ceph, IBM COS...)")
     sp.add_argument("--host", help="address to listen on (default 127.0.0.1; others need TLS or --insecure)")
@@ -216,7 +227,7 @@ def build_parser() -> Parser:
     sp = command("logs", cmd_logs, "print a run's training log")
     sp.add_argument("run")
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
-    sp.add_argument("--learner", type=int, default=1)
+    sp.add_argument("--learner", type=bounded(1, 10_000), default=1)
 
     sp = command("metrics", cmd_metrics, "print a run's metrics", json_flag=True)
     sp.add_argument("run")

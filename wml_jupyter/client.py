@@ -234,9 +234,9 @@ def _destination(target: str) -> tuple[str, str]:
     """``BUCKET[/PREFIX]`` as (bucket, prefix), refusing what would land outside the bucket."""
     bucket, _, prefix = target.partition("/")
     if not bucket or bucket.startswith(".") or "\\" in target:
-        raise InvalidInput(f"bucket: {target!r} is not BUCKET[/PREFIX] (a bucket name, then an optional prefix)")
+        raise InvalidInput(f"bucket: {quoted(target)} is not BUCKET[/PREFIX] (a bucket name, then an optional prefix)")
     if {".", ".."} & set(prefix.split("/")):
-        raise InvalidInput(f"bucket: {target!r}: the prefix must not contain . or .. segments")
+        raise InvalidInput(f"bucket: {quoted(target)}: the prefix must not contain . or .. segments")
     return bucket, prefix
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from . import __version__
-from .errors import ERRORS_BY_CODE, WmlError
+from .errors import ERRORS_BY_CODE, WmlError, quoted
 from .events import Subscription
 from .models import (AccountCreated, Experiment, ExperimentRequest, LogAppend, LogChunk, MetricPoint,
                      Run, RunSpec, StateReport, Usage)
@@ -71,9 +71,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        path = quoted(request.url.path)
+        message = {404: f"no such route: {request.method} {path}",
+                   405: f"{request.method} is not allowed on {path}"}.get(exc.status_code, str(exc.detail))
         code = HTTP_CODES.get(exc.status_code, "error")
-        message = (f"no such route: {request.method} {request.url.path}" if exc.status_code in (404, 405)
-                   else str(exc.detail))
         return JSONResponse({"code": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
 
     def account(token: Token) -> Account:

@@ -130,7 +130,7 @@ class ExperimentRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     manifest: str
     #: Shown in error messages as ``file:line: field: problem``: one line of a sane length.
-    manifest_name: str = Field("manifest.yml", max_length=1000, pattern=r"^[^\x00-\x1f\x7f]*$")
+    manifest_name: str = Field("manifest.yml", max_length=4096, pattern=r"^[^\x00-\x1f\x7f]*$")
     code_zip_b64: str
     #: Hyperparameter flags (``lr=loguniform(1e-4,1e-1)``) added to the manifest's space.
     sweep: list[str] = Field(default_factory=list)

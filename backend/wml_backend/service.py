@@ -175,7 +175,8 @@ class Service:
             try:
                 states = [RunState(state.upper())]
             except ValueError:
-                raise InvalidInput(f"state: {quoted(state)} is not one of {', '.join(s.value for s in RunState)}") from None
+                known = ", ".join(s.value for s in RunState)
+                raise InvalidInput(f"state: {quoted(state)} is not one of {known}") from None
         rows = self.store.runs(account=account.name, experiment=experiment, states=states)
         positions = self._positions(account)
         now = time.time()

@@ -7,6 +7,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import httpx
+
 #: Text that means a user is looking at Python internals rather than a message.
 NOISE = ("Traceback", 'File "', "object at 0x", "<class ", "<function ", "Error(", "Exception(",
          "errors.pydantic.dev", "For further information", "[{'", "{'type'")
@@ -33,9 +35,11 @@ def assert_clear(message: str, mentions: tuple[str, ...] = ()) -> None:
 
 
 class StateProbe:
-    """The backend's database rows and its file store's contents, to compare before and after."""
+    """The backend's database rows, its file store's contents and its listings, to compare before
+    and after."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, url: str, token: str):
+        self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         self.database = home / "backend" / "wml.db"
         self.folders = [home / "storage", home / "backend" / "runs"]
         self.log = home / "backend-test.log"
@@ -54,6 +58,8 @@ class StateProbe:
         """No row was added to the database and no file to the store since the probe was made,
         and the backend logged no traceback."""
         assert self.rows() == FRESH_ROWS, "a refused input left rows in the database"
+        for listing in ("/v1/experiments", "/v1/runs"):
+            assert self.http.get(listing).json() == [], f"{listing} lists what a refused input left"
         added = sorted(self.files() - self.baseline)
         assert not added, f"a refused input left files in the store: {added[:5]}"
         log = self.log.read_text(errors="replace") if self.log.exists() else ""

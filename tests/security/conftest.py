@@ -44,7 +44,9 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="package")
 def probe(server) -> StateProbe:
     """The backend's state as the corpus found it: every refusal must leave it so."""
-    return StateProbe(server.home)
+    state = StateProbe(server.home, server.url, server.token)
+    yield state
+    state.http.close()
 
 
 @pytest.fixture(scope="package")

@@ -227,8 +227,8 @@ def search_manifests() -> list[ManifestCase]:
                   "manifest"),
         _manifest("early-stopping-huge", "range", _with(search="{metric: acc, early_stopping: {min_steps: 1" +
                                                         "0" * 30 + "}}"), "min_steps"),
-        _manifest("store-prefix-dotdot", "path", _with(data_stores="[{id: s, training_data: {container: b/../../etc}}]"),
-                  "training_data.container"),
+        _manifest("store-prefix-dotdot", "path",
+                  _with(data_stores="[{id: s, training_data: {container: b/../../etc}}]"), "training_data.container"),
         _manifest("store-bucket-dotdot", "path", _with(data_stores="[{id: s, training_data: {container: ..}}]"),
                   "training_data.container"),
         _manifest("results-dotdot", "path", _with(data_stores="[{id: s, training_results: {container: r/../../x}}]"),
@@ -275,8 +275,9 @@ SWEEPS = [
     ("uniform-reversed", "lr=uniform(2,1)"), ("uniform-equal", "lr=uniform(1,1)"),
     ("uniform-words", "lr=uniform(a,b)"), ("uniform-nan", "lr=uniform(nan,1)"), ("uniform-inf", "lr=uniform(0,inf)"),
     ("uniform-overflow", "lr=uniform(0,1e999)"), ("loguniform-zero", "lr=loguniform(0,1)"),
-    ("loguniform-negative", "lr=loguniform(-1,1)"), ("int-fraction", "n=int(0.5,2)"), ("int-step-zero", "n=int(1,10,0)"),
-    ("int-step-negative", "n=int(1,10,-1)"), ("quniform-negative-step", "x=quniform(0,1,-0.1)"),
+    ("loguniform-negative", "lr=loguniform(-1,1)"), ("int-fraction", "n=int(0.5,2)"),
+    ("int-step-zero", "n=int(1,10,0)"), ("int-step-negative", "n=int(1,10,-1)"),
+    ("quniform-negative-step", "x=quniform(0,1,-0.1)"),
     ("quniform-no-step", "x=quniform(0,1)"), ("quniform-overflow", "x=quniform(0,1e300,1e-300)"),
     ("empty-list", "lr=[]"),
     ("empty-choice", "lr=choice()"), ("nested-list", "lr=[[1,2]]"), ("nested-call", "lr=uniform(uniform(0,1),2)"),
@@ -426,7 +427,8 @@ OTHER_REQUESTS = [
     ("run-metrics-since", "GET", "/v1/runs/abc-01/metrics?since=-2", None, ("since",)),
     ("runs-bad-state", "GET", "/v1/runs?state=bogus", None, ("state",)),
     ("runs-missing-experiment", "GET", "/v1/runs?experiment=..%2Fx", None, ("../x",)),
-    ("unknown-route", "GET", "/v1/nothing", None, ()),
+    ("unknown-route", "GET", "/v1/nothing", None, ("/v1/nothing",)),
+    ("unknown-long-route", "GET", "/v1/" + "y" * 10_000, None, ("no such route",)),
     ("wrong-method", "DELETE", "/v1/experiments", None, ()),
     ("account-bad-name", "POST", "/v1/accounts", {"name": "../x", "gpus": 1}, ("name",)),
     ("account-empty-name", "POST", "/v1/accounts", {"name": "", "gpus": 1}, ("name",)),
@@ -555,6 +557,8 @@ ARGV = [
     _argv("accounts-gpus-word", "accounts\x1fcreate\x1fbob\x1f--gpus\x1ftwo", "--gpus"),
     _argv("accounts-exists", "accounts\x1fcreate\x1flocal\x1f--gpus\x1f1", "local"),
     _argv("unknown-command", "trian\x1f{manifest}", "trian", magic="trian {manifest}"),
+    _argv("backend-port-out-of-range", "backend\x1fstart\x1f--port\x1f99999", "--port"),
+    _argv("backend-port-word", "backend\x1fstatus\x1f--port\x1fhttp", "--port"),
     _argv("validate-dir", "validate\x1f{tmp}/a-dir", "a-dir"),
     _argv("validate-missing", "validate\x1f{tmp}/absent.yml", "absent.yml"),
     _argv("no-command", "", "command"),
@@ -566,8 +570,43 @@ def argv_cases() -> list[ArgvCase]:
     return list(ARGV)
 
 
+# ---- %%wml train flags --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CellCase(Case):
+    """``%%wml train FLAGS`` over a small valid cell (the magics only)."""
+
+    flags: str = ""
+    cell: str = "print(1)\n"
+
+
+#: Bad ``%%wml train`` flags or cells: (id, flags, cell or None, what the message names).
+CELLS = [
+    ("name-dotdot", "--name ../x", None, "name"), ("name-control", "--name $'a\\tb'", None, "name"),
+    ("name-long", "--name " + "n" * 300, None, "name"), ("framework-empty", "--framework ''", None, "framework"),
+    ("gpus-negative", "--gpus=-1", None, "gpus"), ("gpus-word", "--gpus two", None, "--gpus"),
+    ("cpus-zero", "--cpus 0", None, "cpus"), ("cpus-nan", "--cpus nan", None, "cpus"),
+    ("memory-word", "--memory lots", None, "memory"), ("learners-zero", "--learners 0", None, "learners"),
+    ("runs-zero", "--runs 0", None, "runs"), ("runs-huge", "--runs 100000", None, "runs"),
+    ("data-dotdot", "--data ../x", None, "data"), ("data-missing-bucket", "--data no-such-bucket", None,
+                                                    "no-such-bucket"),
+    ("include-missing", "--include /no/such/file.py", None, "/no/such/file.py"),
+    ("early-stop-no-metric", "--early-stop asha", None, "metric"),
+    ("tpe-no-metric", "--search tpe", None, "metric"), ("unknown-flag", "--colour blue", None, "--colour"),
+    ("unbalanced-quote", "--name 'x", None, "quotation"),
+    ("syntax-error", "", "def f(:\n", "line"), ("undefined-name", "", "model = build()\n", "build"),
+    ("shell-escape", "", "!rm -rf /\n", "line"), ("nul-in-cell", "", "x = 1\x00\n", "line"),
+]
+
+
+def cell_cases() -> list[CellCase]:
+    """Every bad ``%%wml train`` cell."""
+    return [CellCase(f"cell-{case_id}", "cell", (mention,), flags, cell or "print(1)\n")
+            for case_id, flags, cell, mention in CELLS]
+
+
 # ---- everything ---------------------------------------------------------------------------
 
 def all_cases() -> list[Case]:
     """The whole corpus (zip bombs are built once and cached)."""
-    return manifest_cases() + sweep_cases() + zip_cases() + request_cases() + argv_cases()
+    return manifest_cases() + sweep_cases() + zip_cases() + request_cases() + argv_cases() + cell_cases()

@@ -10,7 +10,6 @@ import corpus
 import httpx
 import pytest
 from checks import assert_clear
-
 from wml_backend.errors import ERRORS_BY_CODE
 
 #: Codes an error body may carry: the domain errors' and the framework's own.

@@ -11,7 +11,6 @@ from checks import assert_clear
 
 pytest.importorskip("wml_jupyter.magics", reason="the magics are not there yet")
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
-
 from wml_backend.errors import WmlError  # noqa: E402
 
 GRID = corpus.GOOD_MANIFEST + "search: {algorithm: grid}\n"
@@ -79,6 +78,12 @@ def test_train_line_refuses_a_bad_code_zip(case, shell, probe, paths, tmp_path, 
     archive.write_bytes(case.data)
     error = fails_clearly(shell, f"%wml train {paths.manifest} {archive}", capsys, ())
     assert "code" in str(error) or archive.name in str(error)
+    probe.assert_untouched()
+
+
+@pytest.mark.parametrize("case", corpus.cell_cases(), ids=lambda c: c.id)
+def test_train_cell_refuses_bad_flags_or_code(case, shell, probe, capsys):
+    fails_clearly(shell, f"%%wml train {case.flags}\n{case.cell}", capsys, case.mentions)
     probe.assert_untouched()
 
 

@@ -11,7 +11,6 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-
 from wml_backend.errors import InvalidInput  # noqa: E402
 from wml_backend.manifest import load_manifest  # noqa: E402
 from wml_backend.space import parse_sweep_flag  # noqa: E402
@@ -49,9 +48,14 @@ def test_any_manifest_text_is_refused_or_accepted(text):
     refused_or_accepted(load_manifest, text)
 
 
+#: Flags shaped like NAME=DISTRIBUTION(ARGS) with random arguments, and plain random text.
+FLAGS = st.one_of(st.text(max_size=60), st.builds(
+    lambda name, dist, args: f"{name}={dist}({args})", st.sampled_from(["lr", "x", "1"]),
+    st.sampled_from(["uniform", "loguniform", "int", "quniform", "choice"]),
+    st.text("0123456789.,-+einfa ", max_size=30)))
+
+
 @FUZZ
-@given(st.one_of(st.text(max_size=60), st.builds(lambda n, f, a: f"{n}={f}({a})", st.sampled_from(["lr", "x", "1"]),
-                                                  st.sampled_from(["uniform", "loguniform", "int", "quniform", "choice"]),
-                                                  st.text("0123456789.,-+einfa ", max_size=30))))
+@given(FLAGS)
 def test_any_sweep_flag_is_refused_or_accepted(flag):
     refused_or_accepted(parse_sweep_flag, flag)

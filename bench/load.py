@@ -169,7 +169,9 @@ def main() -> None:
           f"events received {events}")
     for line in errors[:5]:
         print("   ", line)
-    print(f"  backend memory (RSS, MiB): first {memory[0]:.0f}, max {max(memory):.0f}, last {memory[-1]:.0f}")
+    quarters = [memory[min(len(memory) - 1, len(memory) * q // 4)] for q in range(5)]
+    print("  backend memory (RSS, MiB) at 0, 1/4, 1/2, 3/4 and the end of the load: "
+          + ", ".join(f"{m:.0f}" for m in quarters))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from .executors import Executor
 from .private import private_dir
 from .settings import DEFAULT_PORT, Settings, wml_home
 
+#: Idle seconds a client connection is kept open: longer than clients' own pools keep them
+#: (httpx: 5 s), so the server never closes a connection a client is about to reuse.
+KEEP_ALIVE_S = 65
 #: How long ``start`` waits for a new daemon to answer /healthz.
 START_TIMEOUT_S = 30.0
 
@@ -60,7 +63,7 @@ def serve(settings: Settings) -> None:
     capacity = service.executor.capacity()
     _write_state(settings, capacity)
     config = uvicorn.Config(create_app(service), host=settings.host, port=settings.port,
-                            log_level="warning", access_log=False,
+                            log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
                             ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
     try:
         uvicorn.Server(config).run()

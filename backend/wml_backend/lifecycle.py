@@ -98,7 +98,7 @@ class Lifecycle:
         self._thread = threading.Thread(target=self._loop, name="wml-scheduler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def shutdown(self) -> None:
         """Stop admitting (running runs go on)."""
         self._stop.set()
         self._wake.set()

@@ -56,7 +56,7 @@ class Service:
 
     def stop(self) -> None:
         """Stop admitting runs."""
-        self.lifecycle.stop()
+        self.lifecycle.shutdown()
 
     # -- accounts ---------------------------------------------------------------------------
     def bootstrap_admin(self) -> None:

@@ -35,6 +35,7 @@ def test_start_status_stop(wml_home):
         assert wml(wml_home, "backend", "stop").returncode == 0
     stopped = json.loads(wml(wml_home, "backend", "status", "--json").stdout)
     assert stopped["running"] is False
+    assert "Traceback" not in (wml_home / "backend" / "backend.log").read_text(), "a clean shutdown"
     assert wml(wml_home, "backend", "status").returncode == 1
 
 

@@ -6,6 +6,8 @@ The executor talks to the stand-in API server of ``tests/k8s`` through the offic
 exactly as to a cluster; the stand-in's node only pretends to run containers (no processes)
 and schema validation is off, so the numbers are the executor's and the client's, not the
 runner's. Goals: at most 3 API writes per run on the happy path (Secret, Job, Secret deleted),
+for the one-learner runs measured here (a run of N > 1 learners takes a fourth: its headless
+Service, created after the Job and deleted with it by the garbage collector),
 and status from watches only: no per-run reads (GET), a constant number of LISTs and WATCHes.
 Prints one line per measure, then PASS/FAIL per goal. Not a test.
 """

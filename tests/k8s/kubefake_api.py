@@ -1,4 +1,4 @@
-"""The stand-in API server's HTTP side: the real REST paths of Jobs, Pods, Secrets and pod logs.
+"""The stand-in API server's HTTP side: the real REST paths of Jobs, Pods, Secrets, Services and pod logs.
 
 Requests come from the official ``kubernetes`` client exactly as they would go to a cluster;
 watches are chunked streams of JSON lines, as kube-apiserver sends them. Each request is
@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 from kubefake_store import KINDS, ApiError, Store
 
-_PATH = re.compile(r"^/(?:api/v1|apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<res>pods|secrets|jobs)"
+_PATH = re.compile(r"^/(?:api/v1|apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<res>pods|secrets|jobs|services)"
                    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>log|status))?)?$")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 

@@ -1,7 +1,9 @@
 """A stand-in control plane: the Job controller, the scheduler and one GPU node with its kubelet.
 
 It acts on the stand-in server's store as kube-controller-manager and kube-scheduler act on
-etcd through the API: a Job gets one pod (``backoffLimit`` is honoured as 0), the pod is bound
+etcd through the API: a Job gets one pod (``backoffLimit`` is honoured as 0), an Indexed Job
+``completions`` pods (index annotation and label, ``JOB_COMPLETION_INDEX``, hostname
+``<job>-<index>``; Complete when all succeed, Failed, its other pods deleted, when one fails), the pod is bound
 to the node when its GPUs, node selector and taints allow (else ``Unschedulable`` with the
 scheduler's message), and the Job's conditions follow its pod. Tests also use it to play
 events no API call causes: an eviction, a lost node, Kueue admitting a suspended Job.
@@ -9,6 +11,7 @@ events no API call causes: an eviction, a lost node, Kueue admitting a suspended
 
 from __future__ import annotations
 
+import copy
 import queue
 import secrets
 import threading
@@ -22,6 +25,7 @@ from kubefake_store import ApiError, now
 GPU = "nvidia.com/gpu"
 NODE_TAINT = {"key": GPU, "value": "present", "effect": "NoSchedule"}
 FINAL = ("Succeeded", "Failed")
+INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 class Cluster:
@@ -69,15 +73,25 @@ class Cluster:
                 or status.get("active") or status.get("failed") or status.get("succeeded"):
             return
         template = job["spec"]["template"]
-        labels = {**template["metadata"].get("labels", {}), "batch.kubernetes.io/job-name": name,
-                  "job-name": name, "controller-uid": job["metadata"]["uid"]}
-        pod = {"metadata": {"name": f"{name}-{secrets.token_hex(3)[:5]}", "labels": labels,
-                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
-                                                 "uid": job["metadata"]["uid"], "controller": True,
-                                                 "blockOwnerDeletion": True}]},
-               "spec": template["spec"], "status": {"phase": "Pending"}}
-        self.store.create("pods", ns, pod)
-        self.store.update("jobs", ns, name, lambda j: j["status"].update(active=1, startTime=now()))
+        indexed = spec.get("completionMode") == "Indexed"
+        count = spec.get("completions", 1) if indexed else 1
+        for index in range(count):
+            labels = {**template["metadata"].get("labels", {}), "batch.kubernetes.io/job-name": name,
+                      "job-name": name, "controller-uid": job["metadata"]["uid"]}
+            meta = {"name": f"{name}-{secrets.token_hex(3)[:5]}", "labels": labels,
+                    "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                                         "uid": job["metadata"]["uid"], "controller": True,
+                                         "blockOwnerDeletion": True}]}
+            pod_spec = copy.deepcopy(template["spec"])
+            if indexed:  # as the Job controller does for Indexed Jobs
+                meta["name"] = f"{name}-{index}-{secrets.token_hex(3)[:5]}"
+                labels[INDEX] = str(index)
+                meta["annotations"] = {INDEX: str(index)}
+                pod_spec["hostname"] = f"{name}-{index}"
+                for container in pod_spec["containers"]:
+                    container["env"] = container.get("env", []) + [{"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
+            self.store.create("pods", ns, {"metadata": meta, "spec": pod_spec, "status": {"phase": "Pending"}})
+        self.store.update("jobs", ns, name, lambda j: j["status"].update(active=count, startTime=now()))
         if spec.get("activeDeadlineSeconds"):
             timer = threading.Timer(spec["activeDeadlineSeconds"], self._deadline, args=(ns, name))
             timer.daemon = True
@@ -112,11 +126,17 @@ class Cluster:
             return
         phase = pod["status"].get("phase")
         disrupted = any(c.get("type") == "DisruptionTarget" for c in pod["status"].get("conditions", []))
+        completions = job["spec"].get("completions", 1) if job["spec"].get("completionMode") == "Indexed" else 1
         if phase == "Succeeded":
-            self._finish(ns, name, "Complete", None, None, succeeded=1)
+            done = {p["metadata"]["name"] for p in self._pods_of(job) if p["status"].get("phase") == "Succeeded"}
+            if len(done | {pod["metadata"]["name"]}) >= completions:
+                self._finish(ns, name, "Complete", None, None, succeeded=completions)
         elif phase == "Failed" or kind == "DELETED" or (disrupted and pod["metadata"].get("deletionTimestamp")):
             self._finish(ns, name, "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit",
                          failed=1)
+            for other in self._pods_of(job):  # the Job failed: its other pods are terminated
+                if other["metadata"]["name"] != pod["metadata"]["name"] and other["status"].get("phase") not in FINAL:
+                    self.store.delete("pods", ns, other["metadata"]["name"])
 
     def _finish(self, ns: str, name: str, kind: str, reason: str | None, message: str | None,
                 **counts: int) -> None:

@@ -5,6 +5,12 @@ The container's env is resolved as the kubelet does (``value``, ``secretKeyRef``
 become directories of their own, the memory limit is enforced (the whole process tree is
 killed: ``OOMKilled``, exit 137), and deletion sends SIGTERM, then SIGKILL after the grace
 period. Images are "pulled" when ``images(name)`` says they exist, else ``ErrImagePull``.
+``valueFrom.fieldRef`` reads the pod's metadata (the index annotation of an Indexed Job's pod).
+
+The stand-in's DNS and network: every pod is a process on this host, so a pod's name under a
+headless Service (``<job>-<index>.<service>``, in ``MASTER_ADDR``) resolves to 127.0.0.1, and
+the rendezvous port (``MASTER_PORT``), which each pod would have to itself in a cluster, is mapped
+to a free port of this host, one per Service, the same for every pod of the Job.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import base64
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -52,6 +59,9 @@ class Kubelet:
             self.image_env.setdefault("PYTHONPATH", os.environ["PYTHONPATH"])
         self.procs: dict[tuple[str, str], subprocess.Popen] = {}
         self._started: set[tuple[str, str]] = set()
+        #: The host port standing for each headless Service's rendezvous port.
+        self.ports: dict[tuple[str, str], int] = {}
+        self._ports_lock = threading.Lock()
         self.dead = False  # the node was lost: nothing more is reported
 
     def sync(self, kind: str, pod: dict) -> None:
@@ -71,7 +81,7 @@ class Kubelet:
     def _run(self, pod: dict) -> None:
         key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
         container = pod["spec"]["containers"][0]
-        env = self._prepare(key, container)
+        env = self._prepare(key, container, pod)
         if env is None:
             return
         if self.simulate_s is not None:
@@ -113,7 +123,7 @@ class Kubelet:
             return None
         return None if pod["metadata"].get("deletionTimestamp") else pod["status"].get("phase")
 
-    def _prepare(self, key: tuple[str, str], container: dict) -> dict | None:
+    def _prepare(self, key: tuple[str, str], container: dict, pod: dict) -> dict | None:
         """Pull the image and resolve the env, retrying like a kubelet; None if the pod went."""
         attempts = 0
         while self._alive(key):
@@ -122,21 +132,53 @@ class Kubelet:
                 self._waiting(key, reason, f'failed to pull image "{container["image"]}": not found')
             else:
                 try:
-                    return self._environment(key[0], container)
+                    return self._resolve(key[0], self._environment(key[0], container, pod))
                 except ApiError as exc:
                     self._waiting(key, "CreateContainerConfigError", exc.message)
             attempts += 1
             time.sleep(RETRY_S)
         return None
 
-    def _environment(self, ns: str, container: dict) -> dict[str, str]:
+    def _resolve(self, ns: str, env: dict[str, str]) -> dict[str, str]:
+        """The stand-in's DNS: a pod's name under a Service of the namespace is this host; the
+        Service's port is a free port of this host, one per Service (see the module docstring)."""
+        _, _, service = env.get("MASTER_ADDR", "").partition(".")
+        if service:
+            name = service.split(".")[0]
+            if not self._wait_for_service(ns, name):
+                return env  # no such Service: the name does not resolve, as in a cluster
+            env["MASTER_ADDR"] = "127.0.0.1"
+            with self._ports_lock:
+                if (ns, name) not in self.ports:
+                    with socket.socket() as sock:
+                        sock.bind(("127.0.0.1", 0))
+                        self.ports[(ns, name)] = sock.getsockname()[1]
+                env["MASTER_PORT"] = str(self.ports[(ns, name)])
+        return env
+
+    def _wait_for_service(self, ns: str, name: str, timeout: float = 10.0) -> bool:
+        """Whether the Service exists (it is made just after its Job: DNS would retry meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.store.get("services", ns, name)
+                return True
+            except ApiError:
+                if time.monotonic() > deadline or self.dead:
+                    return False
+                time.sleep(0.05)
+
+    def _environment(self, ns: str, container: dict, pod: dict | None = None) -> dict[str, str]:
         env = dict(self.image_env)
         for source in container.get("envFrom", []):
             secret = self.store.get("secrets", ns, source["secretRef"]["name"])
             env.update({k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()})
         for var in container.get("env", []):
             ref = (var.get("valueFrom") or {}).get("secretKeyRef")
-            if ref:
+            field = (var.get("valueFrom") or {}).get("fieldRef")
+            if field:
+                env[var["name"]] = _field(pod or {}, field["fieldPath"])
+            elif ref:
                 data = self.store.get("secrets", ns, ref["name"]).get("data", {})
                 env[var["name"]] = base64.b64decode(data[ref["key"]]).decode()
             else:
@@ -200,6 +242,15 @@ class Kubelet:
             self.store.update("pods", *key, change)
         except ApiError:
             pass
+
+
+def _field(pod: dict, path: str) -> str:
+    """A downward-API ``fieldPath`` of the pod: ``metadata.name``, ``metadata.annotations['k']``..."""
+    match = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
+    if match:
+        return pod["metadata"].get(match.group(1), {}).get(match.group(2), "")
+    section, _, name = path.partition(".")
+    return str(pod.get(section, {}).get(name, ""))
 
 
 def _terminated(code: int, reason: str) -> dict:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 #: Resources served, with their apiVersion and kind.
-KINDS = {"pods": ("v1", "Pod"), "secrets": ("v1", "Secret"), "jobs": ("batch/v1", "Job")}
+KINDS = {"pods": ("v1", "Pod"), "secrets": ("v1", "Secret"), "jobs": ("batch/v1", "Job"),
+         "services": ("v1", "Service")}
 #: Kubernetes version whose OpenAPI schema created objects are validated against.
 SCHEMA_VERSION = "1.32.0"
 
@@ -183,6 +184,9 @@ class Store:
                 return self.update(resource, ns, name, lambda o: o["metadata"].update(
                     deletionTimestamp=now(), deletionGracePeriodSeconds=grace if grace is not None else
                     o["spec"].get("terminationGracePeriodSeconds", 30)))
+            if policy != "Orphan":  # the garbage collector: objects other than pods owned by it go at once
+                for res, owned in self._owned(meta["uid"]):
+                    self.remove(res, ns, owned)
             dependents = self._dependents(meta["uid"]) if policy != "Orphan" else []
             if policy == "Foreground" and dependents:
                 obj = self.update(resource, ns, name, lambda o: o["metadata"].update(
@@ -228,6 +232,11 @@ class Store:
         except kubernetes_validate.ValidationError as exc:
             path = ".".join(str(p) for p in exc.path)
             raise ApiError(422, "Invalid", f"{obj['kind']} is invalid: {path}: {exc.message}") from None
+
+    def _owned(self, uid: str) -> list[tuple[str, str]]:
+        """(resource, name) of the objects other than pods that ``uid`` owns (a Job's Service)."""
+        return [(res, name) for (res, _, name), o in self.objects.items()
+                if res != "pods" and any(r["uid"] == uid for r in o["metadata"].get("ownerReferences", []))]
 
     def _dependents(self, uid: str) -> list[str]:
         return [name for (res, _, name), o in self.objects.items()

@@ -22,6 +22,7 @@ import pytest
 from backend_process import BackendProcess
 from kubefake import calls_beyond_role, start_fake_kube, stop_fake_kube
 from test_cli_e2e import definition, submit
+from test_distributed import DDP, ddp_manifest
 
 
 class ClusterBackend(BackendProcess):
@@ -180,3 +181,54 @@ def test_a_restarted_backend_reattaches_to_running_jobs(k8s, tmp_path):
     assert run["state"] == "COMPLETED", run
     assert [p["step"] for p in k8s.backend.cli_json("metrics", run_id)] == list(range(1, 26))
     assert len(jobs_of(k8s, run_id)) == 1  # re-attached, not started again
+
+
+def api_log(backend: BackendProcess, run_id: str, learner: int) -> str:
+    """A learner's log as the API serves it (``GET /v1/runs/{id}/logs?learner=k``)."""
+    response = httpx.get(f"{backend.url}/v1/runs/{run_id}/logs", params={"learner": learner},
+                         headers={"Authorization": f"Bearer {backend.token}"}, timeout=10)
+    response.raise_for_status()
+    return response.json()["data"]
+
+
+def wait_until(predicate, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def test_two_learners_are_two_pods_of_an_indexed_job_that_all_reduce(k8s):
+    result = k8s.backend.cli("train", str(DDP / "manifest.yml"), str(DDP))
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip().splitlines()[-1] + "-01"
+    run = wait_run(k8s.backend, run_id, timeout=120)
+    assert run["state"] == "COMPLETED" and run["learners"] == 2, run
+    assert [t["state"] for t in run["transitions"]] == [
+        "QUEUED", "PENDING", "DOWNLOADING", "PROCESSING", "STORING", "COMPLETED"]  # learner 1's reports only
+    for learner in (1, 2):
+        wait_until(lambda k=learner: "all_reduce sum = 3" in api_log(k8s.backend, run_id, k))
+        assert f"is rank {learner - 1} of 2 (node {learner - 1}, local rank 0)" in api_log(k8s.backend, run_id, learner)
+    assert run["metrics"]["total"] == 3
+    [job] = jobs_of(k8s, run_id)
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    pods = [p for p in k8s.kube.objects("pods") if p["metadata"]["labels"].get("job-name") == job["metadata"]["name"]]
+    assert sorted(p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1"]
+    assert all(p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1" for p in pods)
+    results = k8s.backend.home / "storage" / "wml-results" / f"training-{run_id}"
+    wait_until(lambda: all((results / f"learner-{k}" / "training-log.txt").exists() for k in (1, 2)))
+    assert (results / "_submitted_code" / "model.zip").exists()
+
+
+def test_a_failing_learner_pod_fails_the_run_and_stops_its_peer(k8s, tmp_path):
+    started = time.monotonic()
+    result = k8s.backend.cli("train", str(ddp_manifest(tmp_path, hyperparameters={"fail_rank": [1]})), str(DDP))
+    assert result.returncode == 0, result.stderr
+    run_id = result.stdout.strip().splitlines()[-1] + "-01"
+    run = wait_run(k8s.backend, run_id, timeout=120)
+    assert run["state"] == "FAILED" and run["exit_code"] == 1, run
+    assert run["reason"] == "learner 2: the command exited with code 1", run["reason"]
+    assert any("this learner fails" in line for line in run["log_tail"]), run["log_tail"]
+    wait_until(lambda: jobs_of(k8s, run_id) == [], timeout=30)  # deleted, the peer (sleeping 60 s) with it
+    assert time.monotonic() - started < 45, "the peer must have been stopped"
+    assert "this learner fails" in api_log(k8s.backend, run_id, 2)

@@ -56,6 +56,7 @@ def test_the_role_is_namespaced_and_minimal():
         (("",), ("pods",)): ["list", "watch", "delete"],
         (("",), ("pods/log",)): ["get"],
         (("",), ("secrets",)): ["create", "list", "delete"],
+        (("",), ("services",)): ["create"],  # a multi-learner run's headless Service (its Job owns it)
     }
     assert not by_kind("ClusterRole") and not by_kind("ClusterRoleBinding")
     [binding] = by_kind("RoleBinding")

@@ -191,3 +191,33 @@ def test_an_unknown_context_lists_the_known_ones(fake_kube, monkeypatch):
     monkeypatch.setenv("WML_K8S_CONTEXT", "prod")
     with pytest.raises(InvalidInput, match=r"^WML_K8S_CONTEXT: no context 'prod' in the kubeconfig; it has: fake$"):
         KubernetesExecutor.from_settings(Settings())
+
+
+def test_learners_are_pods_of_an_indexed_job_with_a_headless_service(recorder):
+    kube, rec = recorder
+    handle = rec.executor.start(dataclasses.replace(launch("ix-01"), learners=2))
+    assert rec.exit() == ("ix-01", 0, None)
+    assert handle["learners"] == 2
+    pods = sorted(kube.objects("pods"), key=lambda p: p["metadata"]["name"])
+    assert [p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for p in pods] == ["0", "1"]
+    assert [p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] for p in pods] == ["1", "1"]
+    [service] = kube.objects("services")
+    assert service["metadata"]["name"] == handle["job"] and service["spec"]["clusterIP"] == "None"
+    # one write more than a one-learner run: the Service, deleted with its Job (it owns it)
+    assert kube.writes() == {"POST secrets": 1, "POST jobs": 1, "POST services": 1, "DELETE secrets": 1}
+    rec.executor.cancel("ix-01", handle)  # deleting the Job takes its Service along
+    wait_for(lambda: kube.objects("services") == [] and kube.objects("jobs") == [])
+
+
+def test_a_failed_learner_fails_the_run_by_name_and_stops_the_others(fake_kube, monkeypatch):
+    kube = fake_kube(simulate_s=30)
+    rec = Recorder(monkeypatch, kube)
+    rec.executor.start(dataclasses.replace(launch("ixf-01"), learners=2))
+    wait_for(lambda: len([p for p in kube.objects("pods") if p["status"].get("phase") == "Running"]) == 2)
+    second = next(p for p in kube.objects("pods")
+                  if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1")
+    kube.cluster.evict(kube.namespace, second["metadata"]["name"])
+    assert rec.exit() == ("ixf-01", None, "learner 2: evicted from its node: The node was low on resource: memory.")
+    wait_for(lambda: kube.objects("jobs") == [] and kube.objects("services") == [] and kube.objects("secrets") == [])
+    wait_for(lambda: all(p["status"].get("phase") == "Failed" for p in kube.objects("pods")))
+    rec.executor.close()

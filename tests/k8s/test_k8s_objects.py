@@ -24,10 +24,14 @@ from wml_backend.executors.k8s_objects import (
     image_for,
     job_object,
     label_value,
+    learner_failure,
     load_options,
     memory_quantity,
+    pod_failed,
+    pod_index,
     resource_flavor,
     secret_object,
+    service_object,
     stuck_reason,
     waiting_note,
 )
@@ -74,10 +78,45 @@ def test_gpu_job_matches_reference_and_schema():
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 7200
 
 
-def test_one_pod_holds_every_learner_of_a_run():
-    job = job_object(dataclasses.replace(GPU_LAUNCH, learners=2), OPTIONS, "wml-x")
-    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-    assert limits == {"cpu": "12", "memory": "24G", "nvidia.com/gpu": "4"}
+def test_learners_are_an_indexed_job_with_a_headless_service():
+    launch = dataclasses.replace(GPU_LAUNCH, learners=2)
+    name = "wml-k3x9q2-01-a1-b2c3"
+    job = valid(job_object(launch, OPTIONS, name, timeout_s=7200))
+    service = valid(service_object(launch, OPTIONS, name, job_uid="6f1c2a4e-0000-4000-8000-00000000abcd"))
+    reference("job-indexed.yaml", [job, service])
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == \
+        ("Indexed", 2, 2, 0)
+    container = pod["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "6", "memory": "12G", "nvidia.com/gpu": "2"}  # per learner
+    assert pod["subdomain"] == name == service["metadata"]["name"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["MASTER_ADDR"] == f"{name}-0.{name}" and env["MASTER_PORT"] == "29500"
+    assert env["WML_LEARNER_INDEX"] == {"fieldRef": {
+        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"batch.kubernetes.io/job-name": name}
+    assert service["metadata"]["ownerReferences"][0]["kind"] == "Job"
+    for value in (TOKEN, ACCESS, SECRET_KEY):
+        assert value not in yaml.safe_dump(job)
+
+
+def test_one_learner_stays_a_plain_job():
+    job = job_object(GPU_LAUNCH, OPTIONS, "wml-x")
+    assert "completionMode" not in job["spec"] and "subdomain" not in job["spec"]["template"]["spec"]
+    env = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert not env & {"MASTER_ADDR", "WML_LEARNER_INDEX"}
+
+
+def test_a_failed_learner_pod_is_named_by_its_index():
+    annotations = {"batch.kubernetes.io/job-completion-index": "1"}
+    failed = {**pod({"phase": "Failed", **state(terminated={"exitCode": 1, "reason": "Error"})}),
+              "metadata": {"annotations": annotations}}
+    assert pod_index(failed) == 1 and pod_failed(failed)
+    assert learner_failure(failed) == "learner 2: the command exited with code 1"
+    oom = {**pod(state(terminated={"exitCode": 137, "reason": "OOMKilled"})), "metadata": {"annotations": annotations}}
+    assert learner_failure(oom) == "learner 2: out of memory: raise memory (the limit was 256Mi)"
+    assert not pod_failed(pod({"phase": "Running"})) and pod_index(pod({})) == 0
 
 
 def test_kueue_cpu_job_matches_reference_and_schema():
@@ -186,3 +225,11 @@ def test_waiting_and_stuck_reasons():
     pulling = state(waiting={"reason": "ImagePullBackOff", "message": "Back-off pulling image"})
     assert stuck_reason(pod(pulling)) == "cannot pull image reg/runner:1 (ImagePullBackOff): Back-off pulling image"
     assert stuck_reason(pod(state(waiting={"reason": "ContainerCreating"}))) is None
+
+
+def test_a_runner_in_a_learner_pod_runs_that_learner_only():
+    from wml_backend.runner.main import learner_of_pod
+    assert learner_of_pod({"WML_LEARNER_INDEX": "1", "MASTER_ADDR": "job-0.job"}) == 2
+    assert learner_of_pod({"JOB_COMPLETION_INDEX": "0", "MASTER_ADDR": "job-0.job"}) == 1
+    assert learner_of_pod({"WML_LEARNER_INDEX": "1"}) is None  # no rendezvous given: not a learner pod
+    assert learner_of_pod({"MASTER_ADDR": "127.0.0.1"}) is None  # the local executor's runner: every learner

@@ -1,5 +1,10 @@
 """The Kubernetes objects of a run, as pure functions: its Job, its Secret, Kueue queues.
 
+A run of one learner is a plain Job of one pod. A run of N learners is an Indexed Job
+(completions = parallelism = N, one pod per learner with the manifest's per-learner resources)
+plus a headless Service that gives every pod a stable name, ``<job>-<index>.<service>``: learner
+1 (index 0) is the rendezvous (``MASTER_ADDR``) of ``torch.distributed``.
+
 Nothing here talks to a cluster, so every object can be compared with reference YAML and
 validated against the Kubernetes OpenAPI schema offline (``tests/k8s``).
 """
@@ -28,6 +33,12 @@ GPU_RESOURCE = "nvidia.com/gpu"
 WORK_DIR = "/job"
 #: The one runner, as the container's entrypoint; the image must have wml_backend installed.
 RUNNER_COMMAND = ("python3", "-m", "wml_backend.runner")
+#: The annotation (and label) Kubernetes sets on each pod of an Indexed Job: its index.
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+#: The label the Job controller puts on its pods (the headless Service selects by it).
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+#: The rendezvous port of a multi-learner run (torch.distributed's default).
+RENDEZVOUS_PORT = 29500
 #: Seconds a cancelled runner has to stop the command and store partial results.
 TERMINATION_GRACE_S = 60
 #: Images per framework (``name`` or ``name:version``); ``{version}`` is the manifest's version.
@@ -144,12 +155,20 @@ def secret_object(launch: Launch, options: K8sOptions, name: str) -> dict[str, A
             "stringData": secret_env(launch)}
 
 
+def is_distributed(launch: Launch) -> bool:
+    """Whether the run is several learners, hence an Indexed Job with a headless Service."""
+    return (launch.learners or 1) > 1
+
+
 def job_object(launch: Launch, options: K8sOptions, name: str,
                timeout_s: Optional[float] = None) -> dict[str, Any]:
-    """The run's batch/v1 Job: one pod running the runner, never retried by Kubernetes."""
+    """The run's batch/v1 Job, never retried by Kubernetes: one pod running the runner, or, for
+    N learners, an Indexed Job of N pods (one learner each) under the headless Service ``name``."""
     labels = run_labels(launch)
     meta = {"name": name, "namespace": options.namespace, "labels": dict(labels)}
     spec: dict[str, Any] = {"backoffLimit": 0}  # retries are the backend's (max_retries), not the Job's
+    if is_distributed(launch):  # the first learner that fails fails the Job, which stops the others
+        spec.update(completionMode="Indexed", completions=launch.learners, parallelism=launch.learners)
     if timeout_s:
         spec["activeDeadlineSeconds"] = max(1, int(timeout_s))
     spec["ttlSecondsAfterFinished"] = options.job_ttl_s
@@ -160,12 +179,31 @@ def job_object(launch: Launch, options: K8sOptions, name: str,
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 
+def service_object(launch: Launch, options: K8sOptions, name: str,
+                   job_uid: Optional[str] = None) -> dict[str, Any]:
+    """The headless Service of a multi-learner run: DNS names ``<job>-<index>.<name>`` for its pods.
+
+    Owned by the Job (``job_uid``), so it goes when the Job goes: no write of its own to delete it.
+    """
+    meta: dict[str, Any] = {"name": name, "namespace": options.namespace, "labels": run_labels(launch)}
+    if job_uid:
+        meta["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid,
+                                    "controller": False, "blockOwnerDeletion": False}]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,  # names before readiness
+                     "selector": {JOB_NAME_LABEL: name},
+                     "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+                                "protocol": "TCP"}]}}
+
+
 def _pod_spec(launch: Launch, options: K8sOptions, secret_name: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "restartPolicy": "Never", "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
         "containers": [_container(launch, options, secret_name)],
         "volumes": [{"name": "work", "emptyDir": {}}, {"name": "dshm", "emptyDir": {"medium": "Memory"}}]}
+    if is_distributed(launch):
+        spec["subdomain"] = secret_name  # the headless Service of the same name: <job>-<index>.<service>
     if options.service_account:
         spec["serviceAccountName"] = options.service_account
     if launch.gpu_type:
@@ -184,24 +222,57 @@ def _container(launch: Launch, options: K8sOptions, secret_name: str) -> dict[st
         plain["WML_BACKEND_URL"] = options.public_url
     if not launch.gpus:
         plain["NVIDIA_VISIBLE_DEVICES"] = "void"  # a CPU run sees no GPU even on a GPU node
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
+    if is_distributed(launch):  # this pod is one learner: its index, and where learner 1 listens
+        env += [{"name": "WML_LEARNER_INDEX", "valueFrom": {"fieldRef": {
+                    "fieldPath": f"metadata.annotations['{INDEX_ANNOTATION}']"}}},
+                {"name": "MASTER_ADDR", "value": f"{secret_name}-0.{secret_name}"},
+                {"name": "MASTER_PORT", "value": str(RENDEZVOUS_PORT)}]
     return {
         "name": "runner", "image": image_for(options, launch.framework, launch.framework_version),
         "imagePullPolicy": "IfNotPresent", "command": list(RUNNER_COMMAND), "workingDir": WORK_DIR,
-        "env": [{"name": k, "value": v} for k, v in plain.items()],
+        "env": env,
         "envFrom": [{"secretRef": {"name": secret_name}}],
         "resources": {"limits": _limits(launch)},  # requests default to the limits
         "volumeMounts": [{"name": "work", "mountPath": WORK_DIR}, {"name": "dshm", "mountPath": "/dev/shm"}]}
 
 
 def _limits(launch: Launch) -> dict[str, str]:
-    """The pod's limits: the runner starts every learner in it, each with the manifest's share."""
-    learners = max(launch.learners, 1)
-    limits = {"cpu": cpu_quantity((launch.cpus or 1) * learners)}
+    """The pod's limits: one learner's, as the manifest gives them (each learner is a pod)."""
+    limits = {"cpu": cpu_quantity(launch.cpus or 1)}
     if launch.memory_bytes:
-        limits["memory"] = memory_quantity(launch.memory_bytes * learners)
+        limits["memory"] = memory_quantity(launch.memory_bytes)
     if launch.gpus:
-        limits[GPU_RESOURCE] = str(launch.gpus * learners)
+        limits[GPU_RESOURCE] = str(launch.gpus)
     return limits
+
+
+def pod_index(pod: Optional[Mapping[str, Any]]) -> int:
+    """The index of a pod of an Indexed Job (0 for any other pod)."""
+    meta = (pod or {}).get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(INDEX_ANNOTATION) or (meta.get("labels") or {}).get(INDEX_ANNOTATION)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def pod_failed(pod: Optional[Mapping[str, Any]]) -> bool:
+    """Whether a learner's pod failed: its runner exited non-zero, or it was evicted or disrupted."""
+    if pod is None:
+        return False
+    code = exit_code(pod)
+    return (pod.get("status") or {}).get("phase") == "Failed" or (code is not None and code != 0) or \
+        condition(pod, "DisruptionTarget") is not None
+
+
+def learner_failure(pod: Mapping[str, Any]) -> str:
+    """Why a learner's pod failed, naming the learner (index + 1)."""
+    code = exit_code(pod)
+    why = failure_reason(None, pod)
+    if why is None or why.startswith("the run's Job or pod was deleted"):
+        why = f"the command exited with code {code}" if code is not None else "its pod failed"
+    return f"learner {pod_index(pod) + 1}: {why}"
 
 
 # -- Kueue ------------------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """The Kubernetes executor: each run one batch/v1 Job, followed by a watch of Jobs and Pods.
 
 A run's start is three writes at most on the happy path: its Secret (runner token, store
-credentials), its Job, and the Secret's deletion once the Job is over. Its state comes from
+credentials), its Job, and the Secret's deletion once the Job is over. A run of N learners is an
+Indexed Job of N pods plus a headless Service (owned by the Job, so it goes with it): four
+writes. The first learner pod that fails fails the run, naming the learner, and the Job's
+deletion stops the others. Its state comes from
 two list-then-watch streams (Jobs and Pods with our labels), never from polling a run.
 Jobs have no owner, so they run on while the backend restarts; ``reattach`` finds them again.
 """
@@ -20,8 +23,9 @@ from typing import Any, Optional
 from ..errors import InvalidInput, WmlError
 from .base import Capacity, Executor, Launch
 from .k8s_objects import (RUN_LABEL, SELECTOR, TERMINATION_GRACE_S, K8sOptions, condition, exit_code,
-                          failure_reason, job_finished, job_object, label_value, load_options, object_name, pod_over,
-                          secret_object, stuck_reason, waiting_note)
+                          failure_reason, is_distributed, job_finished, job_object, label_value, learner_failure,
+                          load_options, object_name, pod_failed, pod_index, pod_over, secret_object, service_object,
+                          stuck_reason, waiting_note)
 
 log = logging.getLogger("wml_backend.kubernetes")
 
@@ -65,6 +69,15 @@ class _Run:
     #: Why we stopped it ourselves (an image that cannot be pulled...).
     failure: Optional[str] = None
     note: Optional[str] = None
+    #: Learners of the run: more than one is an Indexed Job whose pods are followed by index.
+    learners: int = 1
+    #: The last state of each learner's pod, by index (a multi-learner run; ``pod`` is index 0's).
+    pods: dict = None  # type: ignore[assignment]
+    #: The pod of the first learner that failed (a multi-learner run).
+    failed_pod: Optional[dict] = None
+
+    def __post_init__(self) -> None:
+        self.pods = {} if self.pods is None else self.pods
 
 
 class KubernetesExecutor(Executor):
@@ -122,30 +135,42 @@ class KubernetesExecutor(Executor):
         job = job_object(launch, self.options, name, getattr(launch, "timeout_s", None))
         secret = secret_object(launch, self.options, name)
         self._supersede(launch.run_id)
+        learners = max(launch.learners or 1, 1)
         with self._lock:
-            self._runs[launch.run_id] = _Run(job_name=name, attempt=launch.attempt, started=time.monotonic())
+            self._runs[launch.run_id] = _Run(job_name=name, attempt=launch.attempt, started=time.monotonic(),
+                                             learners=learners)
             self._by_job[name] = launch.run_id
+        created = None
         try:
             self._api(self._core.create_namespaced_secret, self.ns, secret)
             with self._lock:
                 self._secrets[name] = time.time()
             created = self._api(self._batch.create_namespaced_job, self.ns, job)
+            if is_distributed(launch):  # owned by the Job: deleted with it
+                service = service_object(launch, self.options, name, created["metadata"]["uid"])
+                self._api(self._core.create_namespaced_service, self.ns, service)
         except ClusterError:
             self._forget(launch.run_id)
+            if created is not None:
+                self._delete_job(name, "Background")
             self._delete_secret(name)  # if it was made
             raise
-        return {"namespace": self.ns, "job": name, "uid": created["metadata"]["uid"], "attempt": launch.attempt}
+        handle = {"namespace": self.ns, "job": name, "uid": created["metadata"]["uid"], "attempt": launch.attempt}
+        if learners > 1:
+            handle["learners"] = learners
+        return handle
 
     def cancel(self, run_id: str, handle: dict[str, Any]) -> None:
         """Delete the Job, pods first: the runner gets SIGTERM and stores partial results."""
         self._delete_job(handle.get("job"), "Foreground")
 
     def kill(self, run_id: str, handle: dict[str, Any]) -> None:
-        """Delete the run's pod at once (no grace period)."""
+        """Delete the run's pods at once (no grace period)."""
         with self._lock:
             run = self._runs.get(run_id)
-            pod = run.pod if run and not run.pod_gone else None
-        if pod is not None:
+            pods = [] if run is None else list(run.pods.values()) if run.learners > 1 else \
+                [run.pod] if not run.pod_gone and run.pod is not None else []
+        for pod in pods:
             self._quietly(self._core.delete_namespaced_pod, pod["metadata"]["name"], self.ns, grace_period_seconds=0)
 
     def reattach(self, run_id: str, handle: dict[str, Any]) -> bool:
@@ -155,8 +180,12 @@ class KubernetesExecutor(Executor):
             if job is None:
                 return False
             pods = [p for p in self.pods.objects.values() if _job_of(p) == name]
-            self._runs[run_id] = _Run(job_name=name, attempt=handle.get("attempt", 1), started=time.monotonic(),
-                                      job=job, pod=pods[-1] if pods else None)
+            learners = handle.get("learners") or (job.get("spec") or {}).get("completions") or 1
+            run = _Run(job_name=name, attempt=handle.get("attempt", 1), started=time.monotonic(), job=job,
+                       learners=learners)
+            for pod in pods:
+                self._record_pod(run, pod, False)
+            self._runs[run_id] = run
             self._by_job[name] = run_id
         return True  # the next sweep sees whether it ended while we were away
 
@@ -178,19 +207,41 @@ class KubernetesExecutor(Executor):
             run_id = self._by_job.get(job_name or "")
             if run_id is None:
                 return
-            for key, value in seen.items():
-                setattr(self._runs[run_id], key, value)
+            run = self._runs[run_id]
+            if "pod" in seen:
+                self._record_pod(run, seen["pod"], seen["pod_gone"])
+            else:
+                for key, value in seen.items():
+                    setattr(run, key, value)
         self._evaluate(run_id)
+
+    @staticmethod
+    def _record_pod(run: _Run, pod: dict, gone: bool) -> None:
+        """A pod's news: the run's pod, or for a multi-learner run that of one learner (by index)."""
+        if run.learners <= 1:
+            run.pod, run.pod_gone = pod, gone
+            return
+        index = pod_index(pod)
+        if gone:
+            run.pods.pop(index, None)
+        else:
+            run.pods[index] = pod
+        if pod_failed(pod) and run.failed_pod is None:
+            run.failed_pod = pod
+        if index == 0:  # learner 1 reports the run's states; its pod stands for the run
+            run.pod, run.pod_gone = pod, gone
 
     def _evaluate(self, run_id: str) -> None:
         """Decide what a run's Job and pod mean now, and act on it (outside the lock)."""
         with self._lock:
             run = self._runs.get(run_id)
             action = self._decide(run) if run else None
-            if action == "end":
+            if action in ("end", "fail"):
                 self._forget(run_id)
         if action == "end":
             self._end(run_id, run)
+        elif action == "fail":
+            self._fail(run_id, run)
         elif action == "stop":
             self._delete_job(run.job_name, "Foreground")
         elif action == "note":
@@ -199,6 +250,9 @@ class KubernetesExecutor(Executor):
     def _decide(self, run: _Run) -> Optional[str]:
         if run.job is None and not run.job_gone:
             return None  # created, not yet seen
+        if run.failed_pod is not None and run.failure is None:  # one learner failed: the run did
+            run.failure = learner_failure(run.failed_pod)
+            return "fail"
         job_over = run.job_gone or job_finished(run.job) or run.failure is not None
         run.over_since = (run.over_since or time.monotonic()) if job_over else None
         unseen = run.pod is None and not run.pod_gone and time.monotonic() - (run.over_since or 0) < POD_LAG_S
@@ -210,7 +264,9 @@ class KubernetesExecutor(Executor):
             run.failure = stuck
             return "stop"
         waited = time.monotonic() - run.started >= self.options.pending_note_s
-        note = waiting_note(run.job, run.pod) if waited and not run.job_gone else None
+        pods = [run.pod] + [p for i, p in sorted(run.pods.items()) if i] if run.learners > 1 else [run.pod]
+        notes = [waiting_note(run.job, p) for p in pods] if waited and not run.job_gone else []
+        note = next((n for n in notes if n), None)
         if note and note != run.note:
             run.note = note
             return "note"
@@ -224,6 +280,14 @@ class KubernetesExecutor(Executor):
         tail = self._log_tail(run.pod) if code not in (0, None) and not run.pod_gone else []
         self._delete_secret(run.job_name)
         self.on_exit(run_id, run.attempt, code, reason=reason, log_tail=tail)
+
+    def _fail(self, run_id: str, run: _Run) -> None:
+        """A learner of a multi-learner run failed: the run fails now, and the Job's deletion
+        stops the other learners (their runners store what they have; learner 1 reports nothing)."""
+        pod = run.failed_pod
+        self._delete_secret(run.job_name)
+        self.on_exit(run_id, run.attempt, exit_code(pod), reason=run.failure, log_tail=self._log_tail(pod))
+        self._delete_job(run.job_name, "Foreground")
 
     # -- housekeeping ---------------------------------------------------------------------------
     def _sweep(self, stop: threading.Event) -> None:

@@ -34,11 +34,12 @@ def substitute(command: str, hparams: dict[str, Any]) -> str:
 
 
 def environment(spec: RunSpec, ws: Workspace, data_dir: Path, learner: int = 1,
-                master: tuple[str, int] = ("127.0.0.1", 29500)) -> dict[str, str]:
+                master: tuple[str, int] = ("127.0.0.1", 29500), share_gpus: bool = True) -> dict[str, str]:
     """FfDL's variables, torch.distributed's and ours, on the runner's environment minus its secrets.
 
     Each learner is a node of one process: RANK = NODE_RANK = LEARNER_ID - 1, LOCAL_RANK = 0,
-    and its own share of the run's GPUs in CUDA_VISIBLE_DEVICES.
+    and its own share of the run's GPUs in CUDA_VISIBLE_DEVICES (unless ``share_gpus`` is False:
+    a learner alone in its pod has all of the pod's GPUs).
     """
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
     env.update({
@@ -56,7 +57,7 @@ def environment(spec: RunSpec, ws: Workspace, data_dir: Path, learner: int = 1,
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(name, threads)
     devices = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
-    if devices and spec.learners > 1:
+    if devices and spec.learners > 1 and share_gpus:
         share = devices[(learner - 1) * spec.gpus:learner * spec.gpus]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(share)
     return env

@@ -115,3 +115,10 @@ def store_results(store: ObjectStore, spec: RunSpec, ws: Workspace, code: bytes)
         if log.exists():
             store.put_file(spec.results_bucket, f"{prefix}learner-{learner}/training-log.txt", log)
     store.put_bytes(spec.results_bucket, f"{prefix}_submitted_code/model.zip", code)
+
+
+def store_learner_log(store: ObjectStore, spec: RunSpec, ws: Workspace, learner: int) -> None:
+    """Upload one learner's training log (a learner k > 1 running in a pod of its own)."""
+    log = ws.training_log(learner)
+    if log.exists():
+        store.put_file(spec.results_bucket, f"{spec.results_prefix}learner-{learner}/training-log.txt", log)

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from backend_process import BackendProcess  # noqa: E402
-
+from sweep_overhead import percentile  # noqa: E402
 from wml_backend.models import MetricPoint  # noqa: E402
 from wml_backend.states import RunState  # noqa: E402
 from wml_backend.store import ExperimentRow, RunRow, SqliteRunStore  # noqa: E402
@@ -118,12 +118,6 @@ async def load(url: str, token: str, clients: int, seconds: float, body: dict) -
         listeners = [listen_events(url, token, until, events) for _ in range(5)]
         await asyncio.wait_for(asyncio.gather(*tasks, *listeners), seconds + 60)
     return lat, errors, len(events)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile of ``values``."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:

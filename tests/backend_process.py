@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import httpx
 
@@ -22,6 +23,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def backend_in_environment(home: Path, **extra_env: str) -> Iterator["BackendProcess"]:
+    """A running backend (2 GPU slots) that this process's clients and magics find through
+    the environment (WML_HOME, WML_BACKEND, WML_TOKEN, and ``extra_env``), for a test module."""
+    proc = BackendProcess(home, gpus=2).start()
+    saved = dict(os.environ)
+    for name in [n for n in os.environ if n.startswith("WML_")]:
+        del os.environ[name]
+    os.environ.update({"WML_HOME": str(proc.home), "WML_BACKEND": proc.url, "WML_TOKEN": proc.token,
+                       **extra_env})
+    try:
+        yield proc
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        proc.stop()
 
 
 class BackendProcess:

@@ -4,20 +4,19 @@ restart. The last test renders it into ``test-artifacts/live-display.png``."""
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
-from backend_process import BackendProcess
+from backend_process import backend_in_environment
 from wml_backend import models
 
 from wml_jupyter.compare import downsample
 from wml_jupyter.display import LiveDisplay, summary_text, table_rows
-from wml_jupyter.livemodel import ExperimentModel
 from wml_jupyter.events import EventStream, parse_sse
+from wml_jupyter.livemodel import ExperimentModel
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -36,13 +35,8 @@ def eventually(predicate, timeout: float = 30.0, what: str = "condition"):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One backend (2 GPU slots) for this module's tests."""
-    proc = BackendProcess(tmp_path_factory.mktemp("display") / "wml-home", gpus=2).start()
-    with pytest.MonkeyPatch.context() as mp:
-        for name in [n for n in os.environ if n.startswith("WML_")]:
-            mp.delenv(name)
-        mp.setenv("WML_HOME", str(proc.home))
+    with backend_in_environment(tmp_path_factory.mktemp("display") / "wml-home") as proc:
         yield proc
-    proc.stop()
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import sys
 import textwrap
 
 import pytest
-from backend_process import BackendProcess
+from backend_process import backend_in_environment
 from IPython.core.interactiveshell import InteractiveShell
+from ipython_shell import new_shell
 from wml_backend.errors import InvalidInput, NotFound, WmlError
 
 from wml_jupyter.compare import Comparison
@@ -39,27 +40,15 @@ Path(os.environ["RESULT_DIR"], "model.txt").write_text(str(hp["x"]))
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One backend (2 GPU slots) for this module; the magics find it through the environment."""
-    proc = BackendProcess(tmp_path_factory.mktemp("magics") / "wml-home", gpus=2).start()
-    with pytest.MonkeyPatch.context() as mp:
-        for name in [n for n in os.environ if n.startswith("WML_")]:
-            mp.delenv(name)
-        mp.setenv("WML_HOME", str(proc.home))
-        mp.setenv("WML_BACKEND", proc.url)
-        mp.setenv("WML_TOKEN", proc.token)
-        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
+    with backend_in_environment(tmp_path_factory.mktemp("magics") / "wml-home",
+                                IPYTHONDIR=str(tmp_path_factory.mktemp("ipython"))) as proc:
         yield proc
-    proc.stop()
 
 
 @pytest.fixture(scope="module")
 def shell(server):
     """A fresh IPython shell with ``%load_ext wml_jupyter`` done."""
-    from traitlets.config import Config
-    config = Config()
-    config.HistoryManager.enabled = False
-    InteractiveShell.clear_instance()
-    sh = InteractiveShell.instance(config=config)
-    sh.run_line_magic("load_ext", "wml_jupyter")
+    sh = new_shell()
     yield sh
     for value in list(sh.user_ns.values()):
         if isinstance(value, Experiment) and "_live" in value.__dict__:

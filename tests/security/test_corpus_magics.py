@@ -8,6 +8,7 @@ import shlex
 import corpus
 import pytest
 from checks import assert_clear
+from ipython_shell import new_shell
 
 pytest.importorskip("wml_jupyter.magics", reason="the magics are not there yet")
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
@@ -19,15 +20,9 @@ GRID = corpus.GOOD_MANIFEST + "search: {algorithm: grid}\n"
 @pytest.fixture(scope="module")
 def shell(server, tmp_path_factory):
     """A fresh IPython shell with ``%load_ext wml_jupyter``, talking to the corpus' backend."""
-    from traitlets.config import Config
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
-        config = Config()
-        config.HistoryManager.enabled = False
-        InteractiveShell.clear_instance()
-        sh = InteractiveShell.instance(config=config)
-        sh.run_line_magic("load_ext", "wml_jupyter")
-        yield sh
+        yield new_shell()
         InteractiveShell.clear_instance()
 
 

@@ -23,6 +23,8 @@ print(f"all_reduce sum = {value.item():g}", flush=True)
 if "fail_rank" in hp:
     if rank == int(hp["fail_rank"]):
         print("this learner fails", flush=True)
+        # Left to interpreter exit, torch's gloo teardown sometimes aborts (SIGABRT) instead.
+        dist.destroy_process_group()
         sys.exit(1)
     time.sleep(60)
 if rank == 0:

@@ -153,7 +153,7 @@ def main() -> None:
         try:
             lat, errors, events = asyncio.run(run_all())
         finally:
-            backend.stop()
+            backend.close()
     reads = [v for op, values in lat.items() if op != "submit" for v in values]
     print(f"{args.clients} clients for {args.seconds:.0f} s against {args.seed_runs} stored runs")
     for op, values in sorted(lat.items()):

@@ -216,7 +216,7 @@ def main() -> None:
             latency(client, work, args.points)
             ingest(client, work, args.runs, args.rate, args.seconds)
         finally:
-            backend.stop()
+            backend.close()
 
 
 if __name__ == "__main__":

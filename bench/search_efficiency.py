@@ -70,7 +70,7 @@ def main() -> None:
             grid = run(client, manifest(tmp, args.epochs, early_stopping=False))
             asha = run(client, manifest(tmp, args.epochs, early_stopping=True))
         finally:
-            backend.stop()
+            backend.close()
     print(f"27 configurations of the digits MLP, {args.epochs} epochs, 2 slots")
     for name, (best, gpu, wall, runs) in (("grid", grid), ("ASHA", asha)):
         print(f"  {name:5} best val_acc {best:.4f}  GPU-seconds {gpu:7.1f}  wall {wall:6.1f} s  runs {runs}")

@@ -82,7 +82,7 @@ def through_backend(command: str, runs: int, slots: int) -> tuple[float, float, 
             del finished
             return makespan, accepted, dispatch_gaps(all_runs, slots)
         finally:
-            backend.stop()
+            backend.close()
 
 
 def main() -> None:

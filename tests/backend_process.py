@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def backend_in_environment(home: Path, **extra_env: str) -> Iterator["BackendPro
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        proc.stop()
+        proc.close()
 
 
 class BackendProcess:
@@ -94,6 +95,17 @@ class BackendProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+    def close(self) -> None:
+        """Stop the server and every process of its $WML_HOME that outlived it: runners wait up to
+        10 minutes for a stopped backend to come back, which a finished test never does."""
+        self.stop()
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("WML_HOME") == str(self.home):
+                    proc.kill()
+            except psutil.Error:
+                pass
 
     @staticmethod
     def cli_args(*args: str) -> list[str]:

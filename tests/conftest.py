@@ -27,4 +27,4 @@ def backend(wml_home, monkeypatch):
     monkeypatch.setenv("WML_BACKEND", proc.url)
     monkeypatch.setenv("WML_TOKEN", proc.token)
     yield proc
-    proc.stop()
+    proc.close()

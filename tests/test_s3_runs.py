@@ -32,7 +32,7 @@ def s3_backend(tmp_path, moto):
     moto.client().create_bucket(Bucket="results")
     backend = BackendProcess(tmp_path / "home", gpus=2, extra_env=env).start()
     yield backend
-    backend.stop()
+    backend.close()
 
 
 def write_manifest(folder: Path, data_stores: list) -> Path:

@@ -38,7 +38,7 @@ def shared_backend(tmp_path_factory):
     """One backend (2 GPU slots) for the whole module: starting one per test costs seconds."""
     proc = BackendProcess(tmp_path_factory.mktemp("wml-home"), gpus=2).start()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def backend(tmp_path_factory):
     """A real backend with 2 GPU slots (quota 2), shared by the module's tests."""
     proc = BackendProcess(tmp_path_factory.mktemp("wml-home"), gpus=2).start()
     yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture(scope="module")

@@ -78,7 +78,7 @@ def k8s(tmp_path_factory):
         "KUBECONFIG": str(kube.kubeconfig), "WML_K8S_PENDING_NOTE_S": "0.5", "WML_K8S_IMAGE_PULL_GRACE_S": "1"})
     backend.start()
     yield SimpleNamespace(kube=kube, backend=backend)
-    backend.stop()
+    backend.close()
     stop_fake_kube(kube)
     assert not calls_beyond_role(kube), f"backend/deploy/rbac.yaml lacks {calls_beyond_role(kube)}"
 

@@ -38,6 +38,6 @@ def test_store_credentials_come_from_the_run_secret(tmp_path):
             assert base64.b64encode(key.encode()).decode() in created["secrets"]
             assert key not in created["jobs"] and secret not in created["jobs"]
         finally:
-            backend.stop()
+            backend.close()
             stop_fake_kube(kube)
 

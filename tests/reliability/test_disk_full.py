@@ -52,7 +52,7 @@ def test_full_disk_is_a_clear_error_and_the_database_survives(small_disk, tmp_pa
         accepted = backend.cli("train", str(manifest), str(TINY), "--wait")
         assert accepted.returncode == 0, accepted.stderr
     finally:
-        backend.stop()
+        backend.close()
     db = sqlite3.connect(small_disk / "home" / "backend" / "wml.db")
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert db.execute("SELECT count(*) FROM runs").fetchone() == (2,)

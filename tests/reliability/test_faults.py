@@ -124,5 +124,5 @@ def test_object_store_down_while_storing_then_completed(tmp_path):
         assert f"training-{run_id}/learner-1/training-log.txt" in keys
         assert f"training-{run_id}/env.json" in keys
     finally:
-        backend.stop()
+        backend.close()
         server.stop()

@@ -47,7 +47,7 @@ def backend_env(tmp_path):
     yield backend
     os.environ.clear()
     os.environ.update(saved)
-    backend.stop()
+    backend.close()
 
 
 def test_sweep_survives_a_killed_kernel_and_watch_finds_it(backend_env):

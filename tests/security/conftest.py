@@ -38,7 +38,7 @@ def server(tmp_path_factory):
         mp.setenv("WML_BACKEND", proc.url)
         mp.setenv("WML_TOKEN", proc.token)
         yield proc
-    proc.stop()
+    proc.close()
 
 
 @pytest.fixture(scope="package")

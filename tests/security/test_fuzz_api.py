@@ -43,7 +43,7 @@ def fuzzed(tmp_path_factory):
     config = tmp_path_factory.mktemp("fuzz-config") / "schemathesis.toml"
     config.write_text(ids_config(experiment.id, [run.id for run in experiment.runs()]))
     yield proc, config
-    proc.stop()
+    proc.close()
 
 
 def ids_config(experiment_id: str, run_ids: list[str]) -> str:

@@ -94,6 +94,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     client = _client()
     experiment = client.train(args.manifest, args.model, sweep=args.sweep, runs=args.runs)
     if args.wait:
@@ -102,6 +104,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.json:
         print(experiment.id)
     return 1 if args.wait and experiment.state != "COMPLETED" else 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """Print the Kubernetes objects of each run of ``wml train ARGS`` as one YAML stream, each run's
+    preceded by a comment with its hyperparameters; nothing is submitted and no backend started."""
+    import yaml
+    from wml_backend.dry_run import kubernetes_plan
+
+    from .client import embedded_settings, train_request
+    from .config import load_profile
+    if args.wait or args.json:
+        raise UsageError("wml train: --dry-run submits nothing: it takes neither --wait nor --json")
+    request = train_request(args.manifest, args.model, sweep=args.sweep, runs=args.runs)
+    for run in kubernetes_plan(request, embedded_settings(load_profile())):
+        print(f"# run {run.run_id}: hyperparameters {json.dumps(run.hparams, sort_keys=True, default=str)}")
+        sys.stdout.write(yaml.safe_dump_all(run.objects, explicit_start=True, sort_keys=False))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -216,6 +235,8 @@ def build_parser() -> Parser:
                     help="a hyperparameter to search, e.g. 'lr=loguniform(1e-4,1e-1)' or 'hidden=[32,64]'")
     sp.add_argument("--runs", type=int, help="number of runs to sample")
     sp.add_argument("--wait", action="store_true", help="wait for every run to end (exit 1 if one did not complete)")
+    sp.add_argument("--dry-run", choices=["kubernetes"],
+                    help="print, as YAML, the objects each run would create (secrets redacted); submit nothing")
 
     sp = command("list", cmd_list, "list experiments, or runs with --experiment/--state", json_flag=True)
     sp.add_argument("--experiment")

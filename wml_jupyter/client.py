@@ -58,16 +58,7 @@ class Client:
               sweep: Optional[list[str]] = None, runs: Optional[int] = None,
               code: Optional[bytes] = None, manifest_text: Optional[str] = None) -> Experiment:
         """Submit a definition (manifest file + code directory or zip) as an experiment."""
-        path = Path(manifest)
-        if manifest_text is None and not path.exists():
-            raise InvalidInput(f"{path}: no such file")
-        if manifest_text is None:
-            manifest_text = read_manifest_text(path)
-        if code is None:
-            code = _package(model, path)
-        body = _checked(models.ExperimentRequest, manifest=manifest_text, manifest_name=str(path),
-                        code_zip_b64=base64.b64encode(code).decode(), sweep=list(sweep or []), runs=runs,
-                        env=_referenced_env(manifest_text))
+        body = train_request(manifest, model, sweep=sweep, runs=runs, code=code, manifest_text=manifest_text)
         data = self.request("POST", "/v1/experiments", json=body.model_dump())
         return Experiment(models.Experiment.model_validate(data), self)
 
@@ -198,6 +189,22 @@ class Client:
         return summaries[0] if len(summaries) == 1 else _total(summaries)
 
 
+def train_request(manifest: str | os.PathLike, model: Optional[str | os.PathLike] = None, *,
+                  sweep: Optional[list[str]] = None, runs: Optional[int] = None, code: Optional[bytes] = None,
+                  manifest_text: Optional[str] = None) -> models.ExperimentRequest:
+    """What ``Client.train`` submits: the manifest's text, the packaged code, the sweep flags."""
+    path = Path(manifest)
+    if manifest_text is None and not path.exists():
+        raise InvalidInput(f"{path}: no such file")
+    if manifest_text is None:
+        manifest_text = read_manifest_text(path)
+    if code is None:
+        code = _package(model, path)
+    return _checked(models.ExperimentRequest, manifest=manifest_text, manifest_name=str(path),
+                    code_zip_b64=base64.b64encode(code).decode(), sweep=list(sweep or []), runs=runs,
+                    env=_referenced_env(manifest_text))
+
+
 def _total(summaries: list) -> Any:
     """One summary of several transfers."""
     from wml_backend.storage import SyncSummary
@@ -256,14 +263,18 @@ def _is_run_id(value: str) -> bool:
     return bool(re.fullmatch(r"[a-z0-9]+-\d+", value))
 
 
+def embedded_settings(profile: Profile):
+    """The embedded backend's settings (``wml_backend.settings.Settings``): the profile's store."""
+    from wml_backend.settings import Settings
+    return Settings(**{k: v for k, v in {"storage_url": profile.storage, "endpoint": profile.endpoint}.items() if v})
+
+
 def _embedded_backend(token: Optional[str], profile: Profile) -> tuple[str, Optional[str]]:
     """Find or start the embedded backend (with the profile's store); return its URL and admin token."""
     from wml_backend import daemon
-    from wml_backend.settings import Settings
     info = daemon.status()
     if not info["running"]:
-        store = {k: v for k, v in {"storage_url": profile.storage, "endpoint": profile.endpoint}.items() if v}
-        info = daemon.start(Settings(**store))
+        info = daemon.start(embedded_settings(profile))
     if token is None:
         token_file = wml_home() / "backend" / "token"
         token = token_file.read_text().strip() if token_file.exists() else None

@@ -46,6 +46,15 @@ def store_credentials(secret: Optional[dict], default: StoreConfig) -> dict[str,
     return {name: value for name, value in zip(STORE_CREDENTIAL_ENV, keys) if value}
 
 
+def launch_of(run: RunRow, definition: dict, gpu_ids: tuple[int, ...], env: dict[str, str]) -> Launch:
+    """What the executor needs to start ``run`` of an experiment with ``definition`` on ``gpu_ids``."""
+    return Launch(
+        run_id=run.id, experiment_id=run.experiment_id, account=run.account, attempt=run.attempt, gpus=run.gpus,
+        gpu_ids=gpu_ids, learners=run.learners, cpus=definition.get("cpus", 1),
+        memory_bytes=definition.get("memory_bytes"), framework=definition.get("framework", "custom"),
+        framework_version=definition.get("framework_version"), gpu_type=definition.get("gpu_type"), env=env)
+
+
 def token_hash(token: str) -> str:
     """How tokens are stored: never in plain text."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -137,13 +146,9 @@ class Lifecycle:
         except Conflict:
             return  # cancelled, or admitted by another replica, since the plan was made
         definition = self.store.experiment(run.experiment_id).definition
-        launch = Launch(
-            run_id=run.id, experiment_id=run.experiment_id, account=run.account, attempt=run.attempt, gpus=run.gpus,
-            gpu_ids=gpu_ids, learners=run.learners, cpus=definition.get("cpus", 1),
-            memory_bytes=definition.get("memory_bytes"), framework=definition.get("framework", "custom"),
-            framework_version=definition.get("framework_version"), gpu_type=definition.get("gpu_type"),
-            env={"WML_RUN_ID": run.id, "WML_RUNNER_TOKEN": token, "WML_BACKEND_URL": self.settings.url,
-                 **store_credentials(self.store.secret(run.experiment_id), self.settings.store_config)})
+        launch = launch_of(run, definition, gpu_ids, {
+            "WML_RUN_ID": run.id, "WML_RUNNER_TOKEN": token, "WML_BACKEND_URL": self.settings.url,
+            **store_credentials(self.store.secret(run.experiment_id), self.settings.store_config)})
         try:
             handle = self.executor.start(launch)
         except Exception as exc:  # the executor could not start it: say why on the run

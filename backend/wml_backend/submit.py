@@ -132,8 +132,12 @@ def check_storage(definition: Definition, config: StoreConfig) -> None:
 
 
 def build_experiment(account: Account, request: ExperimentRequest, default_store: StoreConfig,
-                     default_results: tuple[str, str]) -> NewExperiment:
-    """Validate a request and build its experiment and runs; nothing is stored yet."""
+                     default_results: tuple[str, str], offline: bool = False) -> NewExperiment:
+    """Validate a request and build its experiment and runs; nothing is stored yet.
+
+    ``offline``: leave the data store alone (a dry run): no check that its buckets are there, and
+    no data checksums in the provenance.
+    """
     definition = with_results(load_manifest(request.manifest, request.manifest_name, env=request.env),
                               default_results)
     code = decode_code(request.code_zip_b64)
@@ -150,10 +154,11 @@ def build_experiment(account: Account, request: ExperimentRequest, default_store
         "hyperparameters": space,
         "search": definition.search.model_copy(update={"runs": runs_wanted or len(assignments)})})
     config = store_config_for(definition, default_store)
-    check_storage(definition, config)
+    if not offline:
+        check_storage(definition, config)
     secret = None if config == default_store else {**config.public(), "access_key": config.access_key,
                                                     "secret_key": config.secret_key}
-    return assemble(account, definition, assignments, code, secret, provenance(definition, code, config))
+    return assemble(account, definition, assignments, code, secret, provenance(definition, code, config, offline))
 
 
 def assemble(account: Account, definition: Definition, assignments: list[dict], code: bytes,
@@ -184,11 +189,11 @@ def run_rows(experiment: ExperimentRow, assignments: list[dict], first: int, tot
     return rows
 
 
-def provenance(definition: Definition, code: bytes, config: StoreConfig) -> dict:
-    """What a run needs to be reproduced: code hash, data checksums, framework and seed."""
+def provenance(definition: Definition, code: bytes, config: StoreConfig, offline: bool = False) -> dict:
+    """What a run needs to be reproduced: code hash, data checksums (none ``offline``), framework and seed."""
     ds = definition.data_store
     etags: dict[str, str] = {}
-    if ds and ds.training_data:
+    if ds and ds.training_data and not offline:
         for info in itertools.islice(open_store(config).list(ds.training_data.bucket, ds.training_data.prefix),
                                      MAX_PROVENANCE_OBJECTS):
             etags[info.key] = info.etag

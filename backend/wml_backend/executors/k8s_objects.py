@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
@@ -105,6 +106,11 @@ def object_name(run_id: str, attempt: int, suffix: str) -> str:
     return dns_label(f"wml-{run_id}-a{attempt}-{suffix}")
 
 
+def fresh_name(launch: Launch) -> str:
+    """A new name for the Job and Secret of ``launch``'s attempt (``object_name``, random suffix)."""
+    return object_name(launch.run_id, launch.attempt, secrets.token_hex(2))
+
+
 def cpu_quantity(cpus: float) -> str:
     """CPUs as a Kubernetes quantity: ``2`` or ``500m``."""
     milli = round(cpus * 1000)
@@ -186,14 +192,29 @@ def service_object(launch: Launch, options: K8sOptions, name: str,
     Owned by the Job (``job_uid``), so it goes when the Job goes: no write of its own to delete it.
     """
     meta: dict[str, Any] = {"name": name, "namespace": options.namespace, "labels": run_labels(launch)}
-    if job_uid:
-        meta["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid,
-                                    "controller": False, "blockOwnerDeletion": False}]
-    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
-            "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,  # names before readiness
-                     "selector": {JOB_NAME_LABEL: name},
-                     "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
-                                "protocol": "TCP"}]}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+               "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,  # names before readiness
+                        "selector": {JOB_NAME_LABEL: name},
+                        "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT, "targetPort": RENDEZVOUS_PORT,
+                                   "protocol": "TCP"}]}}
+    return owned_by(service, name, job_uid) if job_uid else service
+
+
+def owned_by(obj: Mapping[str, Any], job_name: str, job_uid: str) -> dict[str, Any]:
+    """``obj`` with the Job ``job_name`` (uid ``job_uid``) as its owner: it goes when the Job goes."""
+    owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job_uid,
+             "controller": False, "blockOwnerDeletion": False}
+    return {**obj, "metadata": {**obj["metadata"], "ownerReferences": [owner]}}
+
+
+def run_objects(launch: Launch, options: K8sOptions, name: str) -> list[dict[str, Any]]:
+    """What starting ``launch`` creates, in order: its Secret, its Job and, for several learners,
+    the headless Service (to be made ``owned_by`` the Job once the Job exists), all named ``name``."""
+    objects = [secret_object(launch, options, name),
+               job_object(launch, options, name, getattr(launch, "timeout_s", None))]
+    if is_distributed(launch):
+        objects.append(service_object(launch, options, name))
+    return objects
 
 
 def _pod_spec(launch: Launch, options: K8sOptions, secret_name: str) -> dict[str, Any]:

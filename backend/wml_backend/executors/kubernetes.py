@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -23,9 +22,8 @@ from typing import Any, Optional
 from ..errors import InvalidInput, WmlError
 from .base import Capacity, Executor, Launch
 from .k8s_objects import (RUN_LABEL, SELECTOR, TERMINATION_GRACE_S, K8sOptions, condition, exit_code,
-                          failure_reason, is_distributed, job_finished, job_object, label_value, learner_failure,
-                          load_options, object_name, pod_failed, pod_index, pod_over, secret_object, service_object,
-                          stuck_reason, waiting_note)
+                          failure_reason, fresh_name, job_finished, label_value, learner_failure, load_options,
+                          owned_by, pod_failed, pod_index, pod_over, run_objects, stuck_reason, waiting_note)
 
 log = logging.getLogger("wml_backend.kubernetes")
 
@@ -131,9 +129,8 @@ class KubernetesExecutor(Executor):
         return self._capacity
 
     def start(self, launch: Launch) -> dict[str, Any]:
-        name = object_name(launch.run_id, launch.attempt, secrets.token_hex(2))
-        job = job_object(launch, self.options, name, getattr(launch, "timeout_s", None))
-        secret = secret_object(launch, self.options, name)
+        name = fresh_name(launch)
+        secret, job, *service = run_objects(launch, self.options, name)
         self._supersede(launch.run_id)
         learners = max(launch.learners or 1, 1)
         with self._lock:
@@ -146,9 +143,9 @@ class KubernetesExecutor(Executor):
             with self._lock:
                 self._secrets[name] = time.time()
             created = self._api(self._batch.create_namespaced_job, self.ns, job)
-            if is_distributed(launch):  # owned by the Job: deleted with it
-                service = service_object(launch, self.options, name, created["metadata"]["uid"])
-                self._api(self._core.create_namespaced_service, self.ns, service)
+            for headless in service:  # a multi-learner run's: owned by the Job, deleted with it
+                owned = owned_by(headless, name, created["metadata"]["uid"])
+                self._api(self._core.create_namespaced_service, self.ns, owned)
         except ClusterError:
             self._forget(launch.run_id)
             if created is not None:

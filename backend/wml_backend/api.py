@@ -16,12 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from . import __version__
+from .body_limit import BodyLimit
 from .errors import ERRORS_BY_CODE, WmlError, quoted
 from .events import Subscription
 from .models import (AccountCreated, Experiment, ExperimentRequest, LogAppend, LogChunk, MetricPoint,
                      Run, RunSpec, StateReport, Usage)
 from .reports import RunnerReports
 from .service import Service
+from .settings import MAX_CODE_BYTES
 from .store import Account, RunRow
 
 _bearer = HTTPBearer(auto_error=False)
@@ -37,9 +39,11 @@ class Error(BaseModel):
 
 #: Every error status a route may answer, each with an ``Error`` body.
 ERROR_RESPONSES = {status: {"model": Error}
-                   for status in sorted({cls.http_status for cls in ERRORS_BY_CODE.values()} | {400, 404})}
+                   for status in sorted({cls.http_status for cls in ERRORS_BY_CODE.values()} | {400, 404, 413})}
 #: Codes of the errors the framework itself raises (unknown route, wrong method, unreadable body).
-HTTP_CODES = {400: "invalid", 404: "not_found", 405: "method_not_allowed"}
+HTTP_CODES = {400: "invalid", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+#: The largest request body read: a code zip at its limit, base64-encoded, and its manifest.
+MAX_BODY_BYTES = MAX_CODE_BYTES * 4 // 3 + (4 << 20)
 
 
 class AccountRequest(BaseModel):
@@ -59,6 +63,7 @@ class Count(BaseModel):
 def create_app(service: Service) -> FastAPI:
     """The ASGI application serving ``service``."""
     app = FastAPI(title="wml backend", version=__version__, responses=ERROR_RESPONSES)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     reports = RunnerReports(service)
 
     @app.exception_handler(WmlError)

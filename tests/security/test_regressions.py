@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import time
 
 import corpus
 import httpx
 import pytest
 from checks import assert_clear
+from wml_backend.api import MAX_BODY_BYTES
 from wml_backend.errors import InvalidInput
 from wml_backend.manifest import ManifestError, load_manifest
 from wml_backend.space import parse_sweep_flag
@@ -63,6 +66,23 @@ def test_a_body_of_the_wrong_type_names_the_body(http):
 ])
 def test_unknown_fields_are_refused_not_ignored(http, probe, path, body):
     assert error_of(http.post(path, json=body)).split(":")[0] in ("colour", "admin")
+    probe.assert_untouched()
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(http, probe):
+    """A 200 MiB submission was read whole into the backend's memory before its size was checked."""
+    with socket.create_connection((http.base_url.host, http.base_url.port), timeout=30) as raw:
+        raw.sendall(f"POST /v1/experiments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n{{".encode())  # announced, not sent
+        answer = raw.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 413") and "over the limit" in answer
+    chunk = b"x" * (1 << 20)
+    started = time.monotonic()
+    sent = http.post("/v1/experiments", content=(chunk for _ in range(MAX_BODY_BYTES // len(chunk) + 2)),
+                     headers={"Content-Type": "application/json"})
+    assert sent.status_code == 413 and "over the limit" in error_of(sent)
+    assert time.monotonic() - started < 30
+    assert http.get("/v1/experiments").status_code == 200  # and the backend goes on
     probe.assert_untouched()
 
 

@@ -1,14 +1,20 @@
 """Load: 50 concurrent clients submitting experiments and polling runs and events for 60 s
 against one backend with 10,000 runs in its database (loopback only, bounded in time).
-Prints errors, read latency percentiles (goal p99 <= 100 ms) and the backend's memory over time.
+Prints errors, read latency percentiles (goal p99 <= 100 ms), the throughput, and the backend's
+memory over time. The baseline, measured first in the same run, is one client alone: the
+ratio of the loaded p99 to its median is what the load costs.
 
-    python bench/load.py [--clients 50] [--seconds 60] [--seed-runs 10000]
+Each client waits 0 to 2 x ``--think`` seconds between requests: 0.5 s is a UI polling about
+once a second; ``--think 0.025`` has every client hammer the backend (its saturation point).
+
+    python bench/load.py [--clients 50] [--seconds 60] [--seed-runs 10000] [--think 0.5]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import statistics
 import sys
@@ -18,7 +24,7 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
+import aiohttp
 import psutil
 import yaml
 
@@ -66,9 +72,9 @@ def definition(folder: Path) -> tuple[str, str]:
     return yaml.safe_dump(manifest), base64.b64encode(buffer.getvalue()).decode()
 
 
-async def client_loop(http: httpx.AsyncClient, body: dict, until: float, lat: dict, errors: list,
-                      experiments: list[str]) -> None:
-    """One user: mostly reads, now and then a submission."""
+async def client_loop(http: aiohttp.ClientSession, body: dict, until: float, think: float, lat: dict,
+                      errors: list, experiments: list[str]) -> None:
+    """One user: mostly reads, now and then a submission, ``think`` seconds apart on average."""
     rng = random.Random()
     while time.monotonic() < until:
         roll = rng.random()
@@ -82,40 +88,55 @@ async def client_loop(http: httpx.AsyncClient, body: dict, until: float, lat: di
             op, call = "show run", http.get(f"/v1/runs/{rng.choice(experiments)}-{rng.randint(1, 2):02d}")
         started = time.monotonic()
         try:
-            response = await call
-            if response.status_code >= 400 and not (op == "show run" and response.status_code == 404):
-                errors.append(f"{op}: {response.status_code} {response.text[:100]}")
+            async with call as response:
+                data = await response.read()
+            if response.status >= 400 and not (op == "show run" and response.status == 404):
+                errors.append(f"{op}: {response.status} {data[:100]!r}")
             elif op == "submit":
-                experiments.append(response.json()["id"])
-        except httpx.HTTPError as exc:
+                experiments.append(json.loads(data)["id"])
+        except aiohttp.ClientError as exc:
             errors.append(f"{op}: {type(exc).__name__}")
         lat[op].append(time.monotonic() - started)
-        await asyncio.sleep(rng.uniform(0.0, 0.05))
+        await asyncio.sleep(rng.uniform(0.0, 2 * think))
 
 
-async def listen_events(url: str, token: str, until: float, counts: list) -> None:
+async def alone(url: str, token: str, rounds: int = 30) -> list[float]:
+    """Read latencies of one client alone (the baseline; it also warms the backend up)."""
+    times = []
+    async with aiohttp.ClientSession(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+        for i in range(rounds):
+            for path, params in (("/v1/experiments", None), ("/v1/runs", {"experiment": "seed0000"}),
+                                 (f"/v1/runs/seed0000-{i:03d}", None)):
+                started = time.monotonic()
+                async with http.get(path, params=params) as response:
+                    await response.read()
+                times.append(time.monotonic() - started)
+    return times
+
+
+async def listen_events(http: aiohttp.ClientSession, until: float, counts: list) -> None:
     """A live display: follows the event stream."""
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=None) as http:
-        try:
-            async with http.stream("GET", "/v1/events") as stream:
-                async for line in stream.aiter_lines():
-                    if line.startswith("event:"):
-                        counts.append(1)
-                    if time.monotonic() > until:
-                        return
-        except httpx.HTTPError:
-            return
+    try:
+        async with http.get("/v1/events", timeout=aiohttp.ClientTimeout(total=None)) as stream:
+            async for line in stream.content:
+                if line.startswith(b"event:"):
+                    counts.append(1)
+                if time.monotonic() > until:
+                    return
+    except aiohttp.ClientError:
+        return
 
 
-async def load(url: str, token: str, clients: int, seconds: float, body: dict) -> tuple[dict, list, int]:
+async def load(url: str, token: str, clients: int, seconds: float, think: float,
+               body: dict) -> tuple[dict, list, int]:
     """Run the clients and listeners; return latencies by operation, errors and events seen."""
     lat, errors, events, experiments = defaultdict(list), [], [], [f"seed{e:04d}" for e in range(5)]
     until = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30,
-                                 limits=limits) as http:
-        tasks = [client_loop(http, body, until, lat, errors, experiments) for _ in range(clients)]
-        listeners = [listen_events(url, token, until, events) for _ in range(5)]
+    async with aiohttp.ClientSession(base_url=url, headers={"Authorization": f"Bearer {token}"},
+                                     timeout=aiohttp.ClientTimeout(total=30),
+                                     connector=aiohttp.TCPConnector(limit=clients + 10)) as http:
+        tasks = [client_loop(http, body, until, think, lat, errors, experiments) for _ in range(clients)]
+        listeners = [listen_events(http, until, events) for _ in range(5)]
         await asyncio.wait_for(asyncio.gather(*tasks, *listeners), seconds + 60)
     return lat, errors, len(events)
 
@@ -126,6 +147,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--seed-runs", type=int, default=10_000)
+    parser.add_argument("--think", type=float, default=0.5,
+                        help="mean seconds a client waits between requests (uniform from 0 to twice it)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -138,7 +161,7 @@ def main() -> None:
         proc = psutil.Process(backend.proc.pid)
         manifest, code = definition(Path(tmp))
         body = {"manifest": manifest, "code_zip_b64": code}
-        memory = []
+        memory, baseline = [], []
 
         async def sample_memory(until: float) -> None:
             while time.monotonic() < until:
@@ -146,8 +169,10 @@ def main() -> None:
                 await asyncio.sleep(1)
 
         async def run_all():
+            baseline.extend(await alone(backend.url, backend.token))
             until = time.monotonic() + args.seconds
-            return (await asyncio.gather(load(backend.url, backend.token, args.clients, args.seconds, body),
+            return (await asyncio.gather(load(backend.url, backend.token, args.clients, args.seconds, args.think,
+                                              body),
                                          sample_memory(until)))[0]
 
         try:
@@ -155,12 +180,16 @@ def main() -> None:
         finally:
             backend.close()
     reads = [v for op, values in lat.items() if op != "submit" for v in values]
-    print(f"{args.clients} clients for {args.seconds:.0f} s against {args.seed_runs} stored runs")
+    requests = sum(len(values) for values in lat.values())
+    print(f"one client alone: reads p50 {1000 * statistics.median(baseline):.1f} ms")
+    print(f"{args.clients} clients for {args.seconds:.0f} s against {args.seed_runs} stored runs: "
+          f"{requests / args.seconds:.0f} requests/s")
     for op, values in sorted(lat.items()):
         print(f"  {op:17} n={len(values):6}  p50 {1000 * statistics.median(values):6.1f} ms  "
               f"p99 {1000 * percentile(values, 99):7.1f} ms")
-    print(f"  reads p99 {1000 * percentile(reads, 99):.1f} ms (goal <= 100 ms); errors {len(errors)}; "
-          f"events received {events}")
+    print(f"  reads p99 {1000 * percentile(reads, 99):.1f} ms (goal <= 100 ms), "
+          f"{percentile(reads, 99) / statistics.median(baseline):.1f}x one client's median; "
+          f"errors {len(errors)}; events received {events}")
     for line in errors[:5]:
         print("   ", line)
     quarters = [memory[min(len(memory) - 1, len(memory) * q // 4)] for q in range(5)]

@@ -144,6 +144,35 @@ def test_runs_filter_by_account_experiment_and_states_in_submission_order(store)
     assert seqs == sorted(seqs)
 
 
+def test_an_accounts_queue_is_its_queued_runs_in_submission_order(store):
+    add_experiment(store, "e1", runs=3)
+    add_experiment(store, "e2", account="bob")
+    add_experiment(store, "e3", runs=1)
+    move(store, "e1-2", P)
+    assert store.queued("alice") == ["e1-1", "e1-3", "e3-1"]
+    assert store.queued("bob") == ["e2-1", "e2-2"] and store.queued("nobody") == []
+
+
+def test_state_counts_per_experiment(store):
+    add_experiment(store, "e1", runs=3)
+    add_experiment(store, "e2", account="bob")
+    move(store, "e1-2", P, D)
+    move(store, "e1-3", RunState.HALTED)
+    assert store.state_counts(["e1", "e2", "none"]) == {
+        "e1": {"QUEUED": 1, "DOWNLOADING": 1, "HALTED": 1}, "e2": {"QUEUED": 2}, "none": {}}
+    assert store.state_counts([]) == {}
+
+
+def test_an_ended_experiments_summary_is_kept_once(connect):
+    store = connect()
+    add_experiment(store, "e1")
+    store.save_summaries({"e1": {"state": "COMPLETED", "runs": {"COMPLETED": 2}}})
+    store.save_summaries({"e1": {"state": "FAILED"}})  # the first one kept stays
+    store.save_summaries({})
+    assert connect().summaries(["e1", "e2"]) == {"e1": {"state": "COMPLETED", "runs": {"COMPLETED": 2}}}
+    assert store.summaries([]) == {}
+
+
 def test_another_accounts_run_is_none(store):
     add_experiment(store, account="bob")
     assert store.run("e1-1", account="alice") is None

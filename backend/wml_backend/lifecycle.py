@@ -131,12 +131,13 @@ class Lifecycle:
     def admit(self) -> None:
         """Start every queued run that fits now."""
         with self._admit_lock, self.store.admission_lock():
-            queued = self.store.runs(states=[RunState.QUEUED])
-            if not queued:
-                return
-            active = self.store.runs(states=ACTIVE)
+            active = self.store.runs(states=ACTIVE, transitions="none")
+            capacity = self.executor.capacity()
+            if len(active) >= capacity.slots:
+                return  # nothing can start: the queue, however long, need not be read
+            queued = self.store.runs(states=[RunState.QUEUED], transitions="none")
             quotas = {a.name: a.gpu_quota for a in self.store.accounts()}
-            for admission in plan_admissions(queued, active, quotas, self.executor.capacity()):
+            for admission in plan_admissions(queued, active, quotas, capacity):
                 self._launch(admission.run, admission.gpu_ids)
 
     def _launch(self, run: RunRow, gpu_ids: tuple[int, ...]) -> None:

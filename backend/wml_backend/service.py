@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from cachetools import LRUCache
+
 from .errors import Forbidden, InvalidInput, NotFound, Unauthorized, quoted
 from .events import EventBus
 from .executors import Executor
@@ -21,7 +23,7 @@ from .states import ACTIVE, RunState
 from .store import Account, RunRow, RunStore
 from .submit import build_experiment, rerun_of
 from .sweeps import SweepDriver
-from .views import experiment_view, queue_positions, run_view, step_seconds, usage_view
+from .views import experiment_view, run_view, step_seconds, usage_view
 
 log = logging.getLogger("wml_backend")
 
@@ -29,8 +31,8 @@ log = logging.getLogger("wml_backend")
 ADMIN_ACCOUNT = "local"
 #: Experiments one listing returns (the newest).
 EXPERIMENTS_PAGE = 200
-#: Summaries of finished experiments kept in memory (they never change).
-FINISHED_CACHE = 100_000
+#: Summaries of ended experiments kept in memory (they never change), the last used.
+ENDED_CACHE = 2_000
 #: Most bytes of log one request returns.
 LOG_PAGE_BYTES = 1 << 20
 
@@ -43,8 +45,8 @@ class Service:
         self.events = EventBus()
         self.lifecycle = Lifecycle(settings, store, executor, self.events)
         self.sweeps = SweepDriver(store, self.lifecycle)
-        self._finished: dict[str, Experiment] = {}
-        self._summarising = threading.Lock()
+        self._ended_cache: LRUCache[str, Experiment] = LRUCache(ENDED_CACHE)
+        self._summarising = threading.Lock()  # guards _ended_cache too (an LRU cache reorders on reads)
         self.lifecycle.on_end.append(self.sweeps.on_end)
 
     def start(self) -> None:
@@ -111,27 +113,41 @@ class Service:
     def experiments(self, account: Account, limit: int = EXPERIMENTS_PAGE) -> list[Experiment]:
         """The account's ``limit`` newest experiments, newest first."""
         rows = self.store.experiments(account.name, limit)
-        if any(r.id not in self._finished for r in rows):
-            with self._summarising:  # one request computes what is missing; the others reuse it
-                todo = [r.id for r in rows if r.id not in self._finished]
-                summaries = self._summaries(account, [r for r in rows if r.id in todo])
-        else:
-            summaries = {}
-        return [self._finished.get(row.id) or summaries[row.id] for row in rows]
+        ended = self._ended([r.id for r in rows])
+        counts = self.store.state_counts([r.id for r in rows if r.id not in ended])
+        # A waiting experiment is summed up by its counts alone: only started ones need their runs.
+        waiting = {r.id: experiment_view(r, [], counts=counts[r.id]) for r in rows
+                   if r.id in counts and set(counts[r.id]) == {RunState.QUEUED.value}}
+        with self._summarising:  # one request at a time loads runs; the next reuses what it found ended
+            ended.update((r.id, self._ended_cache[r.id]) for r in rows if r.id in self._ended_cache)
+            started = self._summaries(account, [r for r in rows if r.id not in ended and r.id not in waiting])
+        return [ended.get(r.id) or waiting.get(r.id) or started[r.id] for r in rows]
+
+    def _ended(self, experiment_ids: list[str]) -> dict[str, Experiment]:
+        """The summaries of the ended ones among ``experiment_ids``: kept in memory, else in the store."""
+        with self._summarising:
+            found = {i: self._ended_cache[i] for i in experiment_ids if i in self._ended_cache}
+        stored = self.store.summaries([i for i in experiment_ids if i not in found])
+        for experiment_id, summary in stored.items():
+            found[experiment_id] = Experiment.model_validate(summary)
+        with self._summarising:
+            self._ended_cache.update((i, found[i]) for i in stored)
+        return found
 
     def _summaries(self, account: Account, rows: list) -> dict[str, Experiment]:
+        """Summaries of ``rows`` from their runs; the ended ones are kept, in memory and in the store."""
         by_exp: dict[str, list[Run]] = {}
         now = time.time()
         for run in self.store.runs(account=account.name, experiment=[r.id for r in rows], transitions="live"):
             by_exp.setdefault(run.experiment_id, []).append(run_view(run, now=now))
-        return {row.id: self._summary(row, by_exp.get(row.id, [])) for row in rows}
-
-    def _summary(self, row, runs: list[Run]) -> Experiment:
-        """An experiment's summary; a finished experiment never changes, so it is kept."""
-        summary = experiment_view(row, runs, self._step_times(runs))
-        if summary.state not in ("QUEUED", "RUNNING") and len(self._finished) < FINISHED_CACHE:
-            self._finished[row.id] = summary
-        return summary
+        summaries = {}
+        for row in rows:
+            runs = by_exp.get(row.id, [])
+            summaries[row.id] = experiment_view(row, runs, self._step_times(runs))
+        ended = {i: s for i, s in summaries.items() if s.state not in ("QUEUED", "RUNNING")}
+        self.store.save_summaries({i: s.model_dump(mode="json") for i, s in ended.items()})
+        self._ended_cache.update(ended)
+        return summaries
 
     def cancel_experiment(self, account: Account, experiment_id: str) -> Experiment:
         """Halt every live run of an experiment."""
@@ -183,7 +199,7 @@ class Service:
         return [run_view(r, positions, now) for r in rows]
 
     def _positions(self, account: Account) -> dict[str, int]:
-        return queue_positions(self.store.runs(account=account.name, states=[RunState.QUEUED], transitions="none"))
+        return {run_id: place for place, run_id in enumerate(self.store.queued(account.name), 1)}
 
     def cancel_run(self, account: Account, run_id: str) -> Run:
         """Halt one run (stored partial results included)."""

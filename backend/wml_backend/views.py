@@ -12,16 +12,6 @@ from .states import RunState
 from .store import Account, ExperimentRow, RunRow
 
 
-def queue_positions(queued: list[RunRow]) -> dict[str, int]:
-    """1-based place of each QUEUED run in its account's FIFO queue."""
-    seen: Counter = Counter()
-    positions = {}
-    for run in sorted(queued, key=lambda r: r.seq):
-        seen[run.account] += 1
-        positions[run.id] = seen[run.account]
-    return positions
-
-
 def run_view(row: RunRow, positions: Optional[dict[str, int]] = None, now: Optional[float] = None) -> Run:
     """The public ``Run`` with its GPU time and queue position filled in."""
     run = row.wire()
@@ -79,12 +69,16 @@ def step_seconds(points: list) -> Optional[float]:
     return (stepped[-1].time - stepped[0].time) / (stepped[-1].step - stepped[0].step)
 
 
-def experiment_view(row: ExperimentRow, runs: list[Run], step_times: Optional[dict[str, float]] = None) -> Experiment:
-    """The public ``Experiment``: state counts, summary state, best run, GPU time."""
-    counts = Counter(r.state.value for r in runs)
+def experiment_view(row: ExperimentRow, runs: list[Run], step_times: Optional[dict[str, float]] = None,
+                    counts: Optional[dict[str, int]] = None) -> Experiment:
+    """The public ``Experiment``: state counts, summary state, best run, GPU time.
+
+    ``counts`` (runs per state) stand for ``runs`` where no run has started, so none is needed.
+    """
+    counts = Counter(counts or (r.state.value for r in runs))
     state = summary_state(counts)
     search = row.definition.get("search") or {}
-    if search.get("algorithm") == "tpe" and len(runs) < (search.get("runs") or 0) and state == "COMPLETED":
+    if search.get("algorithm") == "tpe" and counts.total() < (search.get("runs") or 0) and state == "COMPLETED":
         state = "RUNNING"  # between a run's end and the next points TPE draws
     return Experiment(
         id=row.id, account=row.account, name=row.name, state=state,

@@ -104,6 +104,14 @@ class RunStore(ABC):
         """
 
     @abstractmethod
+    def queued(self, account: str) -> list[str]:
+        """The ids of an account's QUEUED runs, first in the queue first."""
+
+    @abstractmethod
+    def state_counts(self, experiment_ids: list[str]) -> dict[str, dict[str, int]]:
+        """For each experiment, how many of its runs are in each state."""
+
+    @abstractmethod
     def transition(self, run_id: str, state: RunState, time: float, **fields: Any) -> RunRow:
         """Move a run to ``state``, set ``fields`` and record the transition at ``time``.
 
@@ -158,6 +166,15 @@ class RunStore(ABC):
     @abstractmethod
     def read_log(self, run_id: str, learner: int, offset: int, limit: int) -> bytes:
         """Up to ``limit`` bytes of a learner's log from any byte ``offset`` (empty past the end)."""
+
+    # -- summaries of ended experiments --------------------------------------------------------
+    @abstractmethod
+    def save_summaries(self, summaries: dict[str, dict]) -> None:
+        """Keep ended experiments' summaries, by id (they never change again); the first kept stays."""
+
+    @abstractmethod
+    def summaries(self, experiment_ids: list[str]) -> dict[str, dict]:
+        """The kept summaries of those of ``experiment_ids`` that have one."""
 
     # -- secrets ----------------------------------------------------------------------------
     @abstractmethod

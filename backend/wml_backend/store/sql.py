@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS logs (
   PRIMARY KEY (run_id, learner, "offset"));
 CREATE TABLE IF NOT EXISTS secrets (experiment_id TEXT PRIMARY KEY, payload {json} NOT NULL);
 CREATE TABLE IF NOT EXISTS code (experiment_id TEXT PRIMARY KEY, zip {blob} NOT NULL);
+CREATE TABLE IF NOT EXISTS summaries (experiment_id TEXT PRIMARY KEY, payload {json} NOT NULL);
 """
 
 _JSON_FIELDS = {"hparams", "log_tail", "metrics", "gpu_ids", "handle"}
@@ -204,6 +205,20 @@ class SqlRunStore(RunStore):
             args.extend(states)
         return self._run_rows(" AND ".join(where), args, transitions)
 
+    def queued(self, account: str) -> list[str]:
+        rows = self._query("SELECT id FROM runs WHERE state=? AND account=? ORDER BY seq",
+                           (RunState.QUEUED.value, account))
+        return [row[0] for row in rows]
+
+    def state_counts(self, experiment_ids: list[str]) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {e: {} for e in experiment_ids}
+        if experiment_ids:
+            for experiment, state, n in self._query(
+                    "SELECT experiment_id, state, COUNT(*) FROM runs WHERE experiment_id IN "
+                    f"({','.join('?' * len(experiment_ids))}) GROUP BY experiment_id, state", experiment_ids):
+                counts[experiment][state] = n
+        return counts
+
     def transition(self, run_id: str, state: RunState, time: float, **fields: Any) -> RunRow:
         with self._tx() as db:
             row = db.execute(f"SELECT state, attempt FROM runs WHERE id=?{self.LOCK_ROW}", (run_id,)).fetchone()
@@ -281,6 +296,21 @@ class SqlRunStore(RunStore):
             if len(out) >= limit:
                 break
         return bytes(out[:limit])
+
+    # -- summaries of ended experiments --------------------------------------------------------
+    def save_summaries(self, summaries: dict[str, dict]) -> None:
+        if not summaries:
+            return
+        with self._tx() as db:
+            db.executemany(_insert("summaries", ("experiment_id", "payload")) + " ON CONFLICT DO NOTHING",
+                           [(experiment_id, json.dumps(summary)) for experiment_id, summary in summaries.items()])
+
+    def summaries(self, experiment_ids: list[str]) -> dict[str, dict]:
+        if not experiment_ids:
+            return {}
+        rows = self._query("SELECT experiment_id, payload FROM summaries WHERE experiment_id IN "
+                           f"({','.join('?' * len(experiment_ids))})", experiment_ids)
+        return {experiment_id: _load(payload) for experiment_id, payload in rows}
 
     # -- secrets ----------------------------------------------------------------------------
     def secret(self, experiment_id: str) -> Optional[dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -283,6 +284,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2 if isinstance(exc, INPUT_ERRORS) else 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `wml ... | head` stopped reading: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush cannot fail again
+        return 141
 
 
 if __name__ == "__main__":

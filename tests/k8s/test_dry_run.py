@@ -116,3 +116,17 @@ def test_a_bad_manifest_is_one_located_line_and_exit_2(tmp_path):
     unknown = dry_run(tmp_path / "home", str(TINY / "manifest.yml"), WML_K8S_NAMESPACES="typo")
     assert unknown.returncode == 2 and unknown.stderr.startswith("wml: WML_K8S_NAMESPACES: unknown setting")
     assert len(unknown.stderr.strip().splitlines()) == 1
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """``wml train ... --dry-run=kubernetes | head`` ended in a BrokenPipeError traceback."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("WML_", "AWS_", "KUBECONFIG"))}
+    grid = "lr=[" + ",".join(str(n / 1000) for n in range(1, 101)) + "]"  # 100 runs: more than a pipe holds
+    args = BackendProcess.cli_args("train", str(TINY / "manifest.yml"), str(TINY), "--sweep", grid,
+                                   "--dry-run=kubernetes")
+    proc = subprocess.Popen(args, env={**environ, "WML_HOME": str(tmp_path / "home")}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"# run ")
+    proc.stdout.close()
+    assert proc.wait(120) == 141
+    assert b"Traceback" not in proc.stderr.read()

@@ -13,7 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from .executors.k8s_objects import K8sOptions, fresh_name, load_options, run_objects
+from .executors.k8s_objects import fresh_name, run_objects
+from .executors.k8s_options import K8sOptions, load_options
 from .lifecycle import launch_of, store_credentials
 from .models import ExperimentRequest
 from .service import ADMIN_ACCOUNT

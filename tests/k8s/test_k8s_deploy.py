@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from wml_backend.executors.k8s_objects import load_options
+from wml_backend.executors.k8s_options import load_options
 from wml_backend.daemon import parser, settings_from
 from wml_backend.settings import parse_storage_url
 

@@ -15,23 +15,22 @@ import pytest
 import yaml
 from wml_backend.errors import InvalidInput
 from wml_backend.executors.base import Launch
+from wml_backend.executors.k8s_kueue import account_queues, resource_flavor
+from wml_backend.executors.k8s_names import dns_label, label_value
 from wml_backend.executors.k8s_objects import (
-    K8sOptions,
-    account_queues,
     cpu_quantity,
-    dns_label,
-    failure_reason,
     image_for,
     job_object,
-    label_value,
-    learner_failure,
-    load_options,
     memory_quantity,
-    pod_failed,
-    pod_index,
-    resource_flavor,
     secret_object,
     service_object,
+)
+from wml_backend.executors.k8s_options import K8sOptions, load_options
+from wml_backend.executors.k8s_status import (
+    failure_reason,
+    learner_failure,
+    pod_failed,
+    pod_index,
     stuck_reason,
     waiting_note,
 )

@@ -12,20 +12,19 @@ Jobs have no owner, so they run on while the backend restarts; ``reattach`` find
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..errors import InvalidInput, WmlError
 from .base import Capacity, Executor, Launch
-from .k8s_objects import (RUN_LABEL, SELECTOR, TERMINATION_GRACE_S, K8sOptions, condition, exit_code,
-                          failure_reason, fresh_name, job_finished, label_value, learner_failure, load_options,
-                          owned_by, pod_failed, pod_index, pod_over, run_objects, stuck_reason, waiting_note)
-
-log = logging.getLogger("wml_backend.kubernetes")
+from .k8s_client import ClusterError, call, connect, delete_quietly, why
+from .k8s_names import RUN_LABEL, SELECTOR, label_value
+from .k8s_objects import TERMINATION_GRACE_S, fresh_name, owned_by, run_objects
+from .k8s_options import K8sOptions, load_options
+from .k8s_watched_run import WatchedRun
+from .k8s_status import condition, exit_code, failure_reason, job_finished, job_of
+from .k8s_watch import Informer
 
 #: How often time-based checks run (pending notes, stuck image pulls, orphan Secrets): no API calls.
 SWEEP_S = 0.5
@@ -33,49 +32,8 @@ SWEEP_S = 0.5
 ORPHAN_SECRET_S = 60.0
 #: GPUs and run slots the backend admits into the cluster when ``--gpus``/``--slots`` are not given.
 DEFAULT_GPUS, DEFAULT_SLOTS = 8, 100
-#: Seconds a finished Job waits for its pod's last state from the pod watch (the two streams
-#: are not ordered with each other) before the run ends without it.
-POD_LAG_S = 5.0
 #: Lines of the pod's log kept with a run whose runner died without reporting.
 LOG_TAIL_LINES = 20
-#: Seconds one watch request lasts before it is renewed from the last resourceVersion.
-WATCH_TIMEOUT_S = 300
-#: Where a pod finds its own namespace when the backend runs in the cluster.
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-
-class ClusterError(WmlError):
-    """The Kubernetes API refused or failed a request."""
-
-    code = "kubernetes"
-    http_status = 502
-
-
-@dataclass
-class _Run:
-    """What the watches last said about one started run."""
-
-    job_name: str
-    attempt: int
-    started: float
-    job: Optional[dict] = None
-    job_gone: bool = False
-    pod: Optional[dict] = None
-    pod_gone: bool = False
-    stuck_since: Optional[float] = None
-    over_since: Optional[float] = None
-    #: Why we stopped it ourselves (an image that cannot be pulled...).
-    failure: Optional[str] = None
-    note: Optional[str] = None
-    #: Learners of the run: more than one is an Indexed Job whose pods are followed by index.
-    learners: int = 1
-    #: The last state of each learner's pod, by index (a multi-learner run; ``pod`` is index 0's).
-    pods: dict = None  # type: ignore[assignment]
-    #: The pod of the first learner that failed (a multi-learner run).
-    failed_pod: Optional[dict] = None
-
-    def __post_init__(self) -> None:
-        self.pods = {} if self.pods is None else self.pods
 
 
 class KubernetesExecutor(Executor):
@@ -94,7 +52,7 @@ class KubernetesExecutor(Executor):
         #: Called with (run_id, text) when the executor learns why a run waits.
         self.on_note = getattr(self, "on_note", lambda run_id, note: None)
         self._lock = threading.RLock()
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, WatchedRun] = {}
         self._by_job: dict[str, str] = {}
         self._secrets: dict[str, float] = {}
         self._stop = threading.Event()
@@ -120,32 +78,34 @@ class KubernetesExecutor(Executor):
                                                        _preload_content=False)
         except Exception as exc:
             raise ClusterError(f"kubernetes: cannot list Jobs, Pods and Secrets in namespace {self.ns!r}: "
-                               f"{_why(exc)}") from None
+                               f"{why(exc)}") from None
         for item in json.loads(listed.data)["items"]:
             self._secrets[item["metadata"]["name"]] = time.time()
 
     # -- the executor seam ----------------------------------------------------------------------
     def capacity(self) -> Capacity:
+        """The GPUs and run slots the backend admits into the cluster."""
         return self._capacity
 
     def start(self, launch: Launch) -> dict[str, Any]:
+        """Create the run's Secret, Job (and headless Service); the handle names the Job."""
         name = fresh_name(launch)
         secret, job, *service = run_objects(launch, self.options, name)
         self._supersede(launch.run_id)
         learners = max(launch.learners or 1, 1)
         with self._lock:
-            self._runs[launch.run_id] = _Run(job_name=name, attempt=launch.attempt, started=time.monotonic(),
-                                             learners=learners)
+            self._runs[launch.run_id] = WatchedRun(job_name=name, attempt=launch.attempt, started=time.monotonic(),
+                                                 learners=learners)
             self._by_job[name] = launch.run_id
         created = None
         try:
-            self._api(self._core.create_namespaced_secret, self.ns, secret)
+            call(self._core.create_namespaced_secret, self.ns, secret)
             with self._lock:
                 self._secrets[name] = time.time()
-            created = self._api(self._batch.create_namespaced_job, self.ns, job)
+            created = call(self._batch.create_namespaced_job, self.ns, job)
             for headless in service:  # a multi-learner run's: owned by the Job, deleted with it
                 owned = owned_by(headless, name, created["metadata"]["uid"])
-                self._api(self._core.create_namespaced_service, self.ns, owned)
+                call(self._core.create_namespaced_service, self.ns, owned)
         except ClusterError:
             self._forget(launch.run_id)
             if created is not None:
@@ -165,28 +125,29 @@ class KubernetesExecutor(Executor):
         """Delete the run's pods at once (no grace period)."""
         with self._lock:
             run = self._runs.get(run_id)
-            pods = [] if run is None else list(run.pods.values()) if run.learners > 1 else \
-                [run.pod] if not run.pod_gone and run.pod is not None else []
+            pods = [] if run is None else run.live_pods()
         for pod in pods:
-            self._quietly(self._core.delete_namespaced_pod, pod["metadata"]["name"], self.ns, grace_period_seconds=0)
+            delete_quietly(self._core.delete_namespaced_pod, pod["metadata"]["name"], self.ns, grace_period_seconds=0)
 
     def reattach(self, run_id: str, handle: dict[str, Any]) -> bool:
+        """Follow again a run's Job left by an earlier backend; False when the Job is gone."""
         name = handle.get("job")
         with self._lock:
             job = self.jobs.objects.get(name)
             if job is None:
                 return False
-            pods = [p for p in self.pods.objects.values() if _job_of(p) == name]
+            pods = [p for p in self.pods.objects.values() if job_of(p) == name]
             learners = handle.get("learners") or (job.get("spec") or {}).get("completions") or 1
-            run = _Run(job_name=name, attempt=handle.get("attempt", 1), started=time.monotonic(), job=job,
-                       learners=learners)
+            run = WatchedRun(job_name=name, attempt=handle.get("attempt", 1), started=time.monotonic(), job=job,
+                           learners=learners)
             for pod in pods:
-                self._record_pod(run, pod, False)
+                run.record_pod(pod, False)
             self._runs[run_id] = run
             self._by_job[name] = run_id
         return True  # the next sweep sees whether it ended while we were away
 
     def close(self) -> None:
+        """Stop the watches and the sweep; the runs' Jobs run on."""
         self._stop.set()
         self.jobs.stop()
         self.pods.stop()
@@ -196,7 +157,7 @@ class KubernetesExecutor(Executor):
         self._observe(job["metadata"]["name"], job=job, job_gone=kind == "DELETED")
 
     def _on_pod(self, kind: str, pod: dict) -> None:
-        self._observe(_job_of(pod), pod=pod, pod_gone=kind == "DELETED")
+        self._observe(job_of(pod), pod=pod, pod_gone=kind == "DELETED")
 
     def _observe(self, job_name: Optional[str], **seen: Any) -> None:
         """Record what a watch said about a run's Job or pod, then evaluate the run."""
@@ -206,33 +167,17 @@ class KubernetesExecutor(Executor):
                 return
             run = self._runs[run_id]
             if "pod" in seen:
-                self._record_pod(run, seen["pod"], seen["pod_gone"])
+                run.record_pod(seen["pod"], seen["pod_gone"])
             else:
                 for key, value in seen.items():
                     setattr(run, key, value)
         self._evaluate(run_id)
 
-    @staticmethod
-    def _record_pod(run: _Run, pod: dict, gone: bool) -> None:
-        """A pod's news: the run's pod, or for a multi-learner run that of one learner (by index)."""
-        if run.learners <= 1:
-            run.pod, run.pod_gone = pod, gone
-            return
-        index = pod_index(pod)
-        if gone:
-            run.pods.pop(index, None)
-        else:
-            run.pods[index] = pod
-        if pod_failed(pod) and run.failed_pod is None:
-            run.failed_pod = pod
-        if index == 0:  # learner 1 reports the run's states; its pod stands for the run
-            run.pod, run.pod_gone = pod, gone
-
     def _evaluate(self, run_id: str) -> None:
         """Decide what a run's Job and pod mean now, and act on it (outside the lock)."""
         with self._lock:
             run = self._runs.get(run_id)
-            action = self._decide(run) if run else None
+            action = run.decide(self.options) if run else None
             if action in ("end", "fail"):
                 self._forget(run_id)
         if action == "end":
@@ -244,32 +189,7 @@ class KubernetesExecutor(Executor):
         elif action == "note":
             self.on_note(run_id, run.note)
 
-    def _decide(self, run: _Run) -> Optional[str]:
-        if run.job is None and not run.job_gone:
-            return None  # created, not yet seen
-        if run.failed_pod is not None and run.failure is None:  # one learner failed: the run did
-            run.failure = learner_failure(run.failed_pod)
-            return "fail"
-        job_over = run.job_gone or job_finished(run.job) or run.failure is not None
-        run.over_since = (run.over_since or time.monotonic()) if job_over else None
-        unseen = run.pod is None and not run.pod_gone and time.monotonic() - (run.over_since or 0) < POD_LAG_S
-        if job_over and pod_over(None if run.pod_gone else run.pod) and not unseen:
-            return "end"
-        stuck = stuck_reason(None if run.pod_gone else run.pod)
-        run.stuck_since = (run.stuck_since or time.monotonic()) if stuck else None
-        if stuck and run.failure is None and time.monotonic() - run.stuck_since >= self.options.image_pull_grace_s:
-            run.failure = stuck
-            return "stop"
-        waited = time.monotonic() - run.started >= self.options.pending_note_s
-        pods = [run.pod] + [p for i, p in sorted(run.pods.items()) if i] if run.learners > 1 else [run.pod]
-        notes = [waiting_note(run.job, p) for p in pods] if waited and not run.job_gone else []
-        note = next((n for n in notes if n), None)
-        if note and note != run.note:
-            run.note = note
-            return "note"
-        return None
-
-    def _end(self, run_id: str, run: _Run) -> None:
+    def _end(self, run_id: str, run: WatchedRun) -> None:
         code = exit_code(run.pod)
         reason = run.failure
         if reason is None and not (run.job and condition(run.job, "Complete")):
@@ -278,7 +198,7 @@ class KubernetesExecutor(Executor):
         self._delete_secret(run.job_name)
         self.on_exit(run_id, run.attempt, code, reason=reason, log_tail=tail)
 
-    def _fail(self, run_id: str, run: _Run) -> None:
+    def _fail(self, run_id: str, run: WatchedRun) -> None:
         """A learner of a multi-learner run failed: the run fails now, and the Job's deletion
         stops the other learners (their runners store what they have; learner 1 reports nothing)."""
         pod = run.failed_pod
@@ -317,13 +237,13 @@ class KubernetesExecutor(Executor):
 
     def _delete_job(self, name: Optional[str], propagation: str) -> None:
         if name:
-            self._quietly(self._batch.delete_namespaced_job, name, self.ns, propagation_policy=propagation)
+            delete_quietly(self._batch.delete_namespaced_job, name, self.ns, propagation_policy=propagation)
 
     def _delete_secret(self, name: str) -> None:
         with self._lock:
             known = self._secrets.pop(name, None) is not None
         if known:
-            self._quietly(self._core.delete_namespaced_secret, name, self.ns)
+            delete_quietly(self._core.delete_namespaced_secret, name, self.ns)
 
     def _log_tail(self, pod: Optional[dict]) -> list[str]:
         if pod is None:
@@ -334,149 +254,3 @@ class KubernetesExecutor(Executor):
             return resp.data.decode("utf-8", "replace").splitlines()
         except Exception:
             return []
-
-    def _api(self, method, *args, **kwargs) -> dict:
-        """Call the API; a refusal becomes a one-line ``ClusterError``."""
-        try:
-            return json.loads(method(*args, _preload_content=False, **kwargs).data)
-        except Exception as exc:
-            raise ClusterError(f"kubernetes: {method.__name__} failed: {_why(exc)}") from None
-
-    def _quietly(self, method, *args, **kwargs) -> None:
-        """A deletion that may find nothing left to delete."""
-        try:
-            method(*args, _preload_content=False, **kwargs)
-        except Exception as exc:
-            if getattr(exc, "status", None) != 404:
-                log.warning("kubernetes: %s failed: %s", method.__name__, _why(exc))
-
-
-# -- connecting and watching ----------------------------------------------------------------------
-def connect(context: Optional[str] = None) -> tuple[Any, str]:
-    """An API client and the default namespace: kubeconfig, or in-cluster config inside a pod."""
-    from kubernetes import client, config
-    in_pod = os.environ.get("KUBERNETES_SERVICE_HOST") and not context and not os.environ.get("KUBECONFIG")
-    try:
-        if in_pod:
-            configuration = client.Configuration()
-            config.load_incluster_config(client_configuration=configuration)
-            with open(SERVICE_ACCOUNT_NAMESPACE) as f:
-                return client.ApiClient(configuration), f.read().strip()
-        files = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")  # read now, not at import
-        contexts, active = config.list_kube_config_contexts(config_file=files)
-        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
-        if chosen is None:
-            names = ", ".join(c["name"] for c in contexts)
-            raise InvalidInput(f"WML_K8S_CONTEXT: no context {context!r} in the kubeconfig; it has: {names}")
-        namespace = chosen.get("context", {}).get("namespace") or "default"
-        return config.new_client_from_config(config_file=files, context=chosen["name"]), namespace
-    except (config.ConfigException, OSError) as exc:
-        raise InvalidInput(f"kubernetes: no usable configuration ({' '.join(str(exc).split())}); "
-                           "set KUBECONFIG (and WML_K8S_CONTEXT) or run the backend in a pod") from None
-
-
-class Gone(Exception):
-    """The watch's resourceVersion is too old (410): list again."""
-
-
-class Informer:
-    """List, then watch, one kind of object with our labels; ``handle(type, obj)`` per change.
-
-    ``objects`` (by name) is kept under ``lock``. A watch that ends is renewed from the last
-    resourceVersion; one that expired (410 Gone) lists again and reports what vanished meanwhile.
-    """
-
-    def __init__(self, list_fn, namespace: str, handle, lock: threading.RLock):
-        self._list, self.namespace, self._handle, self._lock = list_fn, namespace, handle, lock
-        self.objects: dict[str, dict] = {}
-        self.version: Optional[str] = None
-        self._resp = None
-
-    def sync(self) -> None:
-        """List everything; report changes (and deletions) against what was known."""
-        data = json.loads(self._list(self.namespace, label_selector=SELECTOR, _preload_content=False).data)
-        listed = {item["metadata"]["name"]: item for item in data["items"]}
-        with self._lock:
-            gone = [obj for name, obj in self.objects.items() if name not in listed]
-            self.objects, self.version = listed, data["metadata"]["resourceVersion"]
-        for obj in gone:
-            self._handle("DELETED", obj)
-        for obj in listed.values():
-            self._handle("MODIFIED", obj)
-
-    def run(self, stop: threading.Event) -> None:
-        """Watch until ``stop``; re-list after a 410 or an error (backing off)."""
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                self._watch(stop)
-                delay = 0.5
-            except Gone:
-                self._resync(stop)
-            except Exception as exc:
-                if stop.is_set():
-                    return
-                log.warning("kubernetes: watch failed (%s); listing again in %.1f s", _why(exc), delay)
-                stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-                self._resync(stop)
-
-    def _resync(self, stop: threading.Event) -> None:
-        try:
-            self.sync()
-        except Exception as exc:
-            if not stop.is_set():
-                log.warning("kubernetes: list failed: %s", _why(exc))
-
-    def _watch(self, stop: threading.Event) -> None:
-        from kubernetes.watch.watch import iter_resp_lines
-        self._resp = self._list(self.namespace, label_selector=SELECTOR, watch=True, resource_version=self.version,
-                                timeout_seconds=WATCH_TIMEOUT_S, allow_watch_bookmarks=True, _preload_content=False)
-        try:
-            for line in iter_resp_lines(self._resp):
-                if stop.is_set():
-                    return
-                self._event(json.loads(line))
-        finally:
-            self._resp.release_conn()
-
-    def _event(self, event: dict) -> None:
-        obj = event["object"]
-        if event["type"] == "ERROR":
-            if obj.get("code") == 410:
-                raise Gone()
-            raise ClusterError(f"kubernetes: watch error {obj.get('code')}: {obj.get('message')}")
-        with self._lock:
-            self.version = obj["metadata"]["resourceVersion"]
-            if event["type"] == "BOOKMARK":
-                return
-            name = obj["metadata"]["name"]
-            if event["type"] == "DELETED":
-                self.objects.pop(name, None)
-            else:
-                self.objects[name] = obj
-        self._handle(event["type"], obj)
-
-    def stop(self) -> None:
-        """End the current watch request now."""
-        resp = self._resp
-        if resp is not None:
-            try:
-                resp.shutdown()
-            except Exception:
-                pass
-
-
-def _job_of(pod: dict) -> Optional[str]:
-    labels = pod["metadata"].get("labels", {})
-    return labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
-
-
-def _why(exc: Exception) -> str:
-    """The API's own message for a failed call, on one line."""
-    body = getattr(exc, "body", None)
-    try:
-        status = json.loads(body)
-        return f"{status.get('code')} {status.get('reason')}: {status.get('message')}"
-    except (TypeError, ValueError):
-        return " ".join(str(exc).split()) or type(exc).__name__

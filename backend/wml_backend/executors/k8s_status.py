@@ -1,0 +1,136 @@
+"""What the cluster says about a run, read from its Job and pods: over or not, exit code, and why.
+
+Pure functions of the objects the watches deliver: whether a Job or pod is over, the runner's exit
+code, which learner a pod is, and in words a user can act on why a run failed (out of memory,
+evicted, timed out...), cannot start (image pull, container config) or still waits (Kueue, no GPU).
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+from .k8s_names import GPU_RESOURCE, INDEX_ANNOTATION, JOB_NAME_LABEL, KUEUE_LABEL
+
+#: Waiting reasons of a container whose image cannot be pulled (retried by the kubelet, maybe forever).
+IMAGE_PULL_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+#: Waiting reasons of a container the kubelet cannot create (a missing Secret, a bad command...).
+CONTAINER_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+#: What a pod's DisruptionTarget condition means, for the run's reason.
+DISRUPTIONS = MappingProxyType({
+    "DeletionByTaintManager": "node lost (its node became unreachable or was tainted NoExecute)",
+    "DeletionByPodGC": "node lost (its node was removed)",
+    "PreemptionByScheduler": "preempted by a higher-priority pod",
+    "EvictionByEvictionAPI": "evicted (e.g. a node drain)",
+    "TerminationByKubelet": "terminated by the kubelet (node shutdown or resource pressure)"})
+
+
+def condition(obj: Optional[Mapping[str, Any]], kind: str) -> Optional[dict[str, Any]]:
+    """The ``status.conditions`` entry of type ``kind`` whose status is True, if any."""
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def job_finished(job: Mapping[str, Any]) -> bool:
+    """Whether Kubernetes says the Job is over (Complete or Failed)."""
+    return bool(condition(job, "Complete") or condition(job, "Failed"))
+
+
+def job_of(pod: dict) -> Optional[str]:
+    """The name of the Job a pod belongs to, from the Job controller's label."""
+    labels = pod["metadata"].get("labels", {})
+    return labels.get(JOB_NAME_LABEL) or labels.get("job-name")
+
+
+def container_state(pod: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The runner container's state: ``{"waiting"|"running"|"terminated": {...}}`` or ``{}``."""
+    statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or [{}]
+    return statuses[0].get("state") or {}
+
+
+def pod_over(pod: Optional[Mapping[str, Any]]) -> bool:
+    """Whether the pod's runner can no longer report: gone, finished, or on a lost node."""
+    if pod is None:
+        return True
+    phase = (pod.get("status") or {}).get("phase")
+    return phase in ("Succeeded", "Failed") or "terminated" in container_state(pod) or \
+        condition(pod, "DisruptionTarget") is not None
+
+
+def exit_code(pod: Optional[Mapping[str, Any]]) -> Optional[int]:
+    """The runner container's exit code, when it has one."""
+    return (container_state(pod).get("terminated") or {}).get("exitCode")
+
+
+def pod_index(pod: Optional[Mapping[str, Any]]) -> int:
+    """The index of a pod of an Indexed Job (0 for any other pod)."""
+    meta = (pod or {}).get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(INDEX_ANNOTATION) or (meta.get("labels") or {}).get(INDEX_ANNOTATION)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def pod_failed(pod: Optional[Mapping[str, Any]]) -> bool:
+    """Whether a learner's pod failed: its runner exited non-zero, or it was evicted or disrupted."""
+    if pod is None:
+        return False
+    code = exit_code(pod)
+    return (pod.get("status") or {}).get("phase") == "Failed" or (code is not None and code != 0) or \
+        condition(pod, "DisruptionTarget") is not None
+
+
+def learner_failure(pod: Mapping[str, Any]) -> str:
+    """Why a learner's pod failed, naming the learner (index + 1)."""
+    code = exit_code(pod)
+    why = failure_reason(None, pod)
+    if why is None or why.startswith("the run's Job or pod was deleted"):
+        why = f"the command exited with code {code}" if code is not None else "its pod failed"
+    return f"learner {pod_index(pod) + 1}: {why}"
+
+
+def stuck_reason(pod: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """Why the runner container cannot start (image pull, container config), if so."""
+    waiting = container_state(pod).get("waiting") or {}
+    reason, message = waiting.get("reason"), waiting.get("message") or ""
+    if reason in IMAGE_PULL_ERRORS:
+        image = pod["spec"]["containers"][0]["image"]
+        return f"cannot pull image {image} ({reason}): {message}".rstrip(": ")
+    if reason in CONTAINER_ERRORS:
+        return f"cannot start the runner container ({reason}): {message}".rstrip(": ")
+    return None
+
+
+def waiting_note(job: Mapping[str, Any], pod: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """Why a started run is still waiting for a node: Kueue's queue, or the scheduler's words."""
+    if (job.get("spec") or {}).get("suspend"):
+        queue = job["metadata"].get("labels", {}).get(KUEUE_LABEL, "?")
+        return f"waiting for Kueue to admit it (LocalQueue {queue})"
+    for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+            what = "free GPUs" if f"Insufficient {GPU_RESOURCE}" in cond.get("message", "") else "a node"
+            return f"waiting for {what}: {cond.get('message', '')}".rstrip(": ")
+    return None
+
+
+def failure_reason(job: Optional[Mapping[str, Any]], pod: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """Why Kubernetes ended a run, in words a user can act on; None when the runner just exited."""
+    terminated = container_state(pod).get("terminated") or {}
+    if terminated.get("reason") == "OOMKilled":
+        limit = pod["spec"]["containers"][0].get("resources", {}).get("limits", {}).get("memory")
+        return "out of memory: raise memory" + (f" (the limit was {limit})" if limit else "")
+    status = (pod or {}).get("status") or {}
+    if status.get("reason") == "Evicted":
+        return f"evicted from its node: {status.get('message', '')}".rstrip(": ")
+    disrupted = condition(pod, "DisruptionTarget")
+    if disrupted:
+        return DISRUPTIONS.get(disrupted.get("reason"), f"disrupted ({disrupted.get('reason')})")
+    failed = condition(job, "Failed")
+    if failed and failed.get("reason") == "DeadlineExceeded":
+        return f"timed out after {job['spec'].get('activeDeadlineSeconds')} s (activeDeadlineSeconds)"
+    if pod is None or not terminated:
+        return "the run's Job or pod was deleted before the runner ended"
+    return None

@@ -1,0 +1,120 @@
+"""One started run as the watches last saw it, and what that means now: end, fail, stop, note, or wait.
+
+The executor records each Job and pod event in the run's ``WatchedRun`` and asks ``decide`` what
+to do; the answer depends on those events and on time (a pod's last state that lags behind its
+Job's, an image that cannot be pulled for too long, a run pending long enough to say why).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+from .k8s_options import K8sOptions
+from .k8s_status import (
+    job_finished,
+    learner_failure,
+    pod_failed,
+    pod_index,
+    pod_over,
+    stuck_reason,
+    waiting_note,
+)
+
+#: Seconds a finished Job waits for its pod's last state from the pod watch (the two streams
+#: are not ordered with each other) before the run ends without it.
+POD_LAG_S = 5.0
+
+
+@dataclass
+class WatchedRun:
+    """What the watches last said about one started run."""
+
+    job_name: str
+    attempt: int
+    started: float
+    job: Optional[dict] = None
+    job_gone: bool = False
+    pod: Optional[dict] = None
+    pod_gone: bool = False
+    stuck_since: Optional[float] = None
+    over_since: Optional[float] = None
+    #: Why we stopped it ourselves (an image that cannot be pulled...).
+    failure: Optional[str] = None
+    note: Optional[str] = None
+    #: Learners of the run: more than one is an Indexed Job whose pods are followed by index.
+    learners: int = 1
+    #: The last state of each learner's pod, by index (a multi-learner run; ``pod`` is index 0's).
+    pods: dict = None  # type: ignore[assignment]
+    #: The pod of the first learner that failed (a multi-learner run).
+    failed_pod: Optional[dict] = None
+
+    def __post_init__(self) -> None:
+        self.pods = {} if self.pods is None else self.pods
+
+    @property
+    def live_pod(self) -> Optional[dict]:
+        """The run's pod (learner 1's), or None once it is gone."""
+        return None if self.pod_gone else self.pod
+
+    def live_pods(self) -> list[dict]:
+        """The pods of the run the watches have not seen deleted: every learner's."""
+        if self.learners > 1:
+            return list(self.pods.values())
+        return [self.pod] if not self.pod_gone and self.pod is not None else []
+
+    def record_pod(self, pod: dict, gone: bool) -> None:
+        """A pod's news: the run's pod, or for a multi-learner run that of one learner (by index)."""
+        if self.learners <= 1:
+            self.pod, self.pod_gone = pod, gone
+            return
+        index = pod_index(pod)
+        if gone:
+            self.pods.pop(index, None)
+        else:
+            self.pods[index] = pod
+        if pod_failed(pod) and self.failed_pod is None:
+            self.failed_pod = pod
+        if index == 0:  # learner 1 reports the run's states; its pod stands for the run
+            self.pod, self.pod_gone = pod, gone
+
+    def decide(self, options: K8sOptions) -> Optional[str]:
+        """What to do now: ``"end"``, ``"fail"`` (a learner failed), ``"stop"`` (stuck), ``"note"``, or None."""
+        if self.job is None and not self.job_gone:
+            return None  # created, not yet seen
+        if self.failed_pod is not None and self.failure is None:  # one learner failed: the run did
+            self.failure = learner_failure(self.failed_pod)
+            return "fail"
+        if self._over():
+            return "end"
+        if self._stuck_too_long(options.image_pull_grace_s):
+            return "stop"
+        return "note" if self._new_note(options.pending_note_s) else None
+
+    def _over(self) -> bool:
+        """Whether the Job and its pod are both over (the pod's last state given ``POD_LAG_S``)."""
+        job_over = self.job_gone or job_finished(self.job) or self.failure is not None
+        self.over_since = (self.over_since or time.monotonic()) if job_over else None
+        unseen = self.pod is None and not self.pod_gone and time.monotonic() - (self.over_since or 0) < POD_LAG_S
+        return job_over and pod_over(self.live_pod) and not unseen
+
+    def _stuck_too_long(self, grace_s: float) -> bool:
+        """Whether the runner container has not been able to start for ``grace_s`` (sets ``failure``)."""
+        stuck = stuck_reason(self.live_pod)
+        self.stuck_since = (self.stuck_since or time.monotonic()) if stuck else None
+        if stuck and self.failure is None and time.monotonic() - self.stuck_since >= grace_s:
+            self.failure = stuck
+            return True
+        return False
+
+    def _new_note(self, pending_s: float) -> bool:
+        """Whether, pending ``pending_s`` or more, the run waits for a new reason (sets ``note``)."""
+        waited = time.monotonic() - self.started >= pending_s
+        pods = [self.pod] + [p for i, p in sorted(self.pods.items()) if i] if self.learners > 1 else [self.pod]
+        notes = [waiting_note(self.job, p) for p in pods] if waited and not self.job_gone else []
+        note = next((n for n in notes if n), None)
+        if note and note != self.note:
+            self.note = note
+            return True
+        return False

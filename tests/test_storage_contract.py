@@ -21,13 +21,13 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from s3server import ALLOW_ALL_S3, ANY_KEY, ANY_SECRET, running_moto
 from wml_backend.errors import StorageError
-from wml_backend.storage import StoreConfig, sync
+from wml_backend.storage import StoreConfig, digests
+from wml_backend.storage.digests import file_etag
 from wml_backend.storage.file import FileStore
 from wml_backend.storage.s3 import S3Store
 from wml_backend.storage.sync import (
     SyncProgress,
     download,
-    file_etag,
     tqdm_progress,
     upload,
 )
@@ -215,10 +215,11 @@ class TestObjectStoreContract:
         upload(store, src, bucket)
         upload(store, src, bucket)  # stores without put_file_etag learn digests here
         hashed = []
-        monkeypatch.setattr(sync, "file_etag", lambda *a: hashed.append(a) or file_etag(*a))
+        monkeypatch.setattr(digests, "file_etag", lambda *a: hashed.append(a) or file_etag(*a))
         again = upload(store, src, bucket)
         assert (again.sent, again.skipped, again.bytes) == (0, len(TREE), 0)
-        assert hashed == []
+        # (the file store's own objects, seconds old, may be hashed: test_file_store_digests)
+        assert [a for a in hashed if src in Path(a[0]).parents] == []
 
     def test_changed_file_is_resent(self, store, bucket, tmp_path):
         src = make_tree(tmp_path / "src")

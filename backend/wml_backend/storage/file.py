@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 from ..errors import StorageError
 from ..private import private_dir, private_open
 from .base import ObjectInfo, ObjectStore, Progress, StoreConfig
+from .digests import DigestCache, file_stat, user_cache_path
 
 _CHUNK = 1 << 20
+#: The store's digest cache (and its journal), in the root beside the buckets: no bucket name
+#: starts with ".", so it is never inside one.
+DIGESTS = ".wml-digests.sqlite"
+#: A digest is remembered only for a file modified at least this long before it was hashed:
+#: a runner rewriting it (same size) within the file system's mtime granularity, a few ms on
+#: ext4 but up to 2 s on FAT or some NFS servers, would leave the mtime the cache saw.
+_SETTLE_S = 2.0
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _hidden(name: str) -> bool:
+    """Whether a file in a bucket is not an object: an upload in progress, or a digest cache
+    (that of a store whose root lies inside this bucket)."""
+    return (name.startswith(".") and ".part-" in name) or name.startswith(DIGESTS)
 
 
 def _copy(src: Path, dst: Path, progress: Progress) -> None:
@@ -75,23 +80,42 @@ class FileStore(ObjectStore):
         _copy(src, Path(path), progress)
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
-        base = self._bucket(bucket)
+        base = self._bucket(bucket).absolute()
         if not base.is_dir():
             raise StorageError(f"bucket {bucket!r} does not exist in the file store at {self.root}")
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.startswith(".") and ".part-" in name:
-                    continue  # an upload in progress is not an object yet
-                full = Path(dirpath) / name
+        cache = DigestCache(self._digests(), base / prefix.rpartition("/")[0], _SETTLE_S)
+        try:
+            for full in _files(base):
                 key = full.relative_to(base).as_posix()
-                if key.startswith(prefix):
-                    yield ObjectInfo(key, full.stat().st_size, _md5(full))
+                if key.startswith(prefix) and (info := _info(full, key, cache)):
+                    yield info
+        finally:  # also when the caller stops early: what was hashed is kept
+            cache.save()
 
-    def local_path(self, bucket: str, prefix: str = "") -> Optional[Path]:
+    def _digests(self) -> Path:
+        """The digest cache: in the root, or the user's own if the root is read-only."""
+        return self.root / DIGESTS if os.access(self.root, os.W_OK) else user_cache_path()
+
+    def local_path(self, bucket: str, prefix: str = "") -> Path | None:
         path = self._bucket(bucket) / prefix if prefix else self._bucket(bucket)
         return path if path.is_dir() else None
 
     def delete_prefix(self, bucket: str, prefix: str) -> None:
         """Remove every object under ``prefix`` (used by tests and cleanup)."""
         shutil.rmtree(self._bucket(bucket) / prefix, ignore_errors=True)
+
+
+def _files(base: Path) -> Iterator[Path]:
+    """Every object file under the bucket folder ``base``, folder by folder, sorted by name."""
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames.sort()
+        yield from (Path(dirpath) / name for name in sorted(filenames) if not _hidden(name))
+
+
+def _info(path: Path, key: str, cache: DigestCache) -> ObjectInfo | None:
+    """The object ``key`` stored at ``path``; None if it was deleted while being listed."""
+    try:
+        stat = file_stat(path)
+        return ObjectInfo(key, stat.size, cache.etag(path, stat, 0))
+    except FileNotFoundError:
+        return None

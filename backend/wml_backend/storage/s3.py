@@ -32,7 +32,7 @@ from s3transfer.subscribers import BaseSubscriber
 
 from ..errors import StorageError
 from .base import ObjectInfo, ObjectStore, Progress, StoreConfig
-from .sync import multipart_etag
+from .digests import multipart_etag
 
 #: Seconds to wait for a TCP connection: a dead endpoint fails fast.
 CONNECT_TIMEOUT_S = 2

@@ -2,8 +2,8 @@
 
 A sync lists the remote prefix once and compares each file's size and MD5-style ETag (a plain
 MD5, or for multipart objects the MD5 of the part MD5s followed by ``-N``) with the listing.
-Local digests are remembered in a small SQLite cache keyed by (path, size, mtime_ns), so an
-unchanged file is hashed once, not on every sync. Files move in parallel on a thread pool.
+Local digests are remembered by ``digests.DigestCache``, so an unchanged file is hashed
+once, not on every sync. Files move in parallel on a thread pool.
 
 Stores may offer optional methods, used when present:
 ``put_file_etag(bucket, key, path, progress) -> str`` (a put that returns the ETag it
@@ -15,23 +15,22 @@ so a big prefix is listed as key ranges in parallel).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import StorageError
-from ..private import private_dir
 from .base import ObjectInfo, ObjectStore, SyncSummary
+from .digests import DigestCache, FileStat, file_stat, user_cache_path
+from .progress import SerializedProgress, SyncProgress, tqdm_progress
 
-_CHUNK = 1 << 20
+#: The sync API; the progress classes live in ``.progress`` and are imported from here too.
+__all__ = ["SyncProgress", "download", "tqdm_progress", "upload"]
+
 _MIB = 1 << 20
 #: Keys per parallel LIST range; below this many per worker one LIST is as fast.
 _LIST_CHUNK = 250
@@ -39,104 +38,7 @@ _LIST_CHUNK = 250
 _COMMON_PART = 8 * _MIB
 
 
-class SyncProgress:
-    """Receives a sync's progress; the base class ignores it. Calls never overlap."""
-
-    def start(self, total_files: int, total_bytes: int) -> None:
-        """The sync considers ``total_files`` files of ``total_bytes`` bytes in all."""
-
-    def advance(self, nbytes: int) -> None:
-        """``nbytes`` more bytes were sent, or found unchanged and skipped."""
-
-    def file_done(self, skipped: bool) -> None:
-        """One more file was transferred, or skipped as unchanged."""
-
-    def close(self) -> None:
-        """The sync ended (successfully or not)."""
-
-
-class _Serialized(SyncProgress):
-    """Forwards to another ``SyncProgress`` one call at a time (workers are threads)."""
-
-    def __init__(self, inner: SyncProgress):
-        self._inner, self._lock = inner, threading.Lock()
-
-    def start(self, total_files: int, total_bytes: int) -> None:
-        with self._lock:
-            self._inner.start(total_files, total_bytes)
-
-    def advance(self, nbytes: int) -> None:
-        with self._lock:
-            self._inner.advance(nbytes)
-
-    def file_done(self, skipped: bool) -> None:
-        with self._lock:
-            self._inner.file_done(skipped)
-
-    def close(self) -> None:
-        with self._lock:
-            self._inner.close()
-
-
-class _TqdmProgress(SyncProgress):
-    """Two tqdm bars: bytes, and files (with the number skipped as unchanged)."""
-
-    def __init__(self, desc: str, options: dict):
-        self._desc, self._options = desc, options
-        self._bytes = self._files = None
-        self._skipped = 0
-
-    def start(self, total_files: int, total_bytes: int) -> None:
-        from tqdm import tqdm
-        self._bytes = tqdm(total=total_bytes, desc=self._desc, unit="B", unit_scale=True,
-                           unit_divisor=1024, position=0, **self._options)
-        self._files = tqdm(total=total_files, desc="files", unit="file", position=1,
-                           **self._options)
-
-    def advance(self, nbytes: int) -> None:
-        self._bytes.update(nbytes)
-
-    def file_done(self, skipped: bool) -> None:
-        self._skipped += skipped
-        self._files.set_postfix(skipped=self._skipped, refresh=False)
-        self._files.update(1)
-
-    def close(self) -> None:
-        for bar in (self._files, self._bytes):
-            if bar is not None:
-                bar.close()
-
-
-def tqdm_progress(desc: str = "sync", **options) -> SyncProgress:
-    """A ``SyncProgress`` drawn as tqdm bars (``options`` go to ``tqdm``, e.g. ``disable``)."""
-    return _TqdmProgress(desc, options)
-
-
-# -- digests --------------------------------------------------------------------------------
-
-def multipart_etag(part_md5s: list[bytes]) -> str:
-    """S3's ETag of a multipart object: MD5 of the concatenated part MD5s, then ``-N``."""
-    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
-
-
-def _md5_of(f, length: int) -> hashlib._Hash:
-    """The MD5 of the next ``length`` bytes of the open file ``f`` (fewer at its end)."""
-    digest = hashlib.md5(usedforsecurity=False)
-    while length > 0 and (chunk := f.read(min(_CHUNK, length))):
-        digest.update(chunk)
-        length -= len(chunk)
-    return digest
-
-
-def file_etag(path: Path, part_size: int = 0) -> str:
-    """The ETag S3 gives ``path`` stored in one PUT (``part_size`` 0) or in parts of that size."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if not part_size:
-            return _md5_of(f, size).hexdigest()
-        count = max(1, math.ceil(size / part_size))
-        return multipart_etag([_md5_of(f, part_size).digest() for _ in range(count)])
-
+# -- comparing ------------------------------------------------------------------------------
 
 def _store_part(store: ObjectStore, size: int) -> int:
     """The part size ``store`` uploads ``size`` bytes with (0: one PUT, or no parts at all)."""
@@ -157,90 +59,10 @@ def _part_sizes(store: ObjectStore, size: int, etag: str) -> list[int]:
     return [p for p in sizes if math.ceil(size / p) == count]
 
 
-@dataclass(frozen=True)
-class _Stat:
-    """What the cache keys on: a changed size or modification time means new content."""
-
-    size: int
-    mtime_ns: int
-
-
-def _stat(path: Path) -> _Stat:
-    st = path.stat()
-    return _Stat(st.st_size, st.st_mtime_ns)
-
-
-class DigestCache:
-    """Remembers local files' ETags by (path, size, mtime_ns, part size) in SQLite.
-
-    Only rows under ``scope`` are loaded, once; new rows are written by ``save``. A cache
-    that cannot be opened (read-only home) degrades to memory only.
-    """
-
-    def __init__(self, db: Path | None, scope: Path):
-        self._db, self._lock = db, threading.Lock()
-        self._rows: dict[tuple[str, int], tuple[int, int, str]] = {}
-        self._new: dict[tuple[str, int], tuple[int, int, str]] = {}
-        try:
-            self._load(str(scope))
-        except (OSError, sqlite3.Error):
-            self._db = None
-
-    def _connect(self) -> sqlite3.Connection:
-        private_dir(self._db.parent)
-        conn = sqlite3.connect(self._db, timeout=10)
-        os.chmod(self._db, 0o600)
-        conn.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT, part INTEGER, size INTEGER,"
-                     " mtime_ns INTEGER, etag TEXT, PRIMARY KEY (path, part))")
-        return conn
-
-    def _load(self, scope: str) -> None:
-        if self._db is None:
-            return
-        below = scope.rstrip(os.sep) + os.sep
-        with closing(self._connect()) as conn:
-            rows = conn.execute("SELECT * FROM digests WHERE path = ? OR (path >= ? AND path < ?)",
-                                (scope, below, below[:-1] + chr(ord(os.sep) + 1)))
-            self._rows = {(p, part): (size, mtime, etag) for p, part, size, mtime, etag in rows}
-
-    def known(self, path: Path, stat: _Stat, part_size: int) -> str | None:
-        """The remembered ETag of ``path`` as of ``stat``, or None."""
-        row = self._rows.get((str(path), part_size))
-        return row[2] if row and row[:2] == (stat.size, stat.mtime_ns) else None
-
-    def etag(self, path: Path, stat: _Stat, part_size: int) -> str:
-        """The ETag of ``path`` in parts of ``part_size``, hashing only if not remembered."""
-        known = self.known(path, stat, part_size)
-        if known is not None:
-            return known
-        etag = file_etag(path, part_size)
-        self.remember(path, stat, part_size, etag)
-        return etag
-
-    def remember(self, path: Path, stat: _Stat, part_size: int, etag: str) -> None:
-        """Record that ``path`` as of ``stat`` has ``etag`` in parts of ``part_size``."""
-        with self._lock:
-            self._rows[(str(path), part_size)] = self._new[(str(path), part_size)] = \
-                (stat.size, stat.mtime_ns, etag)
-
-    def save(self) -> None:
-        """Write the rows learnt since loading (best effort: it is only a cache)."""
-        if self._db is None or not self._new:
-            return
-        rows = [(p, part, *value) for (p, part), value in self._new.items()]
-        try:
-            with closing(self._connect()) as conn, conn:
-                conn.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", rows)
-            self._new.clear()
-        except sqlite3.Error:
-            pass
-
-
 def cache_path(store: ObjectStore) -> Path:
     """Where digests are cached: the store's ``cache_dir`` if it has one, else ``$WML_HOME/cache``."""
-    base = getattr(store, "cache_dir", None) or \
-        Path(os.environ.get("WML_HOME") or "~/.wml").expanduser() / "cache"
-    return Path(base) / "digests.sqlite"
+    base = getattr(store, "cache_dir", None)
+    return Path(base) / "digests.sqlite" if base else user_cache_path()
 
 
 def _matches(store: ObjectStore, item: _Item, digest: Callable[..., str | None]) -> bool:
@@ -263,7 +85,7 @@ class _Item:
 
     path: Path
     key: str
-    stat: _Stat | None
+    stat: FileStat | None
     remote: ObjectInfo | None
     size: int
 
@@ -346,7 +168,7 @@ def _sync(store: ObjectStore, items: list[_Item], scope: Path, task, progress, w
           started: float) -> SyncSummary:
     """Drive one sync: settle what the cache proves unchanged, run ``task`` on the rest."""
     summary = SyncSummary()
-    report = _Serialized(progress or SyncProgress())
+    report = SerializedProgress(progress or SyncProgress())
     cache = DigestCache(cache_path(store), scope)
     try:
         report.start(len(items), sum(item.size for item in items))
@@ -376,7 +198,7 @@ def upload(store: ObjectStore, local_path, bucket: str, prefix: str = "",
     remote = _remote_index(store, bucket, listed, [key for _, key in files], workers)
     items = []
     for path, key in files:
-        stat = _stat(path)
+        stat = file_stat(path)
         items.append(_Item(path, key, stat, remote.get(key), stat.size))
 
     def send(item: _Item, cache: DigestCache, report: SyncProgress) -> tuple[bool, int]:
@@ -402,7 +224,7 @@ def download(store: ObjectStore, bucket: str, prefix: str, dest,
     for info in store.list(bucket, prefix.strip("/")):
         path = _remote_dest(dest, prefix, info.key)
         if path is not None:
-            stat = _stat(path) if path.is_file() else None
+            stat = file_stat(path) if path.is_file() else None
             items.append(_Item(path, info.key, stat, info, info.size))
 
     def fetch(item: _Item, cache: DigestCache, report: SyncProgress) -> tuple[bool, int]:
@@ -411,7 +233,7 @@ def download(store: ObjectStore, bucket: str, prefix: str, dest,
         store.get_file(bucket, item.key, item.path, report.advance)
         parts = _part_sizes(store, item.remote.size, item.remote.etag)
         if parts:
-            cache.remember(item.path, _stat(item.path), parts[0], item.remote.etag)
+            cache.remember(item.path, file_stat(item.path), parts[0], item.remote.etag)
         report.file_done(False)
         return True, item.remote.size
 

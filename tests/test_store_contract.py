@@ -125,6 +125,10 @@ def test_experiments_are_newest_first_and_scoped_to_their_account(store):
     add_experiment(store, "tie", created=T0 + 10)  # same time: the later stored is newer
     add_experiment(store, "bob", account="bob")
     assert [e.id for e in store.experiments("alice")] == ["tie", "new", "old"]
+    assert store.experiment_ids("alice") == ["tie", "new", "old"] and store.experiment_ids("alice", 2) == ["tie", "new"]
+    assert {i: e.name for i, e in store.experiments_by_id(["old", "bob", "missing"]).items()} == {
+        "old": "exp old", "bob": "exp bob"}
+    assert store.experiments_by_id([]) == {}
     assert store.experiment("bob", account="alice") is None
     assert store.experiment("bob", account="bob").id == "bob"
     assert store.experiment("missing") is None
@@ -149,8 +153,10 @@ def test_an_accounts_queue_is_its_queued_runs_in_submission_order(store):
     add_experiment(store, "e2", account="bob")
     add_experiment(store, "e3", runs=1)
     move(store, "e1-2", P)
-    assert store.queued("alice") == ["e1-1", "e1-3", "e3-1"]
-    assert store.queued("bob") == ["e2-1", "e2-2"] and store.queued("nobody") == []
+    positions = {r.id: r.queue_position for r in store.runs(positions=True)}
+    assert positions == {"e1-1": 1, "e1-2": None, "e1-3": 2, "e3-1": 3, "e2-1": 1, "e2-2": 2}
+    assert {r.queue_position for r in store.runs()} == {None}  # not asked for: not counted
+    assert store.run("e3-1").queue_position == 3 and store.run("e1-2").queue_position is None
 
 
 def test_state_counts_per_experiment(store):

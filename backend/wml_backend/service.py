@@ -46,7 +46,8 @@ class Service:
         self.lifecycle = Lifecycle(settings, store, executor, self.events)
         self.sweeps = SweepDriver(store, self.lifecycle)
         self._ended_cache: LRUCache[str, Experiment] = LRUCache(ENDED_CACHE)
-        self._summarising = threading.Lock()  # guards _ended_cache too (an LRU cache reorders on reads)
+        self._summarising = threading.Lock()
+        self._cache_lock = threading.Lock()  # an LRU cache reorders itself on reads too
         self.lifecycle.on_end.append(self.sweeps.on_end)
 
     def start(self) -> None:
@@ -112,41 +113,48 @@ class Service:
 
     def experiments(self, account: Account, limit: int = EXPERIMENTS_PAGE) -> list[Experiment]:
         """The account's ``limit`` newest experiments, newest first."""
-        rows = self.store.experiments(account.name, limit)
-        ended = self._ended([r.id for r in rows])
-        counts = self.store.state_counts([r.id for r in rows if r.id not in ended])
+        ids = self.store.experiment_ids(account.name, limit)
+        ended = self._ended(ids)
+        rows = self.store.experiments_by_id([i for i in ids if i not in ended])
+        counts = self.store.state_counts(list(rows))
         # A waiting experiment is summed up by its counts alone: only started ones need their runs.
-        waiting = {r.id: experiment_view(r, [], counts=counts[r.id]) for r in rows
-                   if r.id in counts and set(counts[r.id]) == {RunState.QUEUED.value}}
+        waiting = {i: experiment_view(row, [], counts=counts[i]) for i, row in rows.items()
+                   if set(counts[i]) == {RunState.QUEUED.value}}
         with self._summarising:  # one request at a time loads runs; the next reuses what it found ended
-            ended.update((r.id, self._ended_cache[r.id]) for r in rows if r.id in self._ended_cache)
-            started = self._summaries(account, [r for r in rows if r.id not in ended and r.id not in waiting])
-        return [ended.get(r.id) or waiting.get(r.id) or started[r.id] for r in rows]
+            ended.update(self._cached([i for i in rows if i not in waiting]))
+            summaries = self._summaries(account, [r for i, r in rows.items() if i not in ended and i not in waiting])
+        return [ended.get(i) or waiting.get(i) or summaries[i] for i in ids if i in ended or i in rows]
 
     def _ended(self, experiment_ids: list[str]) -> dict[str, Experiment]:
         """The summaries of the ended ones among ``experiment_ids``: kept in memory, else in the store."""
-        with self._summarising:
-            found = {i: self._ended_cache[i] for i in experiment_ids if i in self._ended_cache}
+        found = self._cached(experiment_ids)
         stored = self.store.summaries([i for i in experiment_ids if i not in found])
         for experiment_id, summary in stored.items():
             found[experiment_id] = Experiment.model_validate(summary)
-        with self._summarising:
-            self._ended_cache.update((i, found[i]) for i in stored)
+        self._keep({i: found[i] for i in stored})
         return found
+
+    def _cached(self, experiment_ids: list[str]) -> dict[str, Experiment]:
+        with self._cache_lock:
+            return {i: self._ended_cache[i] for i in experiment_ids if i in self._ended_cache}
+
+    def _keep(self, summaries: dict[str, Experiment]) -> None:
+        with self._cache_lock:
+            self._ended_cache.update(summaries)
 
     def _summaries(self, account: Account, rows: list) -> dict[str, Experiment]:
         """Summaries of ``rows`` from their runs; the ended ones are kept, in memory and in the store."""
         by_exp: dict[str, list[Run]] = {}
         now = time.time()
         for run in self.store.runs(account=account.name, experiment=[r.id for r in rows], transitions="live"):
-            by_exp.setdefault(run.experiment_id, []).append(run_view(run, now=now))
+            by_exp.setdefault(run.experiment_id, []).append(run_view(run, now))
         summaries = {}
         for row in rows:
             runs = by_exp.get(row.id, [])
             summaries[row.id] = experiment_view(row, runs, self._step_times(runs))
         ended = {i: s for i, s in summaries.items() if s.state not in ("QUEUED", "RUNNING")}
         self.store.save_summaries({i: s.model_dump(mode="json") for i, s in ended.items()})
-        self._ended_cache.update(ended)
+        self._keep(ended)
         return summaries
 
     def cancel_experiment(self, account: Account, experiment_id: str) -> Experiment:
@@ -166,7 +174,7 @@ class Service:
     def run(self, account: Account, run_id: str) -> Run:
         """One run, with queue position, GPU time and what reproduces it."""
         row = self._row(account, run_id)
-        run = run_view(row, self._positions(account) if row.state is RunState.QUEUED else None)
+        run = run_view(row)
         origin = self.store.experiment(row.experiment_id).definition.get("provenance") or {}
         run.provenance = {**origin, "hparams": row.hparams}
         return run
@@ -193,13 +201,9 @@ class Service:
             except ValueError:
                 known = ", ".join(s.value for s in RunState)
                 raise InvalidInput(f"state: {quoted(state)} is not one of {known}") from None
-        rows = self.store.runs(account=account.name, experiment=experiment, states=states)
-        positions = self._positions(account)
+        rows = self.store.runs(account=account.name, experiment=experiment, states=states, positions=True)
         now = time.time()
-        return [run_view(r, positions, now) for r in rows]
-
-    def _positions(self, account: Account) -> dict[str, int]:
-        return {run_id: place for place, run_id in enumerate(self.store.queued(account.name), 1)}
+        return [run_view(r, now) for r in rows]
 
     def cancel_run(self, account: Account, run_id: str) -> Run:
         """Halt one run (stored partial results included)."""
@@ -221,7 +225,7 @@ class Service:
     def usage(self, account: Account) -> Usage:
         """The account's quota, GPUs in use and queued, and GPU time per experiment."""
         now = time.time()
-        runs = [run_view(r, now=now) for r in self.store.runs(account=account.name, transitions="live")]
+        runs = [run_view(r, now) for r in self.store.runs(account=account.name, transitions="live")]
         return usage_view(account, self.store.experiments(account.name), runs)
 
 

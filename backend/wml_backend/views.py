@@ -12,13 +12,11 @@ from .states import RunState
 from .store import Account, ExperimentRow, RunRow
 
 
-def run_view(row: RunRow, positions: Optional[dict[str, int]] = None, now: Optional[float] = None) -> Run:
-    """The public ``Run`` with its GPU time and queue position filled in."""
+def run_view(row: RunRow, now: Optional[float] = None) -> Run:
+    """The public ``Run`` with its GPU time filled in (its queue position comes with the row)."""
     run = row.wire()
     if not (row.state.terminal and not row.transitions):  # ended runs keep their GPU time stored
         run.gpu_seconds = round(gpu_seconds(row.transitions, row.gpus * row.learners, now), 3)
-    if row.state is RunState.QUEUED and positions:
-        run.queue_position = positions.get(row.id)
     return run
 
 

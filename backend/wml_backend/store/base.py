@@ -91,21 +91,31 @@ class RunStore(ABC):
         """An account's experiments, newest first (by ``created``, then the later stored); at most ``limit``."""
 
     @abstractmethod
-    def run(self, run_id: str, account: Optional[str] = None) -> Optional[RunRow]:
-        """One run with its transitions in order, or None; None too if it is not ``account``'s."""
+    def experiment_ids(self, account: str, limit: Optional[int] = None) -> list[str]:
+        """The ids of ``experiments(account, limit)``, in the same order, without reading the rows."""
 
     @abstractmethod
-    def runs(self, account: Optional[str] = None, experiment: Optional[str | list[str]] = None,
-             states: Optional[Iterable[RunState]] = None, transitions: str = "all") -> list[RunRow]:
-        """Runs matching every filter given (``experiment``: one id or a list), in submission order.
+    def experiments_by_id(self, experiment_ids: list[str]) -> dict[str, ExperimentRow]:
+        """The experiments of those ids that exist, by id."""
 
-        ``transitions``: load each run's transitions for ``all`` runs, only ``live`` (not ended)
-        ones, or ``none`` (lists that show no GPU time or history need none).
+    @abstractmethod
+    def run(self, run_id: str, account: Optional[str] = None) -> Optional[RunRow]:
+        """One run with its transitions in order, or None; None too if it is not ``account``'s.
+
+        Every run read has its ``queue_position`` when QUEUED: its 1-based place in its account's
+        FIFO queue, as of the same instant as the rest of the row.
         """
 
     @abstractmethod
-    def queued(self, account: str) -> list[str]:
-        """The ids of an account's QUEUED runs, first in the queue first."""
+    def runs(self, account: Optional[str] = None, experiment: Optional[str | list[str]] = None,
+             states: Optional[Iterable[RunState]] = None, transitions: str = "all",
+             positions: bool = False) -> list[RunRow]:
+        """Runs matching every filter given (``experiment``: one id or a list), in submission order.
+
+        ``transitions``: load each run's transitions for ``all`` runs, only ``live`` (not ended)
+        ones, or ``none`` (lists that show no GPU time or history need none). ``positions``: fill
+        the QUEUED runs' ``queue_position`` (as ``run`` does), which costs a count per queued run.
+        """
 
     @abstractmethod
     def state_counts(self, experiment_ids: list[str]) -> dict[str, dict[str, int]]:

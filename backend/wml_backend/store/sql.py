@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS runs (
   handle {json} NOT NULL DEFAULT '{{}}', runner_token_hash TEXT, max_retries INTEGER NOT NULL DEFAULT 0,
   gpu_seconds {real} NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
-CREATE INDEX IF NOT EXISTS runs_state ON runs(state, account);
+CREATE INDEX IF NOT EXISTS runs_queue ON runs(state, account, seq);
 CREATE TABLE IF NOT EXISTS transitions (
   {rowid}run_id TEXT NOT NULL, state TEXT NOT NULL, time {real} NOT NULL, attempt INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS transitions_run ON transitions(run_id);
@@ -58,6 +58,9 @@ _RUN_COLUMNS = ("seq", "id", "experiment_id", "account", "name", "state", "hpara
                 "created", "gpu_ids", "handle", "runner_token_hash", "max_retries", "gpu_seconds")
 _EXPERIMENT_COLUMNS = ("id", "account", "name", "definition", "metric", "mode", "created")
 _TRANSITION_COLUMNS = ("run_id", "state", "time", "attempt")
+#: A QUEUED run's place in its account's queue, in the statement that reads the run: one snapshot.
+_QUEUE_POSITION = ("CASE WHEN state='QUEUED' THEN (SELECT COUNT(*) FROM runs ahead WHERE ahead.state='QUEUED' "
+                   "AND ahead.account=runs.account AND ahead.seq<=runs.seq) END")
 
 
 def schema(types: dict[str, str]) -> list[str]:
@@ -150,11 +153,13 @@ class SqlRunStore(RunStore):
         data["created"] = run.created.timestamp()
         return tuple(json.dumps(data[c]) if c in _JSON_FIELDS else data[c] for c in _RUN_COLUMNS[1:])
 
-    def _experiment_rows(self, where: str, args: tuple, limit: Optional[int] = None) -> list[ExperimentRow]:
-        rows = self._query(f"SELECT {','.join(_EXPERIMENT_COLUMNS)} FROM experiments WHERE {where} "
-                           f"ORDER BY created DESC, rowid DESC{f' LIMIT {int(limit)}' if limit else ''}", args)
+    def _experiment_rows(self, where: str, args: Sequence[Any], limit: Optional[int] = None) -> list[ExperimentRow]:
         return [ExperimentRow(**dict(zip(_EXPERIMENT_COLUMNS, row), definition=_load(row[3])))
-                for row in rows]
+                for row in self._newest(where, args, limit, _EXPERIMENT_COLUMNS)]
+
+    def _newest(self, where: str, args: Sequence[Any], limit: Optional[int], columns: Sequence[str]) -> list[tuple]:
+        return self._query(f"SELECT {','.join(columns)} FROM experiments WHERE {where} "
+                           f"ORDER BY created DESC, rowid DESC{f' LIMIT {int(limit)}' if limit else ''}", args)
 
     def experiment(self, experiment_id: str, account: Optional[str] = None) -> Optional[ExperimentRow]:
         where, args = ("id=? AND account=?", (experiment_id, account)) if account else ("id=?", (experiment_id,))
@@ -164,9 +169,19 @@ class SqlRunStore(RunStore):
     def experiments(self, account: str, limit: Optional[int] = None) -> list[ExperimentRow]:
         return self._experiment_rows("account=?", (account,), limit)
 
+    def experiment_ids(self, account: str, limit: Optional[int] = None) -> list[str]:
+        return [row[0] for row in self._newest("account=?", (account,), limit, ("id",))]
+
+    def experiments_by_id(self, experiment_ids: list[str]) -> dict[str, ExperimentRow]:
+        if not experiment_ids:
+            return {}
+        rows = self._experiment_rows(f"id IN ({','.join('?' * len(experiment_ids))})", experiment_ids)
+        return {row.id: row for row in rows}
+
     # -- runs -------------------------------------------------------------------------------
-    def _run_rows(self, where: str, args: list, transitions: str = "all") -> list[RunRow]:
-        rows = self._query(f"SELECT {','.join(_RUN_COLUMNS)} FROM runs WHERE {where} ORDER BY seq", args)
+    def _run_rows(self, where: str, args: list, transitions: str = "all", positions: bool = True) -> list[RunRow]:
+        position = _QUEUE_POSITION if positions else "NULL"
+        rows = self._query(f"SELECT {','.join(_RUN_COLUMNS)}, {position} FROM runs WHERE {where} ORDER BY seq", args)
         if not rows:
             return []
         state = _RUN_COLUMNS.index("state")
@@ -181,6 +196,7 @@ class SqlRunStore(RunStore):
                 data[key] = _load(data[key])
             data["created"] = datetime.fromtimestamp(data["created"], timezone.utc)
             data["transitions"] = trans.get(data["id"], [])
+            data["queue_position"] = row[-1]
             out.append(RunRow(**data))
         return out
 
@@ -190,7 +206,8 @@ class SqlRunStore(RunStore):
         return rows[0] if rows else None
 
     def runs(self, account: Optional[str] = None, experiment: Optional[str | list[str]] = None,
-             states: Optional[Iterable[RunState]] = None, transitions: str = "all") -> list[RunRow]:
+             states: Optional[Iterable[RunState]] = None, transitions: str = "all",
+             positions: bool = False) -> list[RunRow]:
         where, args = ["1=1"], []
         if account is not None:
             where.append("account=?")
@@ -203,12 +220,7 @@ class SqlRunStore(RunStore):
             states = [RunState(s).value for s in states]
             where.append(f"state IN ({','.join('?' * len(states))})" if states else "1=0")
             args.extend(states)
-        return self._run_rows(" AND ".join(where), args, transitions)
-
-    def queued(self, account: str) -> list[str]:
-        rows = self._query("SELECT id FROM runs WHERE state=? AND account=? ORDER BY seq",
-                           (RunState.QUEUED.value, account))
-        return [row[0] for row in rows]
+        return self._run_rows(" AND ".join(where), args, transitions, positions)
 
     def state_counts(self, experiment_ids: list[str]) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {e: {} for e in experiment_ids}

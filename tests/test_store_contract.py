@@ -72,6 +72,15 @@ def move(store: RunStore, run_id: str, *states: RunState, **fields) -> RunRow:
     return row
 
 
+def test_a_database_from_an_older_version_gains_the_columns_added_since(connect):
+    older = connect()
+    with older._tx() as db:  # as the first schema wrote it
+        db.execute("ALTER TABLE runs DROP COLUMN gpu_seconds")
+    store = connect()
+    add_experiment(store)
+    assert [r.gpu_seconds for r in store.runs()] == [0.0, 0.0]
+
+
 # -- accounts -------------------------------------------------------------------------------
 def test_accounts_are_created_found_by_token_and_listed_by_name(store):
     store.create_account(Account(name="zed", gpu_quota=1), "hash-z")

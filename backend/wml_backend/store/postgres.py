@@ -17,7 +17,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
                       "pip install 'wml-backend[postgres]'") from exc
 
 from ..errors import BackendFull
-from .sql import SqlRunStore, schema
+from .sql import SqlRunStore, schema, upgrades
 
 #: PostgreSQL's column types for the shared schema. JSON keeps the text as written (key order
 #: included), as SQLite does; ``rowid`` orders rows by insertion, as SQLite's implicit one.
@@ -74,6 +74,10 @@ class PostgresRunStore(SqlRunStore):
         with self._tx() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
             for statement in schema(TYPES):
+                db.execute(statement)
+            for statement in upgrades(TYPES, lambda table: {row[0] for row in db.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name=? "
+                    "AND table_schema=current_schema()", (table,)).fetchall()}):
                 db.execute(statement)
 
     def _conn(self) -> "psycopg.Connection":

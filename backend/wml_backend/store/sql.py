@@ -13,7 +13,7 @@ import json
 import time
 from abc import abstractmethod
 from datetime import datetime, timezone
-from typing import Any, ContextManager, Iterable, Optional, Protocol, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Optional, Protocol, Sequence
 
 from ..errors import Conflict, NotFound
 from ..models import MetricPoint
@@ -61,6 +61,17 @@ _TRANSITION_COLUMNS = ("run_id", "state", "time", "attempt")
 #: A QUEUED run's place in its account's queue, in the statement that reads the run: one snapshot.
 _QUEUE_POSITION = ("CASE WHEN state='QUEUED' THEN (SELECT COUNT(*) FROM runs ahead WHERE ahead.state='QUEUED' "
                    "AND ahead.account=runs.account AND ahead.seq<=runs.seq) END")
+
+
+#: Columns added since the first schema (table, column, definition): a database that an older
+#: version wrote gains them when it is opened.
+ADDED_COLUMNS = (("runs", "gpu_seconds", "{real} NOT NULL DEFAULT 0"),)
+
+
+def upgrades(types: dict[str, str], columns_of: Callable[[str], set[str]]) -> list[str]:
+    """The statements that add to an existing database the columns it lacks (``columns_of(table)``)."""
+    return [f"ALTER TABLE {table} ADD COLUMN {column} {definition.format(**types)}"
+            for table, column, definition in ADDED_COLUMNS if column not in columns_of(table)]
 
 
 def schema(types: dict[str, str]) -> list[str]:

@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - not POSIX: one process per database fi
     fcntl = None
 
 from ..errors import BackendFull
-from .sql import SqlRunStore, schema
+from .sql import SqlRunStore, schema, upgrades
 
 #: SQLite's column types for the shared schema (``rowid`` is SQLite's own).
 TYPES = {"json": "TEXT", "real": "REAL", "blob": "BLOB", "bigint": "INTEGER",
@@ -58,6 +58,8 @@ class SqliteRunStore(SqlRunStore):
         self._db.execute("PRAGMA busy_timeout=5000")
         with self._tx() as db:
             for statement in schema(TYPES):
+                db.execute(statement)
+            for statement in upgrades(TYPES, lambda table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")}):
                 db.execute(statement)
 
     @contextmanager

@@ -3,10 +3,12 @@ a failing learner fails the run, and admission holds all of a run's GPUs or none
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 import yaml
+from wml_backend.runner.learners import EPHEMERAL_RANGE, free_port
 
 from test_cli_e2e import TINY, active_spans
 
@@ -43,9 +45,11 @@ def test_a_failing_learner_fails_the_run_and_stops_its_peer(backend, tmp_path):
     started = time.monotonic()
     result = backend.cli("train", str(manifest), str(DDP), "--wait")
     assert result.returncode == 1
-    run = backend.cli_json("show", f"{result.stdout.strip().splitlines()[-1]}-01")
+    run_id = f"{result.stdout.strip().splitlines()[-1]}-01"
+    run = backend.cli_json("show", run_id)
     assert run["state"] == "FAILED" and run["exit_code"] == 1
     assert run["reason"].startswith("learner 2:")
+    assert "FAILED {'fail_rank': 1} exit 1: learner 2:" in repr(backend.client().run(run_id))
     assert "this learner fails" in run["log_tail"]
     assert time.monotonic() - started < 45, "the peer (sleeping 60 s) must have been stopped"
 
@@ -69,3 +73,12 @@ def test_multi_learner_runs_are_admitted_whole(backend, tmp_path):
             held += [(start, end, run["gpus"] * run["learners"]) for start, end in active_spans(run)]
     for start, _, _ in held:
         assert sum(g for s, e, g in held if s <= start < e) <= 2, "never more GPUs held than the quota"
+
+
+def test_the_rendezvous_port_is_free_and_out_of_reach_of_outgoing_connections():
+    low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    for _ in range(20):
+        port = free_port()
+        assert 1024 <= port < low, "an outgoing connection could take a port of the ephemeral range first"
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))

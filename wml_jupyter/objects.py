@@ -50,7 +50,8 @@ class Run:
                           "seq")
 
     def __repr__(self) -> str:
-        return f"<Run {self.id} {self.state.value} {self.hparams}>"
+        why = f" exit {self.exit_code}: {self.reason}" if self.state.value == "FAILED" else ""
+        return f"<Run {self.id} {self.state.value} {self.hparams}{why}>"
 
     def _repr_html_(self) -> str:
         return _table([run_row(self.model)], RUN_COLUMNS)

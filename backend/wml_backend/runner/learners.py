@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Optional
 
@@ -13,11 +15,38 @@ from .command import Command
 POLL_S = 0.05
 
 
+#: Where Linux keeps the range it draws the local ports of outgoing connections from.
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on now, for the learners' rendezvous."""
+    """A TCP port nothing is bound to now, for the learners' rendezvous."""
+    # Rank 0 binds it seconds later (after importing torch). A port below the ephemeral range
+    # cannot be taken meanwhile as the local port of some outgoing connection.
+    low = _ephemeral_low()
+    below = range(max(1024, low - 8192), low)
+    for port in random.sample(below, k=min(64, len(below))):
+        if _bindable(host, port):
+            return port
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 @dataclass(frozen=True)

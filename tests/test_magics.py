@@ -212,6 +212,24 @@ def test_line_train_submits_an_existing_definition_unchanged(shell, tmp_path):
     assert sorted(r.hparams["x"] for r in exp.runs()) == [5, 7]
 
 
+FAILS_ONCE = """
+import os, sys
+from pathlib import Path
+marker = Path(os.environ["CHECKPOINT_DIR"], "tried")
+if not marker.exists():
+    marker.write_text("once")
+    sys.exit(3)
+print("second attempt")
+"""
+
+
+def test_max_retries_starts_a_failed_run_again(shell):
+    exp = ok(shell, "%%wml train --name flaky --runs 1 --max-retries 1 --wait\n" + FAILS_ONCE)
+    run = exp.runs()[0]
+    assert run.state.value == "COMPLETED" and run.attempt == 2
+    assert "second attempt" in run.logs()
+
+
 def test_cancel_halts_every_live_run(shell):
     exp = ok(shell, "%%wml train --name forever --runs 2\nimport time\ntime.sleep(120)\n")
     ok(shell, f"%wml cancel {exp.id}")

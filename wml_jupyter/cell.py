@@ -115,6 +115,8 @@ class TrainOptions:
     max_steps: Optional[int] = None
     seed: Optional[int] = None
     include: list[str] = field(default_factory=list)
+    #: Restarts of a failed run (FAILED only after the last), with the same CHECKPOINT_DIR.
+    max_retries: int = 0
 
 
 def _param_yaml(spec: ParamSpec) -> Any:
@@ -155,6 +157,8 @@ def manifest(opts: TrainOptions) -> str:
     search = _search(opts)
     if search:
         data["search"] = search
+    if opts.max_retries:
+        data["max_retries"] = opts.max_retries
     return yaml.safe_dump(data, sort_keys=False)
 
 

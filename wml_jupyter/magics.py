@@ -113,6 +113,8 @@ def parse(handler: Handler, text: str) -> Any:
 @argument("--seed", type=int, help="seed of the search, for repeatable draws")
 @argument("--include", action="append", default=[], metavar="PATH",
           help="a file or directory shipped beside train.py, repeatable")
+@argument("--max-retries", type=int, default=0, metavar="N",
+          help="start a run again, up to N times, when its process fails (default 0)")
 @argument("--wait", action="store_true", help="block until every run has ended (the display keeps updating)")
 def train_cell(magics: WmlMagics, args: Any, cell: str) -> Any:
     """Submit the cell as train.py of a new training definition (one run per hyperparameter draw).
@@ -127,7 +129,8 @@ def train_cell(magics: WmlMagics, args: Any, cell: str) -> Any:
                    cpus=args.cpus, memory=args.memory, learners=args.learners, data=args.data,
                    sweep=args.sweep, runs=args.runs, search=args.search, metric=args.metric, mode=args.mode,
                    early_stop=args.early_stop, min_steps=args.min_steps, reduction_factor=args.reduction_factor,
-                   max_steps=args.max_steps, seed=args.seed, include=args.include)
+                   max_steps=args.max_steps, seed=args.seed, include=args.include,
+                   max_retries=args.max_retries)
     experiment = magics.client.train_code(cell, notebook=magics.shell.user_ns if magics.shell else None,
                                           first_line=2, **options)  # the cell's line 1 is %%wml
     return _submitted(magics, experiment.watch(args.metric), args.wait)

@@ -7,6 +7,7 @@ against a real server (``pgserver.py``) and is skipped without one unless WML_RE
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import datetime, timezone
 from typing import Callable
@@ -289,6 +290,31 @@ def test_another_connection_sees_what_was_committed(connect):
     first.close()
     second = connect()
     assert [r.id for r in second.runs()] == ["e1-1", "e1-2"] and second.secret("e1") == {"k": "v"}
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def read_in_threads(store: RunStore, threads: int, together: bool) -> None:
+    """``store.runs()`` in that many short-lived threads, one after another or all at once."""
+    start = threading.Barrier(threads if together else 1)
+    for batch in ([range(threads)] if together else [[i] for i in range(threads)]):
+        readers = [threading.Thread(target=lambda: (start.wait(), store.runs())) for _ in batch]
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+
+
+def test_reads_from_many_threads_leave_no_connections_behind(store):
+    """The local executor reads from a thread per run: 200 runs must not leave 200 open connections."""
+    add_experiment(store)
+    read_in_threads(store, 20, together=True)  # SQLite keeps the files of its peak readers for reuse
+    before = open_files()
+    read_in_threads(store, 200, together=False)
+    read_in_threads(store, 20, together=True)
+    assert open_files() - before <= 3, "connections of ended threads are still open"
 
 
 def test_replicas_racing_to_admit_a_run_admit_it_once(connect):

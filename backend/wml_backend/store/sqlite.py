@@ -17,6 +17,9 @@ except ImportError:  # pragma: no cover - not POSIX: one process per database fi
 from ..errors import BackendFull
 from .sql import SqlRunStore, schema, upgrades
 
+#: Idle reader connections kept for the next reads; a reader returned beyond these is closed.
+IDLE_READERS = 8
+
 #: SQLite's column types for the shared schema (``rowid`` is SQLite's own).
 TYPES = {"json": "TEXT", "real": "REAL", "blob": "BLOB", "bigint": "INTEGER",
          "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "rowid": ""}
@@ -51,8 +54,9 @@ class SqliteRunStore(SqlRunStore):
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.RLock()
         self._admitting = threading.Lock()
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
@@ -75,22 +79,33 @@ class SqliteRunStore(SqlRunStore):
                 raise
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
-        """Reads run on a connection of the calling thread's own, in parallel with other readers."""
+        """Reads run on a reader connection of their own, in parallel with other readers."""
         if self.path == ":memory:":
             with self._lock:
                 return self._db.execute(sql, tuple(args)).fetchall()
-        return self._reader().execute(sql, tuple(args)).fetchall()
+        with self._reader() as reader:
+            return reader.execute(sql, tuple(args)).fetchall()
 
-    def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "reader", None)
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        """An idle reader, or a new one; afterwards it waits for the next read, or is closed."""
+        # Pooled rather than one per thread: the executor starts a thread per run, and a
+        # connection per thread that ever read would live (and hold its cache) forever.
+        with self._pool_lock:
+            conn = self._idle.pop() if self._idle else None
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)  # closed by close()
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA busy_timeout=5000")
             conn.execute("PRAGMA query_only=ON")
-            self._local.reader = conn
-            with self._lock:
-                self._readers.append(conn)
-        return conn
+        try:
+            yield conn
+        finally:
+            with self._pool_lock:
+                keep = not self._closed and len(self._idle) < IDLE_READERS
+                if keep:
+                    self._idle.append(conn)
+            if not keep:
+                conn.close()
 
     @contextmanager
     def admission_lock(self) -> Iterator[None]:
@@ -107,6 +122,9 @@ class SqliteRunStore(SqlRunStore):
     def close(self) -> None:
         """Close the database."""
         with self._lock:
-            for reader in self._readers:
+            with self._pool_lock:
+                self._closed = True
+                idle, self._idle = self._idle, []
+            for reader in idle:
                 reader.close()
             self._db.close()

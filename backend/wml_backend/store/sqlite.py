@@ -17,8 +17,9 @@ except ImportError:  # pragma: no cover - not POSIX: one process per database fi
 from ..errors import BackendFull
 from .sql import SqlRunStore, schema, upgrades
 
-#: Idle reader connections kept for the next reads; a reader returned beyond these is closed.
-IDLE_READERS = 8
+#: Idle reader connections kept warm for the next reads (about the API server's worker threads);
+#: a reader returned beyond these is closed.
+IDLE_READERS = 32
 
 #: SQLite's column types for the shared schema (``rowid`` is SQLite's own).
 TYPES = {"json": "TEXT", "real": "REAL", "blob": "BLOB", "bigint": "INTEGER",

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from bisect import bisect_right
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -62,8 +63,17 @@ def dispatch_gaps(runs: list, slots: int) -> list[float]:
     return gaps
 
 
-def through_backend(command: str, runs: int, slots: int) -> tuple[float, float, list[float]]:
-    """Makespan, accept time and dispatch gaps of the same commands through the backend."""
+def time_in_states(runs: list) -> dict[str, float]:
+    """Median seconds a run spends in each active state: where the overhead goes."""
+    spent: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        for entered, left in zip(run.transitions, run.transitions[1:]):
+            spent[entered.state.value].append(left.time.timestamp() - entered.time.timestamp())
+    return {state: statistics.median(seconds) for state, seconds in spent.items() if state != "QUEUED"}
+
+
+def through_backend(command: str, runs: int, slots: int) -> tuple[float, float, list[float], dict[str, float]]:
+    """Makespan, accept time, dispatch gaps and time in states of the same commands through the backend."""
     with tempfile.TemporaryDirectory() as tmp:
         backend = BackendProcess(Path(tmp) / "home", gpus=slots, slots=slots).start()
         try:
@@ -80,7 +90,7 @@ def through_backend(command: str, runs: int, slots: int) -> tuple[float, float, 
             last = max(t.time.timestamp() for r in all_runs for t in r.transitions)
             makespan = last - first
             del finished
-            return makespan, accepted, dispatch_gaps(all_runs, slots)
+            return makespan, accepted, dispatch_gaps(all_runs, slots), time_in_states(all_runs)
         finally:
             backend.close()
 
@@ -94,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     command = f"sleep {args.seconds}"
     base = baseline(command, args.runs, args.slots)
-    ours, accepted, gaps = through_backend(command, args.runs, args.slots)
+    ours, accepted, gaps, states = through_backend(command, args.runs, args.slots)
     print(f"{args.runs} runs of '{command}' on {args.slots} slots")
     print(f"  process pool makespan      {base:7.2f} s")
     print(f"  backend makespan           {ours:7.2f} s")
@@ -102,6 +112,7 @@ def main() -> None:
     print(f"  dispatch gap p50           {1000 * statistics.median(gaps):7.1f} ms (goal <= 20 ms)")
     print(f"  dispatch gap p99           {1000 * percentile(gaps, 99):7.1f} ms (goal <= 100 ms)")
     print(f"  accept {args.runs}-run experiment {1000 * accepted:7.1f} ms")
+    print("  median time in each state  " + ", ".join(f"{state} {1000 * s:.0f} ms" for state, s in states.items()))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,13 @@ def trials_of(store: RunStore, experiment_id: str, metric: str) -> dict[str, Tri
     return trials
 
 
+def _up_to(trials: dict[str, Trial], run_id: str, step: float) -> dict[str, Trial]:
+    """The trials as they were when run ``run_id`` reached ``step``: its curve cut there."""
+    trial = trials[run_id]
+    cut = Trial(trial.hparams, trial.state, {s: v for s, v in trial.curve.items() if s <= step})
+    return {**trials, run_id: cut}
+
+
 class SweepDriver:
     """Early-stopping decisions when a run's metric reaches a new rung; new TPE points when runs end."""
 
@@ -59,7 +66,12 @@ class SweepDriver:
             if not due:
                 return
             self._checked[run.id] = max(due)
-            reason = early_stop(search, space, trials_of(self.store, run.experiment_id, search.metric), run.id)
+            trials = trials_of(self.store, run.experiment_id, search.metric)
+            # ASHA judges a run at each rung it passed, in order, even when one batch of points
+            # carries several (its first cut-off applies); the median rule at the latest step only.
+            judged = due if search.early_stopping.type == "asha" else due[-1:]
+            reason = next(filter(None, (early_stop(search, space, _up_to(trials, run.id, rung), run.id)
+                                        for rung in judged)), None)
         if reason:
             self.lifecycle.stop(self.store.run(run.id), RunState.STOPPED, reason)
 

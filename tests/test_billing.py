@@ -4,8 +4,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from wml_backend.billing import gpu_seconds
-from wml_backend.models import Transition
+from wml_backend.billing import gpu_seconds, run_gpu_seconds
+from wml_backend.models import Run, Transition
 
 
 def at(*pairs):
@@ -33,3 +33,16 @@ def test_a_start_lost_in_a_backend_crash_is_not_billed():
 def test_a_running_run_is_billed_until_now():
     run = at(("QUEUED", 0), ("PENDING", 1), ("PROCESSING", 2))
     assert gpu_seconds(run, gpus=3, now=11) == pytest.approx(30)
+
+
+
+def test_a_wait_for_the_cluster_to_bind_gpus_is_not_billed():
+    """Kueue holding the Job, or no node free for its pod: the run waits, and pays nothing for it."""
+    processing = Run(id="r-01", experiment_id="r", account="a", name="r", state="PROCESSING", gpus=2,
+                     created=datetime.fromtimestamp(0, timezone.utc), gpu_wait_seconds=25,
+                     transitions=at(("QUEUED", 0), ("PENDING", 10), ("PROCESSING", 40)))
+    assert run_gpu_seconds(processing, now=100) == pytest.approx(2 * (90 - 25))
+    waiting = processing.model_copy(update={
+        "state": "PENDING", "transitions": at(("QUEUED", 0), ("PENDING", 10)), "gpu_wait_seconds": 0,
+        "waiting_since": datetime.fromtimestamp(10, timezone.utc)})
+    assert run_gpu_seconds(waiting, now=100) == 0

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from wml_backend import models
-from wml_backend.billing import gpu_seconds
+from wml_backend.billing import run_gpu_seconds
 from wml_backend.states import RunState
 
 from .compare import MAX_DRAW_POINTS, curves_png, downsample, png_img, snapshot_png, warm_up
@@ -67,7 +67,7 @@ def summary_text(model: ExperimentModel) -> str:
     """n queued / running / done, GPU-hours used, the best run so far."""
     counts, now = model.counts(), time.time()
     with model.lock:
-        gpu_s = sum(gpu_seconds(r.transitions, r.gpus * r.learners, now) for r in model.runs.values())
+        gpu_s = sum(run_gpu_seconds(r, now) for r in model.runs.values())
     done = sum(n for s, n in counts.items() if RunState(s).terminal)
     running = sum(n for s, n in counts.items() if RunState(s).active)
     ended = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()) if RunState(s).terminal)
@@ -101,7 +101,7 @@ def _row(run: models.Run, params: list[str], names: list[str], latest: dict, now
     state = run.state.value + (f" #{run.queue_position}" if run.queue_position else "")
     return [run.id, state, *(_num(run.hparams[p]) if p in run.hparams else "" for p in params),
             *(_num(latest[n]) if n in latest else "" for n in names),
-            duration(gpu_seconds(run.transitions, run.gpus * run.learners, now)), duration(_elapsed(run, now))]
+            duration(run_gpu_seconds(run, now)), duration(_elapsed(run, now))]
 
 
 def table_html(model: ExperimentModel) -> str:

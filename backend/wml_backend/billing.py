@@ -5,12 +5,12 @@ from __future__ import annotations
 import time as _time
 from typing import Iterable, Optional
 
-from .models import Transition
+from .models import Run, Transition
 from .states import RunState
 
 
 def gpu_seconds(transitions: Iterable[Transition], gpus: int, now: Optional[float] = None) -> float:
-    """GPU-seconds a run has used: every span from PENDING to leaving the active states.
+    """GPU-seconds of every span from PENDING to leaving the active states.
 
     A span that went from PENDING straight back to QUEUED never started (the backend stopped
     between assigning GPUs and starting the run) and is not billed.
@@ -26,5 +26,17 @@ def gpu_seconds(transitions: Iterable[Transition], gpus: int, now: Optional[floa
             start = None
         previous = t.state
     if start is not None:
-        total += (now if now is not None else _time.time()) - start
+        total += _now(now) - start
     return gpus * total
+
+
+def run_gpu_seconds(run: Run, now: Optional[float] = None) -> float:
+    """A run's GPU time: its active spans less the time it waited for the cluster to bind its GPUs
+    (a Job suspended in Kueue, a pod no node can take yet)."""
+    waiting = run.gpu_wait_seconds + (_now(now) - run.waiting_since.timestamp() if run.waiting_since else 0.0)
+    gpus = run.gpus * run.learners
+    return max(0.0, gpu_seconds(run.transitions, gpus, now) - gpus * waiting)
+
+
+def _now(now: Optional[float]) -> float:
+    return now if now is not None else _time.time()

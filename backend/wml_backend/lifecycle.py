@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from .billing import gpu_seconds
+from .billing import run_gpu_seconds
 from .errors import Conflict
 from .events import EventBus
 from .executors import Executor, Launch
@@ -75,21 +75,38 @@ class Lifecycle:
         self.on_end: list[Callable[[RunRow], None]] = []
         executor.on_exit = self.runner_exited
         executor.on_note = self.note
+        executor.on_bound = self.gpus_bound
 
     # -- state changes ---------------------------------------------------------------------
-    def move(self, run_id: str, state: RunState, **fields: Any) -> RunRow:
-        """Store a transition, publish it, and wake the scheduler if GPUs were freed."""
-        row = self.store.transition(run_id, state, time.time(), **fields)
+    def move(self, run_id: str, state: RunState, at: Optional[float] = None, **fields: Any) -> RunRow:
+        """Store a transition (now, or ``at``), publish it, and wake the scheduler if GPUs were freed."""
+        stamp = time.time() if at is None else at
+        row = self.store.transition(run_id, state, stamp, **fields)
+        if row.waiting_since is not None and state is not RunState.PENDING:
+            row = self._end_wait(row, stamp)  # its runner runs, so its GPUs are bound; or it ended
         self.events.publish(row.account, {"type": "run", "run": run_view(row).model_dump(mode="json")})
         if state.terminal:
             self._stopping.pop(run_id, None)
-            row.gpu_seconds = round(gpu_seconds(row.transitions, row.gpus * row.learners), 3)
+            row.gpu_seconds = round(run_gpu_seconds(row), 3)
             self.store.update_run(run_id, gpu_seconds=row.gpu_seconds)
             for hook in self.on_end:
                 hook(row)
         if not state.active:
             self._wake.set()
         return row
+
+    def gpus_bound(self, run_id: str, attempt: int, at: float) -> None:
+        """The cluster has bound the GPUs of the run's ``attempt`` (at ``at``): billing starts."""
+        run = self.store.run(run_id)
+        if run is not None and run.attempt == attempt and run.waiting_since is not None:
+            self._end_wait(run, at)
+
+    def _end_wait(self, run: RunRow, at: float) -> RunRow:
+        """Count the wait for GPUs that ends at ``at`` as not billed."""
+        run.gpu_wait_seconds += max(0.0, at - run.waiting_since.timestamp())
+        run.waiting_since = None
+        self.store.update_run(run.id, gpu_wait_seconds=run.gpu_wait_seconds, waiting_since=None)
+        return run
 
     def fail(self, run: RunRow, reason: str, exit_code: Optional[int] = None,
              log_tail: Optional[list[str]] = None) -> RunRow:
@@ -141,9 +158,12 @@ class Lifecycle:
                 self._launch(admission.run, admission.gpu_ids)
 
     def _launch(self, run: RunRow, gpu_ids: tuple[int, ...]) -> None:
-        token = secrets.token_urlsafe(24)
+        token, now = secrets.token_urlsafe(24), time.time()
+        # An executor whose cluster binds GPUs later (Kueue, the pod scheduler) bills from then.
+        waiting = {"waiting_since": now} if self.executor.binds_gpus_later else {}
         try:
-            row = self.move(run.id, RunState.PENDING, gpu_ids=list(gpu_ids), runner_token_hash=token_hash(token))
+            row = self.move(run.id, RunState.PENDING, at=now, gpu_ids=list(gpu_ids),
+                            runner_token_hash=token_hash(token), **waiting)
         except Conflict:
             return  # cancelled, or admitted by another replica, since the plan was made
         definition = self.store.experiment(run.experiment_id).definition

@@ -34,6 +34,10 @@ class Run(BaseModel):
     gpus: int = 0
     learners: int = 1
     gpu_seconds: float = 0.0
+    #: Seconds its active attempts waited for the cluster to bind their GPUs: not billed.
+    gpu_wait_seconds: float = 0.0
+    #: Since when the current attempt waits for the cluster to bind its GPUs (not billed), if it does.
+    waiting_since: Optional[datetime] = None
     exit_code: Optional[int] = None
     reason: Optional[str] = None
     #: The last lines of the training log, kept when a run fails.

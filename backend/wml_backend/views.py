@@ -6,7 +6,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Optional
 
-from .billing import gpu_seconds
+from .billing import run_gpu_seconds
 from .models import BestRun, Experiment, ExperimentUsage, Run, Usage
 from .states import RunState
 from .store import Account, ExperimentRow, RunRow
@@ -16,7 +16,7 @@ def run_view(row: RunRow, now: Optional[float] = None) -> Run:
     """The public ``Run`` with its GPU time filled in (its queue position comes with the row)."""
     run = row.wire()
     if not (row.state.terminal and not row.transitions):  # ended runs keep their GPU time stored
-        run.gpu_seconds = round(gpu_seconds(row.transitions, row.gpus * row.learners, now), 3)
+        run.gpu_seconds = round(run_gpu_seconds(row, now), 3)
     return run
 
 

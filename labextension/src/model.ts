@@ -68,8 +68,12 @@ export interface Run {
   gpus: number;
   /** Cooperating learners (processes or pods). */
   learners: number;
-  /** GPU time billed so far (gpus × seconds from PENDING to leaving STORING). */
+  /** GPU time billed so far (gpus × seconds from PENDING to leaving STORING, less gpu_wait_seconds). */
   gpu_seconds: number;
+  /** Seconds its attempts waited for the cluster to bind their GPUs (Kueue, a busy cluster): not billed. */
+  gpu_wait_seconds: number;
+  /** Since when (ISO 8601) the current attempt waits for the cluster to bind its GPUs, if it does. */
+  waiting_since: string | null;
   /** Exit code of the training command, once it ended. */
   exit_code: number | null;
   /** Why it failed or was stopped. */

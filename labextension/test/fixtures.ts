@@ -13,6 +13,8 @@ export function makeRun(fields: Partial<Run> = {}): Run {
     gpus: 1,
     learners: 1,
     gpu_seconds: 12.5,
+    gpu_wait_seconds: 0,
+    waiting_since: null,
     exit_code: null,
     reason: null,
     log_tail: [],

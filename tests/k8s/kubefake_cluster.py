@@ -196,11 +196,12 @@ class Cluster:
             cond = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                     "message": f"0/1 nodes are available: {problem}. preemption: 0/1 nodes are available: "
                                "1 No preemption victims found for incoming pod."}
-        if pod["status"].get("conditions") == [cond]:
+        if [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in pod["status"].get("conditions") or []] \
+                == [cond]:
             return
 
         def change(p: dict) -> None:
-            p["status"]["conditions"] = [cond]
+            p["status"]["conditions"] = [{**cond, "lastTransitionTime": now()}]
             if problem is None:
                 p["spec"]["nodeName"] = self.node
         self.store.update("pods", ns, pod["metadata"]["name"], change)

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from types import SimpleNamespace
 
 import httpx
@@ -101,6 +102,10 @@ def wait_run(backend: BackendProcess, run_id: str,
     raise AssertionError(f"{run_id} stuck: {backend.cli_json('show', run_id)}")
 
 
+def _stamp(transition: dict) -> float:
+    return datetime.fromisoformat(transition["time"]).timestamp()
+
+
 def jobs_of(k8s, run_id: str) -> list[dict]:
     return [j for j in k8s.kube.objects("jobs") if j["metadata"]["labels"]["wml.dev/run"] == run_id]
 
@@ -113,6 +118,8 @@ def test_a_run_is_a_job_whose_pod_runs_the_runner(k8s, tmp_path):
     assert [t["state"] for t in run["transitions"]] == [
         "QUEUED", "PENDING", "DOWNLOADING", "PROCESSING", "STORING", "COMPLETED"]
     assert run["metrics"]["step"] == 2
+    span = _stamp(run["transitions"][-1]) - _stamp(run["transitions"][1])
+    assert 0 < run["gpu_seconds"] <= span, "billed from the pod's binding, at most from PENDING"
     assert "tiny training with lr=0.3" in k8s.backend.cli("logs", run_id).stdout
     results = k8s.backend.home / "storage" / "wml-results" / f"training-{run_id}"
     assert (results / "started.txt").exists() and (results / "learner-1" / "training-log.txt").exists()
@@ -167,8 +174,11 @@ def test_a_run_waiting_for_gpus_says_so(k8s, tmp_path):
     run = wait_run(k8s.backend, run_id, until=lambda r: (r["reason"] or "").startswith("waiting"), timeout=30)
     assert run["state"] == "PENDING"
     assert run["reason"].startswith("waiting for free GPUs: 0/1 nodes are available: 1 Insufficient nvidia.com/gpu")
+    time.sleep(1)
+    assert k8s.backend.cli_json("show", run_id)["gpu_seconds"] == 0, "no GPU is bound: nothing is billed"
     k8s.backend.cli("cancel", run_id)
-    assert wait_run(k8s.backend, run_id)["state"] == "HALTED"
+    halted = wait_run(k8s.backend, run_id)
+    assert halted["state"] == "HALTED" and halted["gpu_seconds"] == 0 and halted["gpu_wait_seconds"] > 1
 
 
 def test_a_restarted_backend_reattaches_to_running_jobs(k8s, tmp_path):

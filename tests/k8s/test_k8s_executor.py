@@ -30,6 +30,8 @@ class Recorder:
         self.executor.on_exit = lambda run_id, attempt, code, reason=None, log_tail=None: self.exits.put(
             (run_id, code, reason))
         self.executor.on_note = lambda run_id, note: self.notes.append((run_id, note))
+        self.bound: list[tuple[str, float]] = []
+        self.executor.on_bound = lambda run_id, attempt, at: self.bound.append((run_id, at))
 
     def exit(self, timeout: float = 20) -> tuple[str, int | None, str | None]:
         """The next run that ended: (run id, exit code, reason)."""
@@ -98,9 +100,12 @@ def test_kueue_job_waits_suspended_until_admitted(fake_kube, monkeypatch):
     rec = Recorder(monkeypatch, kube, WML_K8S_KUEUE_QUEUE="wml-{account}")
     handle = rec.executor.start(launch("kq-01"))
     assert rec.note("kq-01") == "waiting for Kueue to admit it (LocalQueue wml-alice)"
-    assert kube.objects("pods") == []
+    assert kube.objects("pods") == [] and rec.bound == [], "suspended: no GPU is bound yet"
+    admitted = time.time()
     kube.cluster.admit(kube.namespace, handle["job"])
     assert rec.exit() == ("kq-01", 0, None)
+    [(run_id, bound_at)] = rec.bound
+    assert run_id == "kq-01" and admitted - 1 <= bound_at <= time.time()  # the API's times are whole seconds
     rec.executor.close()
 
 

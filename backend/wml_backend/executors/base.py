@@ -44,11 +44,16 @@ class Executor(ABC):
     """Starts runners, stops them, and says when one has ended (``on_exit``)."""
 
     name: str = "executor"
+    #: False: a run's GPUs are its own from admission. True: the cluster binds them later
+    #: (``on_bound``), and the run is billed from then.
+    binds_gpus_later: bool = False
 
     def __init__(self) -> None:
         self.on_exit: ExitCallback = lambda run_id, attempt, code, reason=None, log_tail=None: None
         #: Called with (run_id, text) when the executor learns why a started run still waits.
         self.on_note: Callable[[str, str], None] = lambda run_id, note: None
+        #: Called with (run_id, attempt, time) when the cluster has bound a started run's GPUs.
+        self.on_bound: Callable[[str, int, float], None] = lambda run_id, attempt, at: None
 
     @abstractmethod
     def capacity(self) -> Capacity:

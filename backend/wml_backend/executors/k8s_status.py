@@ -2,11 +2,13 @@
 
 Pure functions of the objects the watches deliver: whether a Job or pod is over, the runner's exit
 code, which learner a pod is, and in words a user can act on why a run failed (out of memory,
-evicted, timed out...), cannot start (image pull, container config) or still waits (Kueue, no GPU).
+evicted, timed out...), cannot start (image pull, container config) or still waits (Kueue, no GPU), and when its GPUs were bound.
 """
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
@@ -62,6 +64,17 @@ def pod_over(pod: Optional[Mapping[str, Any]]) -> bool:
 def exit_code(pod: Optional[Mapping[str, Any]]) -> Optional[int]:
     """The runner container's exit code, when it has one."""
     return (container_state(pod).get("terminated") or {}).get("exitCode")
+
+
+def scheduled_at(pod: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """When the pod was bound to a node (its GPUs with it), if it has been."""
+    scheduled = condition(pod, "PodScheduled")
+    if scheduled is None:
+        return None
+    try:
+        return datetime.fromisoformat(scheduled["lastTransitionTime"]).timestamp()
+    except (KeyError, TypeError, ValueError):  # a condition without its time: it is news now
+        return time.time()
 
 
 def pod_index(pod: Optional[Mapping[str, Any]]) -> int:

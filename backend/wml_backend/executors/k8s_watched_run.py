@@ -18,6 +18,7 @@ from .k8s_status import (
     pod_failed,
     pod_index,
     pod_over,
+    scheduled_at,
     stuck_reason,
     waiting_note,
 )
@@ -49,6 +50,8 @@ class WatchedRun:
     pods: dict = None  # type: ignore[assignment]
     #: The pod of the first learner that failed (a multi-learner run).
     failed_pod: Optional[dict] = None
+    #: Whether the executor has said that the run's GPUs are bound.
+    bound: bool = False
 
     def __post_init__(self) -> None:
         self.pods = {} if self.pods is None else self.pods
@@ -78,6 +81,12 @@ class WatchedRun:
             self.failed_pod = pod
         if index == 0:  # learner 1 reports the run's states; its pod stands for the run
             self.pod, self.pod_gone = pod, gone
+
+    def newly_bound(self) -> Optional[float]:
+        """When learner 1's pod was bound to a node, the first time the watches show it bound."""
+        at = None if self.bound else scheduled_at(self.live_pod)
+        self.bound = self.bound or at is not None
+        return at
 
     def decide(self, options: K8sOptions) -> Optional[str]:
         """What to do now: ``"end"``, ``"fail"`` (a learner failed), ``"stop"`` (stuck), ``"note"``, or None."""

@@ -40,6 +40,7 @@ class KubernetesExecutor(Executor):
     """Runs each run's runner as a Job in one namespace; follows them with watches."""
 
     name = "kubernetes"
+    binds_gpus_later = True  # Kueue admits the Job, the scheduler binds its pod: billing starts then
     #: Seconds a cancelled runner may take to store partial results before ``kill``: the pods'
     #: termination grace period (the lifecycle is asked to wait this long, not its local 10 s).
     cancel_grace_s = TERMINATION_GRACE_S
@@ -177,9 +178,12 @@ class KubernetesExecutor(Executor):
         """Decide what a run's Job and pod mean now, and act on it (outside the lock)."""
         with self._lock:
             run = self._runs.get(run_id)
+            bound_at = run.newly_bound() if run else None
             action = run.decide(self.options) if run else None
             if action in ("end", "fail"):
                 self._forget(run_id)
+        if bound_at is not None:
+            self.on_bound(run_id, run.attempt, bound_at)
         if action == "end":
             self._end(run_id, run)
         elif action == "fail":

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS runs (
   log_tail {json} NOT NULL DEFAULT '[]', metrics {json} NOT NULL DEFAULT '{{}}', results TEXT,
   attempt INTEGER NOT NULL DEFAULT 1, created {real} NOT NULL, gpu_ids {json} NOT NULL DEFAULT '[]',
   handle {json} NOT NULL DEFAULT '{{}}', runner_token_hash TEXT, max_retries INTEGER NOT NULL DEFAULT 0,
-  gpu_seconds {real} NOT NULL DEFAULT 0);
+  gpu_seconds {real} NOT NULL DEFAULT 0, gpu_wait_seconds {real} NOT NULL DEFAULT 0, waiting_since {real});
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
 CREATE INDEX IF NOT EXISTS runs_queue ON runs(state, account, seq);
 CREATE TABLE IF NOT EXISTS transitions (
@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS summaries (experiment_id TEXT PRIMARY KEY, payload {j
 _JSON_FIELDS = {"hparams", "log_tail", "metrics", "gpu_ids", "handle"}
 _RUN_COLUMNS = ("seq", "id", "experiment_id", "account", "name", "state", "hparams", "gpus",
                 "learners", "exit_code", "reason", "log_tail", "metrics", "results", "attempt",
-                "created", "gpu_ids", "handle", "runner_token_hash", "max_retries", "gpu_seconds")
+                "created", "gpu_ids", "handle", "runner_token_hash", "max_retries", "gpu_seconds",
+                "gpu_wait_seconds", "waiting_since")
 _EXPERIMENT_COLUMNS = ("id", "account", "name", "definition", "metric", "mode", "created")
 _TRANSITION_COLUMNS = ("run_id", "state", "time", "attempt")
 #: A QUEUED run's place in its account's queue, in the statement that reads the run: one snapshot.
@@ -65,7 +66,9 @@ _QUEUE_POSITION = ("CASE WHEN state='QUEUED' THEN (SELECT COUNT(*) FROM runs ahe
 
 #: Columns added since the first schema (table, column, definition): a database that an older
 #: version wrote gains them when it is opened.
-ADDED_COLUMNS = (("runs", "gpu_seconds", "{real} NOT NULL DEFAULT 0"),)
+ADDED_COLUMNS = (("runs", "gpu_seconds", "{real} NOT NULL DEFAULT 0"),
+                 ("runs", "gpu_wait_seconds", "{real} NOT NULL DEFAULT 0"),
+                 ("runs", "waiting_since", "{real}"))
 
 
 def upgrades(types: dict[str, str], columns_of: Callable[[str], set[str]]) -> list[str]:
@@ -206,6 +209,8 @@ class SqlRunStore(RunStore):
             for key in _JSON_FIELDS:
                 data[key] = _load(data[key])
             data["created"] = datetime.fromtimestamp(data["created"], timezone.utc)
+            if data["waiting_since"] is not None:
+                data["waiting_since"] = datetime.fromtimestamp(data["waiting_since"], timezone.utc)
             data["transitions"] = trans.get(data["id"], [])
             data["queue_position"] = row[-1]
             out.append(RunRow(**data))

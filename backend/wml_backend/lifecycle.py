@@ -11,12 +11,14 @@ import logging
 import secrets
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from .billing import run_gpu_seconds
 from .errors import Conflict
 from .events import EventBus
 from .executors import Executor, Launch
+from .models import Transition
 from .scheduler import plan_admissions
 from .settings import Settings
 from .states import ACTIVE, RunState
@@ -60,6 +62,11 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _waited(run: RunRow, until: float) -> float:
+    """The run's unbilled wait for GPUs, with the current one ending at ``until``."""
+    return run.gpu_wait_seconds + max(0.0, until - run.waiting_since.timestamp())
+
+
 class Lifecycle:
     """Moves runs through their states and keeps the executor busy within quotas."""
 
@@ -81,19 +88,31 @@ class Lifecycle:
     def move(self, run_id: str, state: RunState, at: Optional[float] = None, **fields: Any) -> RunRow:
         """Store a transition (now, or ``at``), publish it, and wake the scheduler if GPUs were freed."""
         stamp = time.time() if at is None else at
+        if state.terminal:  # in the same write as the end: a crash between two writes loses no GPU time
+            fields = {**self._bill(run_id, state, stamp), **fields}
         row = self.store.transition(run_id, state, stamp, **fields)
         if row.waiting_since is not None and state is not RunState.PENDING:
             row = self._end_wait(row, stamp)  # its runner runs, so its GPUs are bound; or it ended
         self.events.publish(row.account, {"type": "run", "run": run_view(row).model_dump(mode="json")})
         if state.terminal:
             self._stopping.pop(run_id, None)
-            row.gpu_seconds = round(run_gpu_seconds(row), 3)
-            self.store.update_run(run_id, gpu_seconds=row.gpu_seconds)
             for hook in self.on_end:
                 hook(row)
         if not state.active:
             self._wake.set()
         return row
+
+    def _bill(self, run_id: str, state: RunState, stamp: float) -> dict[str, Any]:
+        """The fields that close a run's GPU time if it ends in ``state`` at ``stamp``."""
+        run = self.store.run(run_id)
+        if run is None:
+            return {}  # the transition says it is not found
+        end = Transition(state=state, time=datetime.fromtimestamp(stamp, timezone.utc), attempt=run.attempt)
+        bill = {"gpu_seconds": round(run_gpu_seconds(run.model_copy(update={"transitions": [*run.transitions, end]}),
+                                                     stamp), 3)}
+        if run.waiting_since is not None:  # it ends still waiting for its GPUs
+            bill.update(gpu_wait_seconds=_waited(run, stamp), waiting_since=None)
+        return bill
 
     def gpus_bound(self, run_id: str, attempt: int, at: float) -> None:
         """The cluster has bound the GPUs of the run's ``attempt`` (at ``at``): billing starts."""
@@ -103,8 +122,7 @@ class Lifecycle:
 
     def _end_wait(self, run: RunRow, at: float) -> RunRow:
         """Count the wait for GPUs that ends at ``at`` as not billed."""
-        run.gpu_wait_seconds += max(0.0, at - run.waiting_since.timestamp())
-        run.waiting_since = None
+        run.gpu_wait_seconds, run.waiting_since = _waited(run, at), None
         self.store.update_run(run.id, gpu_wait_seconds=run.gpu_wait_seconds, waiting_since=None)
         return run
 

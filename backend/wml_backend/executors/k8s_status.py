@@ -1,8 +1,9 @@
 """What the cluster says about a run, read from its Job and pods: over or not, exit code, and why.
 
 Pure functions of the objects the watches deliver: whether a Job or pod is over, the runner's exit
-code, which learner a pod is, and in words a user can act on why a run failed (out of memory,
-evicted, timed out...), cannot start (image pull, container config) or still waits (Kueue, no GPU), and when its GPUs were bound.
+code, which learner a pod is, when its GPUs were bound, and in words a user can act on why a run
+failed (out of memory, evicted, timed out...), cannot start (image pull, container config) or
+still waits (Kueue, no GPU).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 import socket
 import time
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from .command import Command

@@ -50,8 +50,6 @@ class KubernetesExecutor(Executor):
         from kubernetes import client
         self.options, self._capacity, self.ns = options, capacity, options.namespace
         self._core, self._batch = client.CoreV1Api(api), client.BatchV1Api(api)
-        #: Called with (run_id, text) when the executor learns why a run waits.
-        self.on_note = getattr(self, "on_note", lambda run_id, note: None)
         self._lock = threading.RLock()
         self._runs: dict[str, WatchedRun] = {}
         self._by_job: dict[str, str] = {}

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from backend_process import BackendProcess  # noqa: E402
 from sweep_overhead import percentile  # noqa: E402
-from wml_backend.models import MetricPoint  # noqa: E402
-from wml_backend.states import RunState  # noqa: E402
-from wml_backend.store import ExperimentRow, RunRow, SqliteRunStore  # noqa: E402
+from wml_core.models import MetricPoint  # noqa: E402
+from wml_core.states import RunState  # noqa: E402
+from wml_backend.rundb import ExperimentRow, RunRow, SqliteRunStore  # noqa: E402
 
 
 def seed(database: Path, account: str, runs: int, per_experiment: int = 100) -> None:
@@ -43,11 +43,12 @@ def seed(database: Path, account: str, runs: int, per_experiment: int = 100) -> 
     now = time.time() - 3600
     for e in range(runs // per_experiment):
         exp = ExperimentRow(id=f"seed{e:04d}", account=account, name=f"history-{e}", metric="acc", mode="max",
-                            definition={"name": "history", "gpus": 1, "learners": 1, "max_retries": 0,
+                            definition={"name": "history", "framework": "custom", "command": "true", "gpus": 1,
+                                        "learners": 1, "max_retries": 0,
                                         "search": {"algorithm": "random", "metric": "acc"}},
                             created=now + e)
         rows = [RunRow(id=f"seed{e:04d}-{i:03d}", experiment_id=exp.id, account=account, name=f"r{i}",
-                       state="QUEUED", hparams={"lr": random.random()}, gpus=1,
+                       state=RunState.QUEUED, hparams={"lr": random.random()}, gpus=1,
                        created=datetime.fromtimestamp(now + e, timezone.utc), results="r/")
                 for i in range(per_experiment)]
         store.insert_experiment(exp, rows, b"PK\x05\x06" + b"\0" * 18, None)

@@ -9,4 +9,6 @@ fi
 . .venv/bin/activate
 python -m pip install -q -U pip
 # torch 2.13.0 is the CPU build on this machine's disk; an unpinned torch would download a CUDA build.
-python -m pip install -q "torch==2.13.0" -e "./backend[postgres,kubernetes]" -e ".[test]"
+# The four distributions by layer (backend/core, backend/runner, backend/server, the client at the root).
+python -m pip install -q "torch==2.13.0" -e ./backend/core -e ./backend/runner \
+  -e "./backend/server[postgres,kubernetes]" -e ".[test]"

@@ -11,10 +11,11 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import httpx
 import psutil
+from wml_core.private_files import private_open
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,8 +48,10 @@ def backend_in_environment(home: Path, **extra_env: str) -> Iterator["BackendPro
 class BackendProcess:
     """``wml backend serve`` in a subprocess, plus helpers to drive it like a user would."""
 
-    def __init__(self, home: Path, gpus: int = 2, slots: Optional[int] = None, extra_env: Optional[dict] = None):
-        self.home, self.gpus, self.slots = Path(home), gpus, slots
+    def __init__(self, home: Path, gpus: int = 2, slots: Optional[int] = None, extra_env: Optional[dict] = None,
+                 flags: Sequence[str] = ()):
+        """``flags``: more of ``wml backend serve``'s flags (``--account-slots 1``...)."""
+        self.home, self.gpus, self.slots, self.flags = Path(home), gpus, slots, list(flags)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("WML_", "AWS_"))}
@@ -61,8 +64,9 @@ class BackendProcess:
                 "--gpus", str(self.gpus)]
         if self.slots:
             args += ["--slots", str(self.slots)]
+        args += self.flags
         self.home.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.home / "backend-test.log", "ab")
+        self._log = private_open(self.home / "backend-test.log", "ab")  # as private as the backend's own files
         self.proc = subprocess.Popen(args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -133,11 +137,11 @@ class BackendProcess:
         from wml_jupyter import Client
         return Client(backend=self.url, token=token or self.token)
 
-    def wait_state(self, run_id: str, state: str, timeout: float = 60) -> dict:
+    def wait_state(self, run_id: str, state: str, timeout: float = 60, token: Optional[str] = None) -> dict:
         """Poll until run ``run_id`` is in ``state``; return the run object."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = self.cli_json("show", run_id)
+            run = self.cli_json("show", run_id, token=token)
             if run["state"] == state:
                 return run
             time.sleep(0.1)

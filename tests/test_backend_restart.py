@@ -1,10 +1,13 @@
-"""Restart safety: kill -9 of the backend mid-sweep loses and duplicates nothing."""
+"""Restart safety: kill -9 of the backend mid-sweep or mid-stop loses, duplicates and changes nothing."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
 from test_cli_e2e import TINY, active_spans, definition, submit
+from wml_backend.rundb import SqliteRunStore
+from wml_core.states import RunState
 
 TERMINAL = {"COMPLETED", "FAILED", "HALTED", "STOPPED"}
 
@@ -49,3 +52,82 @@ def test_run_whose_process_died_while_backend_was_down_is_failed(backend, tmp_pa
     backend.start()
     run = backend.cli_json("show", run_id)
     assert run["state"] == "FAILED" and "lost" in run["reason"]
+
+
+# -- a stop decided before a restart ---------------------------------------------------------
+#: Training code whose good runs (lr >= 0.5) end after one step and whose bad ones train on
+#: until stopped; asked to stop (SIGTERM), it says so in its log and goes on, as a command that
+#: saves a long checkpoint would, until the runner kills it (1 s later).
+SLOW_TO_STOP = """
+import signal, time
+from wml_jupyter import run
+hp = run.hparams()
+signal.signal(signal.SIGTERM, lambda *_: print("asked to stop", flush=True))
+for step in range(1, 2 if hp["lr"] >= 0.5 else 600):
+    run.log(step=step, acc=hp["lr"] * step)
+    time.sleep(0.1)
+"""
+
+
+def slow_to_stop(backend, tmp_path, lrs: list[float], **manifest) -> tuple[str, str]:
+    """Submit ``SLOW_TO_STOP`` with ``lrs`` as a grid, for an account of 1 GPU: one run at a time.
+
+    Returns the experiment's id and the account's token."""
+    code = tmp_path / "slow-to-stop"
+    code.mkdir()
+    (code / "train.py").write_text(SLOW_TO_STOP)
+    token = backend.cli("accounts", "create", "serial", "--gpus", "1", check=True).stdout.strip().splitlines()[-1]
+    path = definition(tmp_path, hyperparameters={"lr": lrs}, **manifest)
+    result = backend.cli("train", str(path), str(code), token=token, check=True)
+    return result.stdout.strip().splitlines()[-1], token
+
+
+def told_to_stop(backend, run_id: str) -> bool:
+    """Whether the run's command was asked to stop: its log on this host says so."""
+    log = backend.home / "backend" / "runs" / run_id / "learner-1" / "training-log.txt"
+    return log.exists() and "asked to stop" in log.read_text()
+
+
+def wait_until_told_to_stop(backend, run_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not told_to_stop(backend, run_id):
+        assert time.monotonic() < deadline, f"{run_id} was not asked to stop in {timeout} s"
+        time.sleep(0.02)
+
+
+ASHA = {"search": {"algorithm": "grid", "metric": "acc", "mode": "max",
+                   "early_stopping": {"type": "asha", "min_steps": 1, "reduction_factor": 3}}}
+
+
+@pytest.mark.parametrize("decider, state, reason", [
+    ("asha", "STOPPED", "stopped by ASHA at step 1: acc 0.1 is below the cut-off 0.9 of the 2 runs that reached it"),
+    ("user", "HALTED", "cancelled by the user"),
+])
+def test_a_backend_killed_mid_stop_ends_the_run_as_decided(backend, tmp_path, decider, state, reason):
+    exp_id, token = slow_to_stop(backend, tmp_path, [0.9, 0.1] if decider == "asha" else [0.1], **ASHA)
+    run_id = f"{exp_id}-{'02' if decider == 'asha' else '01'}"
+    if decider == "user":
+        backend.wait_state(run_id, "PROCESSING", token=token)
+        backend.cli("cancel", run_id, token=token, check=True)
+    wait_until_told_to_stop(backend, run_id)  # decided, and its runner told: it ends within a second
+    backend.kill()
+    backend.start()
+    run = backend.wait_state(run_id, state, token=token)
+    assert run["reason"] == reason
+    assert backend.wait_experiment(exp_id, token=token)["runs"] == (
+        {"COMPLETED": 1, "STOPPED": 1} if decider == "asha" else {"HALTED": 1})
+
+
+def test_a_stop_recorded_but_never_told_is_told_after_a_restart(backend, tmp_path):
+    exp_id, token = slow_to_stop(backend, tmp_path, [0.1])
+    run_id = f"{exp_id}-01"
+    backend.wait_state(run_id, "PROCESSING", token=token)
+    backend.kill()  # as if it died between recording a stop and telling the executor:
+    store = SqliteRunStore(backend.home / "backend" / "wml.db")
+    assert store.request_stop(run_id, RunState.STOPPED, "stopped by ASHA at step 1: planted")
+    store.close()
+    assert not told_to_stop(backend, run_id)
+    backend.start()
+    wait_until_told_to_stop(backend, run_id)
+    run = backend.wait_state(run_id, "STOPPED", token=token)
+    assert run["reason"] == "stopped by ASHA at step 1: planted"

@@ -4,8 +4,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from wml_backend.billing import gpu_seconds, run_gpu_seconds
-from wml_backend.models import Run, Transition
+from wml_core.billing import gpu_seconds, run_gpu_seconds
+from wml_core.models import Run, Transition
 
 
 def at(*pairs):

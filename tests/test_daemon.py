@@ -32,7 +32,9 @@ def test_start_status_stop(wml_home):
         assert (wml_home / "backend" / "token").stat().st_mode & 0o077 == 0, "the admin token must be private"
         assert (wml_home / "backend" / "wml.db").stat().st_mode & 0o077 == 0
     finally:
-        assert wml(wml_home, "backend", "stop").returncode == 0
+        stop = wml(wml_home, "backend", "stop")
+    assert stop.returncode == 0 and stop.stdout.strip() == "backend stopped"
+    assert wml(wml_home, "backend", "stop").stdout.strip() == "backend: was not running"
     stopped = json.loads(wml(wml_home, "backend", "status", "--json").stdout)
     assert stopped["running"] is False
     assert "Traceback" not in (wml_home / "backend" / "backend.log").read_text(), "a clean shutdown"

@@ -4,18 +4,21 @@ restart. The last test renders it into ``test-artifacts/live-display.png``."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 from backend_process import backend_in_environment
-from wml_backend import models
+from wml_core import models
 
-from wml_jupyter.compare import downsample
-from wml_jupyter.display import LiveDisplay, summary_text, table_rows
-from wml_jupyter.events import EventStream, parse_sse
+from wml_jupyter.charts import downsample
+from wml_jupyter.display import LiveDisplay, empty_chart_text, summary_text, table_html, table_rows
+from wml_jupyter.event_stream import EventStream, parse_sse
 from wml_jupyter.livemodel import ExperimentModel
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -56,7 +59,7 @@ def _run(run_id: str, state: str, transitions: int = 1, **fields) -> models.Run:
                       transitions=[{"state": "QUEUED", "time": now}] * transitions, **fields)
 
 
-def _experiment(metric: str = "acc") -> models.Experiment:
+def _experiment(metric: Optional[str] = "acc") -> models.Experiment:
     return models.Experiment(id="e", account="local", name="t", state="RUNNING", metric=metric,
                              created=datetime.now(timezone.utc))
 
@@ -111,6 +114,76 @@ class _Offline:
         return EventStream("http://127.0.0.1:9", {}, on_event, on_connect)
 
 
+def test_without_a_metric_no_run_is_best():
+    model = ExperimentModel(_experiment(metric=None))
+    for n, loss in ((1, 0.5519), (2, 0.077)):
+        model.set_run(_run(f"e-{n}", "COMPLETED", metrics={"loss": loss}))
+    assert model.metric == "loss"  # still drawn
+    assert model.best() is None and summary_text(model).endswith("no metric chosen")
+
+
+def test_the_leader_is_provisional_until_a_run_completes():
+    model = ExperimentModel(_experiment())
+    model.set_run(_run("e-1", "PROCESSING"))
+    model.set_run(_run("e-2", "PROCESSING"))
+    model.add_points("e-1", _points(0, 8))
+    model.add_points("e-2", _points(0, 3))
+    assert summary_text(model).endswith("leader e-1 acc=0.7 at step 7 (provisional)")
+    assert "font-style:italic" in table_html(model)
+    model.set_run(_run("e-2", "COMPLETED", transitions=2))
+    assert summary_text(model).endswith("best e-2 acc=0.2")
+
+
+def test_ended_runs_say_why_and_an_experiment_whose_runs_all_failed_says_so():
+    display = LiveDisplay(_Offline(), _experiment(), start=False)
+    model = display.model
+    for n in (1, 2):
+        model.set_run(_run(f"e-{n}", "FAILED", gpus=1, reason="the command exited with code 1",
+                           log_tail=["Traceback (most recent call last):", '  File "train.py", line 9',
+                                     "RuntimeError: loss is NaN"]))
+    columns, rows, _ = table_rows(model)
+    assert columns[-3:] == ["GPU time", "elapsed", "reason"]
+    assert rows[0][-1] == "RuntimeError: loss is NaN (the command exited with code 1)"
+    assert summary_text(model) == "t (e): 2 failed · GPU time 0 s · every run failed"
+    assert empty_chart_text(model) == ("all 2 runs failed; e-1: RuntimeError: loss is NaN "
+                                       "(the command exited with code 1)")
+    assert "waiting" not in display.snapshot_html() and "all 2 runs failed" in display.snapshot_html()
+
+
+def test_runs_without_gpus_show_no_gpu_time_and_numbers_are_right_aligned():
+    model = ExperimentModel(_experiment())
+    model.set_run(_run("e-1", "PROCESSING", hparams={"lr": 0.1, "opt": "adam"}))
+    columns, rows, _ = table_rows(model)
+    assert "GPU time" not in columns and " · no GPUs · " in summary_text(model)
+    page = table_html(model)
+    assert 'tabular-nums">lr</th>' in page and "<th>opt</th>" in page
+
+
+def test_an_ended_display_replaces_its_live_view_through_its_display_id():
+    from IPython.utils.capture import capture_output
+    from ipython_shell import new_shell
+    new_shell()
+    display = LiveDisplay(_Offline(), _experiment(), start=False)
+    display.model.set_run(_run("e-1", "PROCESSING"))
+    with capture_output() as shown:
+        display._ipython_display_()
+    live = shown.outputs[0]
+    assert live.transient == {"display_id": display.display_id}
+    assert "application/vnd.jupyter.widget-view+json" in live.data
+    display.model.set_run(_run("e-1", "COMPLETED", transitions=2))
+    display.model.add_points("e-1", _points(0, 3))
+    with capture_output() as ended:
+        display._end()
+    final = ended.outputs[0]
+    assert final.update and final.transient == {"display_id": display.display_id}
+    assert "application/vnd.jupyter.widget-view+json" not in final.data
+    assert "1 completed" in final.data["text/html"] and "<img" in final.data["text/html"]
+    assert final.data["image/png"].startswith("iVBOR")  # base64 of a PNG
+    with capture_output() as again:  # shown once more: the final view, nothing live
+        display._ipython_display_()
+    assert again.outputs[0].data == final.data and not again.outputs[0].transient
+
+
 def test_100_runs_of_10000_points_are_all_kept_and_draw_quickly():
     display = LiveDisplay(_Offline(), _experiment(), start=False)
     model = display.model
@@ -146,8 +219,17 @@ run.log(step=1, acc=0.2 * hp["x"])
 '''
 
 
-def test_model_follows_states_queue_and_metrics_as_they_change(server, displays, tmp_path):
-    gate = tmp_path / "gate"
+@pytest.fixture
+def gate():
+    """A file the gated runs wait for, in a folder their own OS user can see (pytest's tmp_path
+    is its owner's alone, and a run's command runs as a user of its own)."""
+    folder = Path(tempfile.mkdtemp(prefix="wml-gate-"))
+    folder.chmod(0o755)
+    yield folder / "gate"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_model_follows_states_queue_and_metrics_as_they_change(server, displays, gate):
     client = server.client()
     exp = client.train_code(GATED.format(gate=str(gate)), name="gated", gpus=1, sweep=["x=[1,2,3]"],
                             search="grid", metric="acc")
@@ -170,8 +252,11 @@ def test_model_follows_states_queue_and_metrics_as_they_change(server, displays,
     display.wait(60)
     assert {r.state.value for r in model.runs.values()} == {"COMPLETED"}
     assert [model.count(r, "acc") for r in sorted(model.runs)] == [2, 2, 2]
-    assert model.best() == f"{exp.id}-03" and model.latest[f"{exp.id}-03"]["acc"] == pytest.approx(0.6)
-    assert "3 done (3 completed)" in summary_text(model)
+    best = model.best()
+    assert best.run_id == f"{exp.id}-03" and best.value == pytest.approx(0.6) and not best.provisional
+    assert best.step == 1 and exp.refresh().model.best == best  # the backend judges the same
+    assert "3 completed · GPU time " in summary_text(model)
+    assert summary_text(model).endswith(f"best {exp.id}-03 acc=0.6")
     assert display.feed.stream.closed  # an ended experiment stops streaming
     _save(display, "live-display.png")
 
@@ -202,8 +287,7 @@ def test_a_flood_of_points_is_all_kept_with_few_redraws_and_low_latency(server, 
         assert streamed[int(0.95 * len(streamed))] < 1.0
 
 
-def test_the_display_catches_up_after_the_backend_restarts(server, displays, tmp_path):
-    gate = tmp_path / "gate"
+def test_the_display_catches_up_after_the_backend_restarts(server, displays, gate):
     exp = server.client().train_code(GATED.format(gate=str(gate)), name="restart", sweep=["x=[1]"])
     display = exp.live()
     displays.append(display)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import yaml
-from wml_backend.runner.learners import EPHEMERAL_RANGE, free_port
+from wml_runner.learners import EPHEMERAL_RANGE, free_port
 
 from test_cli_e2e import TINY, active_spans
 

@@ -17,18 +17,18 @@ import time
 from pathlib import Path
 
 import pytest
-from wml_backend.errors import StorageError
-from wml_backend.storage import StoreConfig, digests
-from wml_backend.storage.file import DIGESTS, FileStore
-from wml_backend.storage.sync import download
+from wml_core.errors import StorageError
+from wml_core.objectstore import StoreConfig, digests
+from wml_core.objectstore.file import DIGESTS, FileStore
+from wml_core.objectstore.sync import download
 
 MIB = 1 << 20
 BUCKET = "data"
 
 LIST_IN_SUBPROCESS = """
 import sys
-from wml_backend.storage import StoreConfig
-from wml_backend.storage.file import FileStore
+from wml_core.objectstore import StoreConfig
+from wml_core.objectstore.file import FileStore
 store = FileStore(StoreConfig(kind="file", root=sys.argv[1]))
 for _ in range(int(sys.argv[2])):
     print(len(list(store.list(sys.argv[3]))), flush=True)

@@ -11,10 +11,11 @@ import textwrap
 import pytest
 from backend_process import backend_in_environment
 from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 from ipython_shell import new_shell
-from wml_backend.errors import InvalidInput, NotFound, WmlError
+from wml_core.errors import InvalidInput, NotFound, WmlError
 
-from wml_jupyter.compare import Comparison
+from wml_jupyter.charts import Comparison
 from wml_jupyter.objects import (
     Experiment,
     ExperimentList,
@@ -101,10 +102,23 @@ def test_a_sweep_from_a_cell_completes_with_metrics(shell, finished):
     assert finished.best().id == runs[-1].id
 
 
-def test_the_experiment_renders_as_a_widget_with_a_static_fallback(shell, finished):
-    data, _ = shell.display_formatter.format(finished)
-    assert "application/vnd.jupyter.widget-view+json" in data
-    assert "<img" in data["text/html"] and finished.id in data["text/plain"]
+def shown(shell: InteractiveShell, obj) -> list:
+    """What displaying ``obj`` as a cell's value publishes (its outputs, with their display ids)."""
+    with capture_output() as captured:
+        shell.displayhook(obj)
+    return captured.outputs
+
+
+def test_a_live_experiment_renders_as_a_widget_and_an_ended_one_as_its_final_view(shell, finished):
+    live = shell.run_cell("%%wml train --name again --sweep 'x=[1]'\n" + TINY).result
+    first = shown(shell, live)
+    assert "application/vnd.jupyter.widget-view+json" in first[0].data and "<table" in first[0].data["text/html"]
+    assert first[0].transient == {"display_id": live.live().display_id}  # replaced when it ends
+    live.live().wait(60)
+    [final] = shown(shell, finished)
+    assert "application/vnd.jupyter.widget-view+json" not in final.data
+    assert "3 completed" in final.data["text/plain"] and "<img" in final.data["text/html"]
+    assert f"best {finished.id}-03 acc=0.9" in final.data["text/html"]
 
 
 def test_the_kernel_stays_free_while_the_display_updates(shell):
@@ -154,12 +168,14 @@ def test_queries_return_objects_that_render_themselves(shell, finished, capsys):
     assert experiments.to_dataframe().loc[exp.id, "COMPLETED"] == 3
     runs = ok(shell, "%wml list {exp.id}")  # {expr} expands as in every magic
     assert isinstance(runs, RunList) and list(runs.to_dataframe()["acc"]) == pytest.approx([0.3, 0.6, 0.9])
-    shown = ok(shell, f"%wml show {exp.id}")
-    data, _ = shell.display_formatter.format(shown)
-    assert isinstance(shown, Experiment) and best in data["text/html"]  # a static table, no live display
-    assert "application/vnd.jupyter.widget-view+json" not in data
+    experiment = ok(shell, f"%wml show {exp.id}")
+    [output] = shown(shell, experiment)  # a static summary and table, no live display, no raw dict
+    assert isinstance(experiment, Experiment) and best in output.data["text/html"]
+    assert f"3 completed · best {best} acc=0.9 · GPU time" in output.data["text/html"]
+    assert "application/vnd.jupyter.widget-view+json" not in output.data and "{" not in output.data["text/html"]
     run = ok(shell, f"%wml show {best}")
     assert isinstance(run, Run) and run.hparams == {"x": 3} and best in run._repr_html_()
+    assert "<td>hyperparameters</td><td>x=3</td>" in run._repr_html_() and "COMPLETED" in run._repr_html_()
     assert list(run.to_dataframe()["acc"]) == pytest.approx([0.1 * 3, 0.2 * 3, 0.3 * 3])
     log = ok(shell, f"%wml logs {best}")
     assert isinstance(log, LogText) and "trained with {'x': 3}" in log and "<pre" in log._repr_html_()
@@ -179,6 +195,29 @@ def test_compare_ranks_the_best_configuration_first(shell, finished):
     assert "<img" in comparison._repr_html_() and comparison.png().startswith(b"\x89PNG")
 
 
+NAN_ONCE = """
+from wml_jupyter import run
+hp = run.hparams()
+run.log(step=0, loss=0.5 / hp["x"])
+if hp["x"] == 1:
+    raise RuntimeError("loss is NaN")
+run.log(step=1, loss=0.1)
+"""
+
+
+def test_without_a_metric_no_run_is_best_and_a_failed_run_says_why(shell):
+    exp = ok(shell, "%%wml train --name nan --sweep 'x=[1,2]' --search grid --wait\n" + NAN_ONCE)
+    assert exp.model.best is None and exp.best() is None
+    [output] = shown(shell, exp)
+    page = output.data["text/html"]
+    assert "1 completed · 1 failed" in page and "no metric chosen" in page
+    assert "RuntimeError: loss is NaN (the command exited with code 1)" in page
+    comparison = ok(shell, f"%wml compare {exp.id}")
+    assert comparison.best is None and "no metric chosen" in repr(comparison)
+    failed = ok(shell, f"%wml show {exp.id}-01")
+    assert "RuntimeError: loss is NaN" in failed._repr_html_() and "loss is NaN" in repr(failed)
+
+
 def test_download_brings_the_results_home(shell, finished, tmp_path):
     shell.user_ns["dest"] = str(tmp_path / "best")
     transfer = ok(shell, f"%wml download {finished.id}-03 $dest")
@@ -196,7 +235,10 @@ def test_upload_syncs_with_a_widget_progress_bar(shell, server, tmp_path):
     bar = WidgetProgress("upload")
     server.client().upload(data, "up-bucket/v1", progress=bar)
     assert (bar.files, bar.skipped, bar.bar.value, bar.bar.bar_style) == (3, 3, 150_000, "success")
-    assert "3/3 files · 3 unchanged" in bar.label.value
+    # the bar's last words are the summary's: nothing sent of 150 KB, all unchanged
+    assert bar.label.value.startswith("0 files sent, 3 unchanged skipped: 0 B sent of 150.0 KB in ")
+    again = ok(shell, f"%wml upload {data} up-bucket/v1")
+    assert repr(again).startswith("up-bucket/v1: 0 files sent, 3 unchanged skipped: 0 B sent of 150.0 KB in ")
 
 
 def test_line_train_submits_an_existing_definition_unchanged(shell, tmp_path):
@@ -240,6 +282,7 @@ def test_cancel_halts_every_live_run(shell):
 WATCH = """
 import json, sys
 from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 shell = InteractiveShell.instance()
 shell.run_line_magic("load_ext", "wml_jupyter")
 exp = shell.run_line_magic("wml", "watch " + sys.argv[1])

@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from wml_backend.definition import Definition
-from wml_backend.errors import InvalidInput
-from wml_backend.manifest import (
+from wml_core.definition import Definition
+from wml_core.errors import InvalidInput
+from wml_core.manifest import (
     ManifestError,
     Problem,
     load_manifest,
     load_manifest_file,
     manifest_format,
+    parse_duration,
     parse_memory,
 )
 
@@ -334,6 +335,28 @@ def test_parse_memory_rejects(value):
     with pytest.raises(ValueError) as info:
         parse_memory(value)
     assert str(info.value)
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("90s", 90), ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("1.5d", 129600), ("2H", 7200), (600, 600),
+    ("600", 600), (0.5, 0.5), ("365d", 365 * 86400),
+])
+def test_parse_duration(value, seconds):
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["2 hours", "h", "", "0", "-5m", "366d", "1h-30m", "inf", "nan", True, None, [1]])
+def test_parse_duration_rejects(value):
+    with pytest.raises(ValueError) as info:
+        parse_duration(value)
+    assert str(info.value) and "\n" not in str(info.value)
+
+
+def test_timeout_is_an_extension_of_both_formats():
+    ffdl = load_manifest("name: x\nframework: {name: a, command: b}\ntimeout: 1h30m\n")
+    wml = load_manifest("model_definition: {name: x, framework: {name: a}, execution: {command: b}}\ntimeout: 90\n")
+    assert (ffdl.timeout_s, wml.timeout_s) == (5400, 90)
+    assert load_manifest("name: x\nframework: {name: a, command: b}\n").timeout_s is None
 
 
 def test_format_of_unreadable_text_is_ffdl():

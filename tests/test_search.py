@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from test_cli_e2e import TINY, definition, submit
-from wml_backend.definition import EarlyStopping, ParamSpec, Search
-from wml_backend.search import Trial, early_stop, next_points, rung_steps
+from wml_core.definition import EarlyStopping, ParamSpec, Search
+from wml_backend.search.decisions import Trial, early_stop, next_points, rung_steps
 
 SPACE = {"q": ParamSpec(kind="uniform", low=0.0, high=1.0)}
 

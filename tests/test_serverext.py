@@ -109,14 +109,15 @@ def test_package_import_stays_cheap():
 
 def test_typescript_model_mirrors_the_wire_model():
     """labextension/src/model.ts declares every field of the Python wire model, and no other."""
-    from wml_backend import models
+    from wml_core import models
     from wml_jupyter.serverext import wire
     source = (REPO / "labextension" / "src" / "model.ts").read_text()
-    interfaces = {name: set(re.findall(r"^  (\w+)\??:", body, re.M))
-                  for name, body in re.findall(r"^export interface (\w+) \{(.*?)^\}", source, re.M | re.S)}
+    interfaces: dict[str, set[str]] = {}
+    for name, parent, body in re.findall(r"^export interface (\w+)(?: extends (\w+))? \{(.*?)^\}", source, re.M | re.S):
+        interfaces[name] = set(re.findall(r"^  (\w+)\??:", body, re.M)) | interfaces.get(parent, set())
     python = [models.Transition, models.Run, models.BestRun, models.Experiment, models.MetricPoint,
               models.LogChunk, models.ExperimentUsage, models.Usage, wire.ExperimentPage, wire.RunPage,
-              wire.Snapshot, wire.TrainRequest]
+              wire.Snapshot, wire.TrainDefaults, wire.TrainRequest]
     for model in python:
         assert interfaces.get(model.__name__) == set(model.model_fields), model.__name__
 
@@ -139,7 +140,7 @@ def test_installed_extensions_are_enabled():
 
 def test_routes_need_jupyter_login(jp_serverapp, http_server_client, jp_base_url, jp_asyncio_loop):
     """Without Jupyter's token a route answers 403, GET and POST alike."""
-    for method, path, body in (("GET", "wml/snapshot", None), ("POST", "wml/train", "{}")):
+    for method, path, body in (("GET", "wml/snapshot", None), ("GET", "wml/train", None), ("POST", "wml/train", "{}")):
         response = jp_asyncio_loop.run_until_complete(http_server_client.fetch(
             f"{jp_base_url}{path}", method=method, body=body, raise_error=False))
         assert response.code == 403, (method, path)
@@ -161,6 +162,17 @@ def test_posts_from_a_browser_session_need_the_xsrf_token(jp_serverapp, http_ser
     with_token = get("wml/train", method="POST", body=body,
                      headers={"Cookie": f"{session}; {xsrf}", "X-XSRFToken": xsrf.partition("=")[2]})
     assert with_token.code == 422 and json.loads(with_token.body)["code"] == "invalid"
+
+
+def test_the_train_dialog_starts_from_the_magics_defaults(fetch):
+    """``GET /wml/train`` gives the dialog ``%%wml train``'s defaults (no backend needed), and the
+    sidebar's jest tests read the same answer from ``labextension/test/train_defaults.json``."""
+    from wml_jupyter.magics import train_cell
+    code, served = fetch_json(fetch, "train")
+    magic = vars(train_cell.parser.parse_args([]))
+    assert code == 200 and served == {name: magic[name] for name in served}
+    assert served["gpus"] == 0
+    assert json.loads((REPO / "labextension" / "test" / "train_defaults.json").read_text()) == served
 
 
 def test_snapshot_of_a_sweep_with_queue_and_cancel(fetch, wml_env):

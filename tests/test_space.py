@@ -7,10 +7,10 @@ import math
 import time
 
 import pytest
-from wml_backend.definition import ParamSpec, Search
-from wml_backend.errors import InvalidInput
-from wml_backend.search import distributions, random_points, sample, startup_runs
-from wml_backend.space import (
+from wml_core.definition import ParamSpec, Search
+from wml_core.errors import InvalidInput
+from wml_backend.search.decisions import distributions, random_points, sample, startup_runs
+from wml_core.search_space import (
     DEFAULT_RUNS,
     MAX_RUNS,
     SpaceError,

@@ -8,8 +8,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from wml_backend.errors import InvalidInput, WmlError
-from wml_backend.manifest import load_manifest
+from wml_core.errors import InvalidInput, WmlError
+from wml_core.manifest import load_manifest
 
 from wml_jupyter.cell import (
     TrainOptions,

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from boto3.s3.transfer import TransferConfig
 from s3server import ALLOW_ALL_S3, ANY_KEY, ANY_SECRET, running_moto
-from wml_backend.errors import StorageError
-from wml_backend.storage import StoreConfig, digests
-from wml_backend.storage.digests import file_etag
-from wml_backend.storage.file import FileStore
-from wml_backend.storage.s3 import S3Store
-from wml_backend.storage.sync import (
+from wml_core.errors import StorageError
+from wml_core.objectstore import StoreConfig, digests
+from wml_core.objectstore.digests import file_etag
+from wml_core.objectstore.file import FileStore
+from wml_core.objectstore.s3 import S3Store
+from wml_core.objectstore.sync import (
     SyncProgress,
     download,
     tqdm_progress,
@@ -155,8 +155,8 @@ def store(request, tmp_path):
 
 DOWNLOAD_PEAK = """
 import json, sys, tracemalloc
-from wml_backend.storage import StoreConfig, open_store
-from wml_backend.storage.sync import download
+from wml_core.objectstore import StoreConfig, open_store
+from wml_core.objectstore.sync import download
 config, bucket, prefix, dest = json.loads(sys.argv[1]), *sys.argv[2:]
 store = open_store(StoreConfig(**config))
 tracemalloc.start()
@@ -180,6 +180,21 @@ class TestObjectStoreContract:
         store.get_file(bucket, "dir/sub/b c.bin", tmp_path / "out" / "b")
         assert (tmp_path / "out" / "b").read_bytes() == (tmp_path / "b").read_bytes()
         store.create_bucket(bucket)  # idempotent
+
+    def test_list_range_lists_only_its_keys_in_order(self, store, bucket):
+        store.create_bucket(bucket)
+        for key in ("p/d", "p/a", "p/c", "p/b", "q/a"):
+            store.put_bytes(bucket, key, key.encode())
+        assert [o.key for o in store.list_range(bucket, "p/", "p/a", "p/c", page_size=1)] == ["p/b", "p/c"]
+        assert [o.key for o in store.list_range(bucket, "p/", until="p/b")] == ["p/a", "p/b"]
+        assert [o.key for o in store.list_range(bucket, "p/", after="p/c")] == ["p/d"]
+
+    def test_put_file_etag_is_the_listed_etag_or_none(self, store, bucket, tmp_path):
+        store.create_bucket(bucket)
+        for size in (10, 2 * PART + 1):
+            etag = store.put_file_etag(bucket, f"f{size}", write(tmp_path / f"f{size}", size))
+            assert etag in (None, etags(store, bucket)[f"f{size}"])
+            assert etags(store, bucket)[f"f{size}"] == file_etag(tmp_path / f"f{size}", store.part_size(size))
 
     def test_put_is_atomic(self, store, bucket, tmp_path):
         store.create_bucket(bucket)
@@ -213,7 +228,7 @@ class TestObjectStoreContract:
     def test_resync_sends_nothing_and_hashes_nothing(self, store, bucket, tmp_path, monkeypatch):
         src = make_tree(tmp_path / "src")
         upload(store, src, bucket)
-        upload(store, src, bucket)  # stores without put_file_etag learn digests here
+        upload(store, src, bucket)  # stores whose put_file_etag says no ETag learn digests here
         hashed = []
         monkeypatch.setattr(digests, "file_etag", lambda *a: hashed.append(a) or file_etag(*a))
         again = upload(store, src, bucket)

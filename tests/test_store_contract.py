@@ -7,18 +7,23 @@ against a real server (``pgserver.py``) and is skipped without one unless WML_RE
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Callable
 
 import pytest
 from pgserver import postgres_server  # noqa: F401 (fixture)
 
-from wml_backend.errors import Conflict, NotFound
-from wml_backend.models import MetricPoint
-from wml_backend.states import RunState, can_move
-from wml_backend.store import Account, ExperimentRow, RunRow, RunStore, SqliteRunStore
+from cryptography.fernet import Fernet
+
+from wml_core.errors import Conflict, NotFound, WmlError
+from wml_core.models import MetricPoint
+from wml_core.states import RunState, can_move
+from wml_backend.rundb import Account, ExperimentRow, RunRow, RunStore, SqliteRunStore
+from wml_backend.rundb.base import Replica
 
 Q, P, D = RunState.QUEUED, RunState.PENDING, RunState.DOWNLOADING
 T0 = 1_700_000_000.0
@@ -32,10 +37,10 @@ def connect(request, tmp_path) -> Callable[[], RunStore]:
             return SqliteRunStore(tmp_path / "wml.db")
     else:
         dsn = request.getfixturevalue("postgres_server").dsn()
-        from wml_backend.store.postgres import PostgresRunStore
+        from wml_backend.rundb.postgres import PostgresRunStore
 
         def open_store() -> RunStore:
-            return PostgresRunStore(dsn)
+            return PostgresRunStore(dsn, tmp_path / "secrets.key")
     opened: list[RunStore] = []
 
     def connect_() -> RunStore:
@@ -60,7 +65,7 @@ def add_experiment(store: RunStore, exp_id: str = "e1", account: str = "alice", 
                    created=datetime.fromtimestamp(created, timezone.utc), **run_fields)
             for n in range(1, runs + 1)]
     experiment = ExperimentRow(id=exp_id, account=account, name=f"exp {exp_id}", created=created,
-                               definition={"name": exp_id, "framework": "pytorch", "cpus": 2})
+                               definition={"name": exp_id, "framework": "pytorch", "command": "true", "cpus": 2})
     store.insert_experiment(experiment, rows, b"PK\x03\x04" + exp_id.encode(), secret)
     return rows
 
@@ -76,10 +81,25 @@ def move(store: RunStore, run_id: str, *states: RunState, **fields) -> RunRow:
 def test_a_database_from_an_older_version_gains_the_columns_added_since(connect):
     older = connect()
     with older._tx() as db:  # as the first schema wrote it
-        db.execute("ALTER TABLE runs DROP COLUMN gpu_seconds")
+        for column in ("gpu_seconds", "stop_state", "stop_reason"):
+            db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     store = connect()
     add_experiment(store)
-    assert [r.gpu_seconds for r in store.runs()] == [0.0, 0.0]
+    assert [(r.gpu_seconds, r.stop_state) for r in store.runs()] == [(0.0, None), (0.0, None)]
+    move(store, "e1-1", P)
+    assert store.request_stop("e1-1", RunState.STOPPED, "stopped by ASHA at step 3")
+
+
+def test_a_definition_an_older_version_stored_reads_back_typed_with_the_defaults(store):
+    add_experiment(store)
+    with store._tx() as db:  # as a version before max_retries, provenance and early stopping's max_steps
+        db.execute("UPDATE experiments SET definition=? WHERE id=?", (json.dumps({
+            "name": "old", "framework": "keras", "command": "python3 train.py", "gpus": 1,
+            "search": {"algorithm": "random", "early_stopping": {"type": "asha"}}}), "e1"))
+    d = store.experiment("e1").definition
+    assert (d.name, d.gpus, d.cpus, d.learners, d.memory_bytes, d.max_retries, d.provenance) == \
+        ("old", 1, 1.0, 1, None, 0, {})
+    assert (d.search.runs, d.search.mode, d.search.early_stopping.max_steps) == (None, "max", None)
 
 
 # -- accounts -------------------------------------------------------------------------------
@@ -99,17 +119,101 @@ def test_a_taken_account_name_conflicts_and_keeps_the_first(store):
     assert store.account_by_token("hash-2") is None
 
 
+def test_an_account_keeps_its_limits_and_is_found_by_name(store):
+    bob = Account(name="bob", gpu_quota=1, slots=2, cpus=3.5, memory_bytes=2**34, max_queued=10)
+    store.create_account(bob, "hash-b")
+    assert store.account("bob") == bob == store.account_by_token("hash-b")
+    assert store.account("nobody") is None
+
+
+def test_updating_an_account_changes_the_fields_given_only(store):
+    store.create_account(Account(name="bob", gpu_quota=1, slots=2), "hash-b")
+    assert store.update_account("bob", cpus=8.0, disabled=True) == \
+        Account(name="bob", gpu_quota=1, slots=2, cpus=8.0, disabled=True)
+    assert store.update_account("bob", slots=None, gpu_quota=0).slots is None
+    assert store.account_by_token("hash-b").disabled, "the token still finds it: the service refuses it"
+    with pytest.raises(NotFound):
+        store.update_account("nobody", slots=1)
+    with pytest.raises(ValueError):
+        store.update_account("bob", token_hash="x")
+
+
+def test_a_new_token_replaces_the_old_at_once(connect):
+    first, second = connect(), connect()
+    first.create_account(Account(name="bob", gpu_quota=1), "old")
+    first.set_token("bob", "new")
+    assert second.account_by_token("old") is None and second.account_by_token("new").name == "bob"
+    with pytest.raises(NotFound):
+        first.set_token("nobody", "x")
+
+
+def test_runs_are_counted_by_account_and_state(store):
+    add_experiment(store, "e1", runs=3)
+    add_experiment(store, "e2", account="bob", runs=2)
+    move(store, "e1-1", P)
+    assert store.count_runs("alice", [Q]) == 2 and store.count_runs("alice", [Q, P]) == 3
+    assert store.count_runs("bob", [Q]) == 2 and store.count_runs("carol", [Q]) == 0
+    assert store.count_runs("alice", []) == 0
+
+
+def test_a_run_keeps_the_cpus_and_memory_it_asks_for(store):
+    add_experiment(store, runs=1, cpus=2.5, memory_bytes=3 * 2**30)
+    run = store.run("e1-1")
+    assert (run.cpus, run.memory_bytes) == (2.5, 3 * 2**30)
+
+
+def test_a_database_from_an_older_version_gains_the_limit_columns(connect):
+    older = connect()
+    older.create_account(Account(name="bob", gpu_quota=1), "hash-b")
+    add_experiment(older)
+    with older._tx() as db:  # as a version before per-account limits wrote it
+        for table, column in (("accounts", "slots"), ("accounts", "cpus"), ("accounts", "memory_bytes"),
+                              ("accounts", "max_queued"), ("accounts", "disabled"), ("runs", "cpus"),
+                              ("runs", "memory_bytes")):
+            db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    store = connect()
+    assert store.account("bob") == Account(name="bob", gpu_quota=1)
+    assert [(r.cpus, r.memory_bytes) for r in store.runs()] == [(1.0, None), (1.0, None)]
+    assert store.update_account("bob", slots=3).slots == 3
+
+
 # -- experiments --------------------------------------------------------------------------
 def test_an_experiment_is_stored_with_its_runs_code_secret_and_queued_transitions(store):
     add_experiment(store, secret={"password": "s3cret"})
     exp = store.experiment("e1")
     assert (exp.name, exp.account, exp.created) == ("exp e1", "alice", T0)
-    assert list(exp.definition) == ["name", "framework", "cpus"]  # JSON kept as written
+    assert (exp.definition.name, exp.definition.framework, exp.definition.cpus) == ("e1", "pytorch", 2.0)
     assert store.code("e1") == b"PK\x03\x04e1"
     assert store.secret("e1") == {"password": "s3cret"}
     run = store.run("e1-2")
     assert (run.state, run.hparams, list(run.hparams), run.gpus) == (Q, {"batch": 64, "lr": 0.1}, ["batch", "lr"], 1)
     assert [(t.state, t.time.timestamp(), t.attempt) for t in run.transitions] == [(Q, T0, 1)]
+
+
+def test_a_secret_is_stored_encrypted_and_only_its_key_opens_it(connect, tmp_path):
+    """A dump of the database holds no usable credential: the payload is sealed with a key kept
+    in a 0600 file outside the database."""
+    store = connect()
+    add_experiment(store, secret={"secret_key": "planted-5ecret-value"})
+    [[raw]] = store._query("SELECT payload FROM secrets")
+    assert "planted-5ecret-value" not in str(raw)
+    assert connect().secret("e1") == {"secret_key": "planted-5ecret-value"}, "another replica, the same key"
+    key = store.box.key_file
+    assert key.stat().st_mode & 0o777 == 0o600
+    key.write_bytes(Fernet.generate_key())
+    with pytest.raises(WmlError, match="cannot be decrypted"):
+        connect().secret("e1")
+
+
+def test_a_secret_an_older_version_stored_in_clear_is_sealed_at_open(connect):
+    older = connect()
+    add_experiment(older)
+    with older._tx() as db:  # as a version before sealing stored it
+        db.execute("INSERT INTO secrets (experiment_id, payload) VALUES (?, ?)", ("e1", json.dumps({"k": "clear"})))
+    assert older.secret("e1") == {"k": "clear"}
+    store = connect()
+    [[raw]] = store._query("SELECT payload FROM secrets")
+    assert "clear" not in str(raw) and store.secret("e1") == {"k": "clear"}
 
 
 def test_an_experiment_without_secret_or_code_has_none(store):
@@ -235,6 +339,44 @@ def test_update_run_sets_fields_but_not_state(store):
     assert len(run.transitions) == 1 and store.run("e1-2").handle == {}
     with pytest.raises(ValueError):
         store.update_run("e1-1", colour="red")
+
+
+def test_a_stop_is_recorded_once_and_stays_with_the_run(connect):
+    store, replica = connect(), connect()
+    add_experiment(store, runs=3)
+    move(store, "e1-1", P, D)
+    assert store.request_stop("e1-1", RunState.STOPPED, "stopped by ASHA at step 3")
+    assert not replica.request_stop("e1-1", RunState.HALTED, "cancelled by the user")  # the first stays
+    row = move(replica, "e1-1", RunState.PROCESSING)
+    assert (row.stop_state, row.stop_reason) == (RunState.STOPPED, "stopped by ASHA at step 3")
+    assert [(r.id, r.stop_state) for r in store.runs()] == [("e1-1", RunState.STOPPED), ("e1-2", None), ("e1-3", None)]
+
+
+def test_only_a_run_that_has_not_ended_can_be_asked_to_stop(store):
+    add_experiment(store)
+    move(store, "e1-1", P, RunState.COMPLETED)
+    assert not store.request_stop("e1-1", RunState.HALTED, "cancelled by the user")
+    assert not store.request_stop("missing", RunState.HALTED, "cancelled by the user")
+    assert store.run("e1-1").stop_state is None
+    assert store.request_stop("e1-2", RunState.HALTED, "cancelled by the user")  # queued: not ended
+
+
+def test_replicas_racing_to_stop_a_run_record_one_stop(connect):
+    replicas = [connect() for _ in range(4)]
+    add_experiment(replicas[0], runs=1)
+    move(replicas[0], "e1-1", P)
+    start, won = threading.Barrier(len(replicas)), []
+
+    def stop(replica: RunStore, n: int) -> None:
+        start.wait()
+        if replica.request_stop("e1-1", RunState.STOPPED, f"replica {n}"):
+            won.append(f"replica {n}")
+    threads = [threading.Thread(target=stop, args=(r, n)) for n, r in enumerate(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(won) == 1 and replicas[1].run("e1-1").stop_reason == won[0]
 
 
 # -- metrics and logs -------------------------------------------------------------------
@@ -394,3 +536,158 @@ def test_one_holder_of_the_admission_lock_at_a_time(connect):
     for t in waiters:
         t.join(timeout=30)
     assert order == ["holder", "waiter", "waiter"]
+
+
+# -- events ---------------------------------------------------------------------------------
+def _events(store: RunStore, after: int = 0, account: str | None = None) -> list[tuple[str, ...]]:
+    """(type, run id, state or point count) of each event after ``after``."""
+    return [(e["type"], e["run"]["id"], e["run"]["state"]) if e["type"] == "run"
+            else (e["type"], e["run_id"], len(e["points"])) for _, e in store.events(after, account)]
+
+
+def test_each_change_records_its_event_in_its_own_transaction(store):
+    add_experiment(store, runs=2)
+    move(store, "e1-1", P, D)
+    store.add_metrics("e1-1", [MetricPoint(seq=0, time=T0, values={"acc": 0.5})])
+    with pytest.raises(Conflict):
+        store.transition("e1-2", Q, T0)  # refused: no event either
+    assert _events(store) == [("run", "e1-1", "QUEUED"), ("run", "e1-2", "QUEUED"), ("run", "e1-1", "PENDING"),
+                              ("run", "e1-1", "DOWNLOADING"), ("metrics", "e1-1", 1)]
+    run = store.events(0)[3][1]["run"]
+    assert [t["state"] for t in run["transitions"]] == ["QUEUED", "PENDING", "DOWNLOADING"]
+    store.add_metrics("e1-1", [MetricPoint(seq=0, time=T0, values={"acc": 0.5})])  # resent: nothing new
+    assert len(store.events(0)) == 5 and store.latest_event() == store.events(0)[-1][0]
+
+
+def test_events_are_read_after_a_seq_by_account_and_pruned_by_age(store):
+    assert store.latest_event() == 0 and store.events(0) == []
+    add_experiment(store, "e1", account="alice", runs=1)
+    add_experiment(store, "e2", account="bob", runs=1)
+    note = store.add_event("bob", {"type": "note", "text": "waiting for a node"})
+    assert note == store.latest_event()
+    first = store.events(0)[0][0]
+    assert [e["type"] for _, e in store.events(first, "bob")] == ["run", "note"]
+    assert store.events(first, "alice") == []
+    assert [e["run"]["id"] for _, e in store.events(0, "alice")] == ["e1-1"]
+    assert len(store.events(0, limit=2)) == 2
+    assert store.prune_events(before=0) == 0
+    assert store.prune_events(before=datetime.now(timezone.utc).timestamp() + 1) == 3
+    assert store.events(0) == [] and store.latest_event() in (0, note)
+
+
+def test_a_reader_resuming_after_its_last_seq_misses_no_event_of_racing_writers(connect):
+    """Seqs become readable in order: one drawn earlier never appears after a later one was read."""
+    writers, reader = [connect() for _ in range(4)], connect()
+    per_writer, seen = 40, []
+    done = threading.Event()
+
+    def write(store: RunStore, n: int) -> None:
+        for i in range(per_writer):
+            store.add_event("alice", {"type": "note", "writer": n, "i": i})
+
+    threads = [threading.Thread(target=write, args=(w, n)) for n, w in enumerate(writers)]
+    for t in threads:
+        t.start()
+    watcher = threading.Thread(target=lambda: [t.join() for t in threads] and None or done.set())
+    watcher.start()
+    while True:
+        finished = done.is_set()
+        seen += [seq for seq, _ in reader.events(seen[-1] if seen else 0)]
+        if finished:
+            break
+    assert len(seen) == len(set(seen)) == per_writer * len(writers), "a reader missed or repeated events"
+    assert seen == sorted(seen)
+
+
+# -- replicas and their leader ------------------------------------------------------------------
+def replica(n: int) -> Replica:
+    return Replica(id=f"r{n}", url=f"http://127.0.0.1:{8000 + n}", host="here", pid=1000 + n, version="1")
+
+
+def test_one_replica_leads_and_another_takes_over_when_it_leaves(connect):
+    first, second = connect(), connect()
+    assert first.heartbeat(replica(1), ttl_s=30)
+    assert not second.heartbeat(replica(2), ttl_s=30)
+    assert first.heartbeat(replica(1), ttl_s=30), "the leader renews its lease"
+    assert [(r.id, r.leader) for r in second.replicas()] == [("r1", True), ("r2", False)]
+    first.leave("r1")
+    assert [r.id for r in second.replicas()] == ["r2"]
+    assert second.heartbeat(replica(2), ttl_s=30), "a lease given back is taken at the next heartbeat"
+    assert not first.heartbeat(replica(1), ttl_s=30)
+
+
+def test_an_expired_lease_is_taken(connect):
+    first, second = connect(), connect()
+    assert first.heartbeat(replica(1), ttl_s=0.2)
+    assert not second.heartbeat(replica(2), ttl_s=0.2)
+    time.sleep(0.4)
+    assert second.heartbeat(replica(2), ttl_s=30)
+    assert not first.heartbeat(replica(1), ttl_s=30), "the old leader finds the lease taken"
+
+
+def test_the_lease_of_a_leader_whose_session_is_gone_is_taken_at_once(connect):
+    first, second = connect(), connect()
+    assert first.heartbeat(replica(1), ttl_s=300)
+    with second._tx() as db:  # as if its process (SQLite) or its connection (PostgreSQL) had died
+        db.execute("UPDATE replicas SET session=? WHERE id=?", (_dead_session(second), "r1"))
+    assert second.heartbeat(replica(2), ttl_s=30)
+    assert [(r.id, r.leader) for r in second.replicas()] == [("r2", True)], "the dead replica is not listed"
+
+
+def test_a_postgres_leader_that_disconnects_is_replaced_at_once(connect):
+    first, second = connect(), connect()
+    if isinstance(first, SqliteRunStore):
+        pytest.skip("a SQLite store's session is its process")
+    assert first.heartbeat(replica(1), ttl_s=300)
+    first.close()
+    deadline = time.monotonic() + 5  # the server ends the session as soon as it sees the connection closed
+    while not second.heartbeat(replica(2), ttl_s=30):
+        assert time.monotonic() < deadline, "the lease of a disconnected leader was not taken"
+        time.sleep(0.05)
+
+
+def _dead_session(store: RunStore) -> str:
+    """A session that no process or connection has."""
+    return "999999999:0.0" if isinstance(store, SqliteRunStore) else "2147483646"
+
+
+def test_replicas_starting_together_create_the_administrator_once(connect):
+    replicas = [connect() for _ in range(4)]
+    start, outcomes = threading.Barrier(len(replicas)), []
+
+    def create(store: RunStore, n: int) -> None:
+        start.wait()
+        try:
+            store.create_account(Account(name="local", gpu_quota=1, admin=True), f"hash-{n}")
+            outcomes.append("created")
+        except Conflict:
+            outcomes.append("conflict")
+    threads = [threading.Thread(target=create, args=(r, n)) for n, r in enumerate(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(outcomes) == ["conflict"] * 3 + ["created"]
+
+
+# -- schema versions and the census ----------------------------------------------------------------
+def test_a_database_a_newer_backend_opened_is_refused_in_one_line(connect):
+    from wml_backend.rundb.sql import SCHEMA_VERSION
+    store = connect()
+    assert store.schema_version() == SCHEMA_VERSION
+    connect()  # the same version opens it again
+    with store._tx() as db:
+        db.execute("UPDATE schema_version SET version=?", (SCHEMA_VERSION + 3,))
+    with pytest.raises(WmlError) as refused:
+        connect()
+    assert str(refused.value) == (f"the database's schema is version {SCHEMA_VERSION + 3}, newer than this "
+                                  f"backend's {SCHEMA_VERSION}: upgrade this backend to the version that wrote it")
+
+
+def test_the_census_counts_runs_gpus_and_the_longest_wait_by_account_and_state(store):
+    add_experiment(store, "e1", account="alice", runs=3, created=T0)
+    add_experiment(store, "e2", account="bob", runs=1, created=T0 + 5, learners=2)
+    move(store, "e1-1", P)
+    counts = {(c.account, c.state.value): (c.runs, c.gpus, c.oldest) for c in store.census()}
+    assert counts == {("alice", "QUEUED"): (2, 0, T0), ("alice", "PENDING"): (1, 1, None),
+                      ("bob", "QUEUED"): (1, 0, T0 + 5)}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from wml_backend.runner.tensorboard import EventFileTail, events
+from wml_runner.tensorboard import EventFileTail, events
 
 DEFINITION = Path(__file__).parent / "definitions" / "tensorboard"
 

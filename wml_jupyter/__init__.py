@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from wml_backend.errors import WmlError
+from wml_core.errors import WmlError
 
 __version__ = "0.1.0"
 __all__ = ["Client", "WmlError", "run"]

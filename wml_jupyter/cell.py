@@ -2,8 +2,8 @@
 
 The cell runs in a fresh process, far from the notebook, so it must be self-contained:
 ``check_names`` finds every name it uses but never defines (with the line) before anything is
-submitted. ``TrainOptions`` are the ``%%wml train`` flags; ``manifest`` writes them as an FfDL
-manifest with the wml extensions (hyperparameters, search).
+submitted. ``TrainOptions`` are the ``%%wml train`` flags (defined in ``wml_core.train_options``);
+``manifest`` writes them as an FfDL manifest with the wml extensions (hyperparameters, search).
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import ast
 import builtins
 import symtable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 import yaml
 
-from wml_backend.definition import ParamSpec
-from wml_backend.errors import InvalidInput
-from wml_backend.space import parse_sweep_flag
+from wml_core.errors import InvalidInput
+from wml_core.train_options import TrainOptions, manifest_fields
 
 from .codezip import SKIP_DIRS, zip_files
 
@@ -28,6 +26,8 @@ MODULE_NAMES = {"__name__", "__file__", "__doc__", "__builtins__", "__spec__", "
                 "__package__", "__annotations__", "__path__", "__cached__"}
 #: The file a cell becomes.
 SCRIPT = "train.py"
+#: The description of a definition written from a cell.
+DESCRIPTION = "written by %%wml train"
 
 
 # -- the static check -------------------------------------------------------------------------
@@ -91,74 +91,12 @@ def check_names(source: str, notebook: Optional[dict[str, Any]] = None, first_li
 
 # -- the definition ---------------------------------------------------------------------------
 
-@dataclass
-class TrainOptions:
-    """What ``%%wml train`` (or ``Client.train_code``) is told besides the code."""
-
-    name: str = "notebook"
-    framework: str = "pytorch"
-    framework_version: Optional[str] = None
-    gpus: int = 0
-    cpus: Optional[float] = None
-    memory: Optional[str] = None
-    learners: int = 1
-    data: Optional[str] = None
-    sweep: list[str] = field(default_factory=list)
-    runs: Optional[int] = None
-    search: Optional[str] = None
-    metric: Optional[str] = None
-    mode: str = "max"
-    early_stop: Optional[str] = None
-    #: Early stopping's rungs: first at min_steps, then × reduction_factor, never at max_steps.
-    min_steps: Optional[int] = None
-    reduction_factor: Optional[int] = None
-    max_steps: Optional[int] = None
-    seed: Optional[int] = None
-    include: list[str] = field(default_factory=list)
-    #: Restarts of a failed run (FAILED only after the last), with the same CHECKPOINT_DIR.
-    max_retries: int = 0
-
-
-def _param_yaml(spec: ParamSpec) -> Any:
-    """A hyperparameter spec in the manifest's form."""
-    if spec.kind == "choice":
-        return spec.values[0] if len(spec.values) == 1 else list(spec.values)
-    bounds = [spec.low, spec.high] + ([spec.step] if spec.step is not None else [])
-    return {spec.kind: [int(b) if spec.kind == "int" else b for b in bounds]}
-
-
-def _search(opts: TrainOptions) -> dict:
-    search = {"algorithm": opts.search, "runs": opts.runs, "metric": opts.metric,
-              "mode": opts.mode if opts.metric else None, "seed": opts.seed}
-    if opts.early_stop:
-        if not opts.metric:
-            raise InvalidInput("--early-stop needs --metric (the metric to compare runs by)")
-        rungs = {"min_steps": opts.min_steps, "reduction_factor": opts.reduction_factor,
-                 "max_steps": opts.max_steps}
-        search["early_stopping"] = {"type": opts.early_stop, **{k: v for k, v in rungs.items() if v is not None}}
-    return {k: v for k, v in search.items() if v is not None}
-
-
 def manifest(opts: TrainOptions) -> str:
-    """The FfDL manifest (YAML text) the options describe."""
-    space = dict(parse_sweep_flag(flag) for flag in opts.sweep)
-    data: dict[str, Any] = {"name": opts.name, "description": "written by %%wml train",
-                            "gpus": opts.gpus, "learners": opts.learners}
-    if opts.cpus is not None:
-        data["cpus"] = opts.cpus
-    if opts.memory:
-        data["memory"] = opts.memory
-    if opts.data:
-        data["data_stores"] = [{"id": "data", "training_data": {"container": opts.data}}]
-    framework = {"name": opts.framework, "version": opts.framework_version, "command": f"python3 {SCRIPT}"}
-    data["framework"] = {k: v for k, v in framework.items() if v is not None}
-    if space:
-        data["hyperparameters"] = {name: _param_yaml(spec) for name, spec in space.items()}
-    search = _search(opts)
-    if search:
-        data["search"] = search
-    if opts.max_retries:
-        data["max_retries"] = opts.max_retries
+    """The FfDL manifest (YAML text) the options describe (``wml_core.train_options`` maps each
+    option to its field)."""
+    data = manifest_fields(opts)
+    data["description"] = DESCRIPTION
+    data["framework"]["command"] = f"python3 {SCRIPT}"
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -14,7 +14,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from wml_backend import models
+from wml_core import models
+from wml_core.billing import format_gpu_time
+from wml_core.ranking import best_run, metric_value, ranked
+
+from .describe import TEXT_COLUMNS, best_text, html_table, num, numeric_columns, why
 
 #: Most points drawn per curve: a longer series is reduced, keeping each bucket's min and max.
 MAX_DRAW_POINTS = 500
@@ -69,8 +73,9 @@ def new_figure(width: float = 8.0, height: float = 3.2):
 
 
 def draw_curves(ax: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], metric: Optional[str],
-                highlight: Optional[str] = None) -> None:
-    """One line per run of ``metric`` against step on ``ax``; the ``highlight`` run drawn bold."""
+                highlight: Optional[str] = None, empty: Optional[str] = None) -> None:
+    """One line per run of ``metric`` against step on ``ax``; the ``highlight`` run drawn bold.
+    Without any curve the axes say ``empty`` (by default, that the metric is awaited)."""
     color = _colors(len(series))
     for index, (run_id, (x, y)) in enumerate(sorted(series.items())):
         best = run_id == highlight
@@ -81,22 +86,23 @@ def draw_curves(ax: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], metri
     ax.set_ylabel(metric or "metric")
     ax.grid(alpha=0.3)
     if not series:
-        ax.text(0.5, 0.5, f"waiting for {metric or 'metrics'}…", ha="center", va="center",
-                transform=ax.transAxes, color="gray")
+        ax.text(0.5, 0.5, empty or f"waiting for {metric or 'metrics'}…", ha="center", va="center",
+                transform=ax.transAxes, color="gray", wrap=True)
     elif len(series) <= MAX_LEGEND:
         ax.legend(fontsize=7, loc="best", ncol=2)
 
 
 def curves_png(series: dict[str, tuple[np.ndarray, np.ndarray]], metric: Optional[str],
-               highlight: Optional[str] = None) -> bytes:
+               highlight: Optional[str] = None, empty: Optional[str] = None) -> bytes:
     """The metric curves of every run as PNG bytes."""
     fig = new_figure()
-    draw_curves(fig.add_subplot(), series, metric, highlight)
+    draw_curves(fig.add_subplot(), series, metric, highlight, empty)
     return figure_png(fig)
 
 
 def snapshot_png(summary: str, series: dict[str, tuple[np.ndarray, np.ndarray]], metric: Optional[str],
-                 highlight: Optional[str], columns: list[str], rows: list[list[str]], max_rows: int = 40) -> bytes:
+                 highlight: Optional[str], columns: list[str], rows: list[list[str]], max_rows: int = 40,
+                 empty: Optional[str] = None) -> bytes:
     """A whole display in one PNG: the summary line, the curves and the runs table."""
     shown = rows[:max_rows] + ([[f"… {len(rows) - max_rows} more"] + [""] * (len(columns) - 1)]
                                if len(rows) > max_rows else [])
@@ -105,14 +111,17 @@ def snapshot_png(summary: str, series: dict[str, tuple[np.ndarray, np.ndarray]],
     grid = fig.add_gridspec(2, 1, height_ratios=[3.2, table_in], hspace=0.35)
     fig.subplots_adjust(top=1 - 0.35 / (3.6 + table_in), bottom=0.02)
     fig.suptitle(summary, x=0.02, ha="left", fontsize=9)
-    draw_curves(fig.add_subplot(grid[0]), series, metric, highlight)
+    draw_curves(fig.add_subplot(grid[0]), series, metric, highlight, empty)
     ax = fig.add_subplot(grid[1])
     ax.set_axis_off()
     if shown:
         table = ax.table(cellText=shown, colLabels=columns, loc="upper center", cellLoc="left")
         table.auto_set_font_size(False)
         table.set_fontsize(7)
-        for (r, _), cell in table.get_celld().items():
+        numeric = numeric_columns(columns, shown, text=TEXT_COLUMNS)
+        for (r, c), cell in table.get_celld().items():
+            if columns[c] in numeric:
+                cell.get_text().set_horizontalalignment("right")
             if r > 0 and shown[r - 1][0] == highlight:
                 cell.get_text().set_fontweight("bold")
     return figure_png(fig)
@@ -152,13 +161,15 @@ def _axis(values: list) -> tuple[list[float], list[tuple[float, str]]]:
     return [scale(v) for v in values], [(scale(lo), f"{lo:.3g}"), (scale(hi), f"{hi:.3g}")]
 
 
-def parallel_png(rows: list[dict[str, Any]], params: Sequence[str], metric: str, mode: str) -> bytes:
-    """Parallel coordinates: one axis per hyperparameter and one for the metric, a line per run."""
+def parallel_png(rows: list[dict[str, Any]], params: Sequence[str], metric: str, mode: str,
+                 empty: Optional[str] = None) -> bytes:
+    """Parallel coordinates: one axis per hyperparameter and one for the metric, a line per run
+    (without rows, the plot says ``empty``: by default that no run has logged the metric)."""
     fig = new_figure(8.0, 3.6)
     ax = fig.add_subplot()
     names = [*params, metric]
     if not rows:
-        ax.text(0.5, 0.5, f"no run has logged {metric} yet", ha="center", va="center", color="gray")
+        ax.text(0.5, 0.5, empty or f"no run has logged {metric} yet", ha="center", va="center", color="gray")
         ax.set_axis_off()
         return figure_png(fig)
     columns = [_axis([row[name] for row in rows]) for name in names]
@@ -186,29 +197,36 @@ def png_img(png: bytes, alt: str) -> str:
 # -- the comparison ---------------------------------------------------------------------------
 
 class Comparison:
-    """An experiment's runs sorted by its metric, best first, with a parallel-coordinates plot."""
+    """An experiment's runs ranked by a metric as ``wml_core.ranking`` ranks them: completed runs
+    best first, then the partial ones (still training, stopped, failed), then those that logged
+    nothing; with the step of each value and a parallel-coordinates plot. No metric, no ranking."""
 
     def __init__(self, experiment: models.Experiment, runs: list[models.Run], metric: Optional[str] = None):
         self.experiment, self.mode = experiment, experiment.mode
-        self.metric = metric or experiment.metric or _first_metric(runs)
+        #: The metric runs are ranked by: as asked, else the experiment's (None: neither chose one).
+        self.metric = metric or experiment.metric
         self.params = sorted({k for r in runs for k in r.hparams})
-        scored = [r for r in runs if self.metric in r.metrics]
-        scored.sort(key=lambda r: r.metrics[self.metric], reverse=self.mode == "max")
-        #: Runs that logged the metric, best first, then the others.
-        self.runs = scored + [r for r in runs if self.metric not in r.metrics]
-        self._scored = len(scored)
+        #: The runs, best first (in their own order when there is no metric).
+        self.runs = ranked(runs, self.metric, self.mode)
+        #: The best completed run, or the provisional leader while none has completed.
+        self.leader = best_run(self.runs, self.metric, self.mode)
 
     @property
     def best(self) -> Optional[models.Run]:
-        """The best run (None until one logged the metric)."""
-        return self.runs[0] if self._scored else None
+        """The best run (see ``leader``); None without a metric or a value of it."""
+        return next(r for r in self.runs if r.id == self.leader.run_id) if self.leader else None
+
+    def _scored(self) -> list[models.Run]:
+        return [r for r in self.runs if metric_value(r, self.metric) is not None]
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per run: id, state, hyperparameters, latest metrics, GPU seconds."""
-        metrics = sorted({k for r in self.runs for k in r.metrics} - {"step"},
-                         key=lambda k: (k != self.metric, k))
+        """One dict per run, best first: id, state, hyperparameters, the metric and the step it
+        was read at, the other latest metrics, GPU seconds and why it ended."""
+        others = sorted({k for r in self.runs for k in r.metrics} - {"step", self.metric})
+        ranked_by = [self.metric, "step"] if self.metric else ["step"]
         return [{"run": r.id, "state": r.state.value, **{p: r.hparams.get(p) for p in self.params},
-                 **{m: r.metrics.get(m) for m in metrics}, "gpu_seconds": r.gpu_seconds} for r in self.runs]
+                 **{m: r.metrics.get(m) for m in ranked_by + others}, "gpu_seconds": r.gpu_seconds,
+                 "reason": why(r)} for r in self.runs]
 
     def to_dataframe(self):
         """The rows as a pandas DataFrame (needs pandas)."""
@@ -217,35 +235,33 @@ class Comparison:
 
     def png(self) -> bytes:
         """The parallel-coordinates plot as PNG bytes."""
-        scored = [{**r.hparams, self.metric: r.metrics[self.metric]} for r in self.runs[:self._scored]]
+        scored = [{**r.hparams, self.metric: metric_value(r, self.metric)} for r in self._scored()]
         params = [p for p in self.params if all(p in row for row in scored)]
-        return parallel_png(scored, params, self.metric or "metric", self.mode)
+        return parallel_png(scored, params, self.metric or "metric", self.mode,
+                            empty=None if self.metric else "no metric chosen")
+
+    def summary(self) -> str:
+        """One line: how many runs, by what, and the best (or why there is none)."""
+        if not self.metric:
+            return f"{len(self.runs)} runs; no metric chosen: pass --metric NAME to rank them"
+        return (f"{len(self.runs)} runs by {self.metric} ({self.mode}), completed runs first: "
+                f"{best_text(self.leader, self.metric)}")
 
     def __repr__(self) -> str:
-        best = self.best
-        tail = f"best {best.id} {self.metric}={best.metrics[self.metric]:.4g} {best.hparams}" if best else \
-            "no metric yet"
-        return (f"<Comparison of {len(self.runs)} runs of {self.experiment.id} by {self.metric} "
-                f"({self.mode}): {tail}>")
+        hparams = f" {self.best.hparams}" if self.best else ""
+        return f"<Comparison of {self.experiment.id}: {self.summary()}{hparams}>"
 
     def _repr_html_(self) -> str:
         rows = self.rows()
-        columns = list(rows[0]) if rows else ["run"]
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(row[c]))}</td>" for c in columns) + "</tr>"
-                       for row in rows)
+        columns = [c if c != "gpu_seconds" else "GPU time" for c in (rows[0] if rows else ["run"])]
+        cells = [[_cell(row[c]) for c in row] for row in rows]
+        for row, cell in zip(rows, cells):
+            cell[list(row).index("gpu_seconds")] = format_gpu_time(row["gpu_seconds"])
         title = (f"<b>{html.escape(self.experiment.name)}</b> ({html.escape(self.experiment.id)}): "
-                 f"{len(rows)} runs by {html.escape(str(self.metric))}, {self.mode}, best first")
-        return f"{title}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>" + \
-            png_img(self.png(), "parallel coordinates")
+                 f"{html.escape(self.summary())}")
+        image = png_img(self.png(), "parallel coordinates") if self._scored() else ""
+        return title + html_table(columns, cells, numeric_columns(columns, cells, text=TEXT_COLUMNS)) + image
 
 
 def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _first_metric(runs: list[models.Run]) -> Optional[str]:
-    names = sorted({k for r in runs for k in r.metrics} - {"step"})
-    return names[0] if names else None
+    return "" if value is None else num(value)

@@ -8,10 +8,12 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-from wml_backend.errors import (Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded,
-                                Unauthorized, WmlError)
+from wml_core.backend_flags import add_backend_flags, add_limit_flags, backend_argv, bounded
+from wml_core.errors import (Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded,
+                             Unauthorized, WmlError)
+from wml_core.train_options import FILE, add_flags
+from wml_core.states import ExperimentState
 
-from . import tables
 
 #: Errors that mean the user's input was wrong (exit 2) rather than the operation failing (1).
 INPUT_ERRORS = (InvalidInput, NotFound, QuotaExceeded, Unauthorized, Forbidden, Conflict)
@@ -28,20 +30,15 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def bounded(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: a whole number in [low, high] (argparse names the flag when it is not)."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
-        return value
-    parse.__name__ = "whole number"  # argparse's message reads "invalid whole number value"
-    return parse
-
-
 def _client():
     from .client import Client
     return Client()
+
+
+def _tables():
+    """The table renderers, imported on use (commands that print no table never load them)."""
+    from . import tables
+    return tables
 
 
 def _emit(args: argparse.Namespace, obj: Any, human: Callable[[], str]) -> None:
@@ -53,19 +50,12 @@ def _emit(args: argparse.Namespace, obj: Any, human: Callable[[], str]) -> None:
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_backend(args: argparse.Namespace) -> int:
-    from wml_backend import daemon
-    settings = daemon.settings_from(args)
+    from . import launcher
+    flags = backend_argv(args)
     if args.action == "serve":
-        daemon.serve(settings)
-        return 0
-    if args.action == "start":
-        info = daemon.start(settings)
-    elif args.action == "stop":
-        stopped = daemon.stop()
-        info = {**daemon.status(), "stopped": stopped}
-    else:
-        info = daemon.status()
-    _emit(args, info, lambda: tables.backend_status(info))
+        launcher.serve(flags)
+    info = launcher.daemon(args.action, flags)
+    _emit(args, info, lambda: _tables().backend_status(info))
     return 0 if info["running"] or args.action == "stop" else 1
 
 
@@ -79,7 +69,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from wml_backend.manifest import load_manifest_file
+    from wml_core.manifest import load_manifest_file
     definition = load_manifest_file(args.manifest)
     fmt = {"ffdl": "FfDL (ManifestV1)", "wml": "Watson ML"}[definition.format]
     print(f"{args.manifest}: valid {fmt} manifest: {definition.name}, framework {definition.framework}, "
@@ -88,7 +78,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from wml_backend.storage.sync import tqdm_progress
+    from wml_core.objectstore.sync import tqdm_progress
     summary = _client().upload(args.path, args.bucket, progress=tqdm_progress())
     print(summary.line())
     return 0
@@ -101,26 +91,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     experiment = client.train(args.manifest, args.model, sweep=args.sweep, runs=args.runs)
     if args.wait:
         experiment.wait()
-    _emit(args, experiment.model.model_dump(mode="json"), lambda: tables.experiment(experiment.model, []))
+    _emit(args, experiment.model.model_dump(mode="json"), lambda: _tables().experiment(experiment.model, []))
     if not args.json:
         print(experiment.id)
-    return 1 if args.wait and experiment.state != "COMPLETED" else 0
+    return 1 if args.wait and experiment.state is not ExperimentState.COMPLETED else 0
 
 
 def _dry_run(args: argparse.Namespace) -> int:
     """Print the Kubernetes objects of each run of ``wml train ARGS`` as one YAML stream, each run's
     preceded by a comment with its hyperparameters; nothing is submitted and no backend started."""
-    import yaml
-    from wml_backend.dry_run import kubernetes_plan
+    from wml_core.manifest import load_manifest_file
 
-    from .client import embedded_settings, train_request
+    from . import launcher
+    from .client import train_request
     from .config import load_profile
     if args.wait or args.json:
         raise UsageError("wml train: --dry-run submits nothing: it takes neither --wait nor --json")
+    load_manifest_file(args.manifest)  # a bad manifest is its located lines, as for `wml validate`
     request = train_request(args.manifest, args.model, sweep=args.sweep, runs=args.runs)
-    for run in kubernetes_plan(request, embedded_settings(load_profile())):
-        print(f"# run {run.run_id}: hyperparameters {json.dumps(run.hparams, sort_keys=True, default=str)}")
-        sys.stdout.write(yaml.safe_dump_all(run.objects, explicit_start=True, sort_keys=False))
+    for line in launcher.kubernetes_plan(request.model_dump_json(), load_profile()).splitlines(keepends=True):
+        sys.stdout.write(line)  # a line at a time: a reader that stops early is a quiet exit 141
     return 0
 
 
@@ -128,10 +118,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     client = _client()
     if args.experiment or args.state:
         runs = [r.model for r in client.runs(args.experiment, args.state)]
-        _emit(args, [r.model_dump(mode="json") for r in runs], lambda: tables.runs(runs))
+        _emit(args, [r.model_dump(mode="json") for r in runs], lambda: _tables().runs(runs))
     else:
         exps = [e.model for e in client.experiments()]
-        _emit(args, [e.model_dump(mode="json") for e in exps], lambda: tables.experiments(exps))
+        _emit(args, [e.model_dump(mode="json") for e in exps], lambda: _tables().experiments(exps))
     return 0
 
 
@@ -140,11 +130,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     client = _client()
     if _is_run_id(args.id):
         run = client.run(args.id).model
-        _emit(args, run.model_dump(mode="json"), lambda: tables.run_detail(run))
+        _emit(args, run.model_dump(mode="json"), lambda: _tables().run_detail(run))
     else:
         exp = client.experiment(args.id)
         runs = [r.model for r in exp.runs()]
-        _emit(args, exp.model.model_dump(mode="json"), lambda: tables.experiment(exp.model, runs))
+        _emit(args, exp.model.model_dump(mode="json"), lambda: _tables().experiment(exp.model, runs))
     return 0
 
 
@@ -161,7 +151,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     points = _client().metrics(args.run)
-    _emit(args, [p.model_dump() for p in points], lambda: tables.metrics(points))
+    _emit(args, [p.model_dump() for p in points], lambda: _tables().metrics(points))
     return 0
 
 
@@ -172,7 +162,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from wml_backend.storage.sync import tqdm_progress
+    from wml_core.objectstore.sync import tqdm_progress
     part = "logs" if args.logs_only else "model" if args.model else "all"
     summary = _client().download(args.run, args.dest, progress=tqdm_progress(), part=part)
     print(summary.line("received"))
@@ -181,15 +171,36 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_usage(args: argparse.Namespace) -> int:
     usage = _client().usage()
-    _emit(args, usage.model_dump(mode="json"), lambda: tables.usage(usage))
+    _emit(args, usage.model_dump(mode="json"), lambda: _tables().usage(usage))
     return 0
 
 
 def cmd_accounts(args: argparse.Namespace) -> int:
-    created = _client().create_account(args.name, args.gpus)
-    print(f"account {created.name} created with a quota of {created.gpu_quota} GPU(s); its token:")
-    print(created.token)
+    client = _client()
+    limits = {flag: getattr(args, flag, None) for flag in ("gpus", "slots", "cpus", "memory", "max_queued")}
+    if args.action == "create":
+        created = client.create_account(args.name, **limits)
+        print(f"account {created.name} created with a quota of {created.gpu_quota} GPU(s); its token:")
+        print(created.token)
+    elif args.action == "update":
+        print(_tables().account(client.update_account(args.name, **limits)))
+    elif args.action == "disable":
+        client.disable_account(args.name)
+        print(f"account {args.name} disabled: its tokens no longer work and its queued runs are halted")
+    else:
+        rotated = client.rotate_token(args.name)
+        print(f"account {rotated.name} has a new token (the old one no longer works):")
+        print(rotated.token)
     return 0
+
+
+#: What ``wml accounts`` does, by action.
+ACCOUNT_ACTIONS = {
+    "create": "create an account; prints its token on the last line",
+    "update": "change an account's GPU quota and limits (a limit not given stays); prints them",
+    "disable": "disable an account: its tokens stop working at once, its queued runs are halted",
+    "rotate-token": "give an account a new token, printed on the last line; the old one stops working",
+}
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -207,15 +218,7 @@ def build_parser() -> Parser:
 
     sp = command("backend", cmd_backend, "start, stop or query the embedded backend", json_flag=True)
     sp.add_argument("action", choices=["start", "stop", "status", "serve"])
-    sp.add_argument("--executor", choices=["local", "kubernetes"])
-    sp.add_argument("--gpus", type=bounded(0, 10_000), help="GPUs to schedule (slots on a machine without GPUs)")
-    sp.add_argument("--slots", type=bounded(1, 10_000), help="most runs at once (default: max(GPUs, CPU cores))")
-    sp.add_argument("--port", type=bounded(1, 65_535), help="port on 127.0.0.1")
-    sp.add_argument("--storage", help="default object store: s3://bucket/prefix (default: the embedded file store)")
-    sp.add_argument("--endpoint", help="S3 endpoint URL (MinIO, Ceph, IBM COS...)")
-    sp.add_argument("--host", help="address to listen on (default 127.0.0.1; others need TLS or --insecure)")
-    from wml_backend.daemon import add_exposure_flags
-    add_exposure_flags(sp)
+    add_backend_flags(sp)
 
     sp = command("config", cmd_config, "show or set the client configuration", json_flag=True)
     sp.add_argument("action", nargs="?", choices=["show", "set"], default="show")
@@ -232,10 +235,7 @@ def build_parser() -> Parser:
     sp = command("train", cmd_train, "submit a training definition as an experiment", json_flag=True)
     sp.add_argument("manifest")
     sp.add_argument("model", nargs="?", help="model directory or zip (default: the manifest's directory)")
-    sp.add_argument("--sweep", action="append", default=[], metavar="SPEC",
-                    help="a hyperparameter to search, e.g. 'lr=loguniform(1e-4,1e-1)' or 'hidden=[32,64]'")
-    sp.add_argument("--runs", type=int, help="number of runs to sample")
-    sp.add_argument("--wait", action="store_true", help="wait for every run to end (exit 1 if one did not complete)")
+    add_flags(sp, FILE)
     sp.add_argument("--dry-run", choices=["kubernetes"],
                     help="print, as YAML, the objects each run would create (secrets redacted); submit nothing")
 
@@ -266,10 +266,16 @@ def build_parser() -> Parser:
 
     command("usage", cmd_usage, "GPU quota and GPU time", json_flag=True)
 
-    sp = command("accounts", cmd_accounts, "create an account (administrators only)")
-    sp.add_argument("action", choices=["create"])
-    sp.add_argument("name")
-    sp.add_argument("--gpus", type=int, required=True, help="the account's GPU quota")
+    sp = command("accounts", cmd_accounts, "create, change or disable an account, or give it a new token "
+                 "(administrators only)")
+    actions = sp.add_subparsers(dest="action", required=True, parser_class=Parser)
+    for action, help_text in ACCOUNT_ACTIONS.items():
+        ap = actions.add_parser(action, help=help_text, description=help_text)
+        ap.add_argument("name")
+        if action in ("create", "update"):
+            ap.add_argument("--gpus", type=bounded(0, 10_000), required=action == "create",
+                            help="the account's GPU quota: GPUs its runs may hold at once")
+            add_limit_flags(ap)
     return p
 
 

@@ -12,10 +12,10 @@ from typing import Any, Iterator, Optional
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from wml_backend import models
-from wml_backend.errors import ERRORS_BY_CODE, BackendUnavailable, InvalidInput, WmlError, quoted
-from wml_backend.manifest import read_manifest_text
-from wml_backend.settings import wml_home
+from wml_core import models
+from wml_core.errors import ERRORS_BY_CODE, BackendUnavailable, InvalidInput, WmlError, quoted
+from wml_core.manifest import read_manifest_text
+from wml_core.objectstore.resolve import wml_home
 
 from .codezip import package
 from .config import Profile, load_profile
@@ -26,6 +26,8 @@ HTTP_TIMEOUT_S = 60.0
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: What a run or experiment id may hold: anything else would change the URL the id goes in.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+#: What an account name may be (the backend's rule).
+_ACCOUNT = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 
 
 class Client:
@@ -66,19 +68,15 @@ class Client:
                    **options: Any) -> Experiment:
         """Submit Python source (e.g. a notebook cell) as ``train.py`` of a new definition.
 
-        ``options`` are those of ``%%wml train`` (``wml_jupyter.cell.TrainOptions``: name, gpus,
-        sweep, runs, metric, mode, data, include...). The source must be self-contained: a name
-        it uses but never defines is an ``InvalidInput`` naming the line (counted from
-        ``first_line``), raised before submitting; ``notebook`` (a namespace) improves the hint.
+        ``options`` are those of ``%%wml train`` (``wml_core.train_options``: name, gpus, sweep,
+        runs, metric, mode, data, include...). The source must be self-contained: a name it uses
+        but never defines is an ``InvalidInput`` naming the line (counted from ``first_line``),
+        raised before submitting; ``notebook`` (a namespace) improves the hint.
         """
-        from dataclasses import fields
+        from wml_core.train_options import train_options
 
-        from .cell import TrainOptions, definition
-        valid = [f.name for f in fields(TrainOptions)]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise InvalidInput(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-        manifest_text, code = definition(source, TrainOptions(**options), notebook, first_line)
+        from .cell import definition
+        manifest_text, code = definition(source, train_options(options), notebook, first_line)
         return self.train("manifest.yml", manifest_text=manifest_text, code=code)
 
     def watch(self, experiment_id: str, metric: Optional[str] = None) -> Experiment:
@@ -92,7 +90,7 @@ class Client:
     def events(self, on_event: Any, on_connect: Any = None):
         """The account's server-sent events for ``on_event(type, payload)``: an unstarted
         ``events.EventStream`` (reconnects by itself; ``on_connect`` runs after each connection)."""
-        from .events import EventStream
+        from .event_stream import EventStream
         auth = self._http.headers.get("Authorization")
         return EventStream(self.url, {"Authorization": auth} if auth else {}, on_event, on_connect)
 
@@ -154,10 +152,25 @@ class Client:
         """Your GPU quota, GPUs in use and queued, and GPU time per experiment."""
         return models.Usage.model_validate(self.request("GET", "/v1/usage"))
 
-    def create_account(self, name: str, gpus: int) -> models.AccountCreated:
-        """A new account with a GPU quota (administrators only)."""
-        return models.AccountCreated.model_validate(
-            self.request("POST", "/v1/accounts", json={"name": name, "gpus": gpus}))
+    def create_account(self, name: str, gpus: int, **limits: Any) -> models.AccountCreated:
+        """A new account with a GPU quota and, optionally, limits of its own (``slots``, ``cpus``,
+        ``memory`` such as ``16Gi``, ``max_queued``); administrators only. Its token is shown once."""
+        body = {"name": name, **_limits(gpus=gpus, **limits)}
+        return models.AccountCreated.model_validate(self.request("POST", "/v1/accounts", json=body))
+
+    def update_account(self, name: str, **limits: Any) -> models.AccountInfo:
+        """Change an account's limits (``gpus``, ``slots``, ``cpus``, ``memory``, ``max_queued``);
+        the others stay. Administrators only."""
+        return models.AccountInfo.model_validate(
+            self.request("PATCH", f"/v1/accounts/{_account(name)}", json=_limits(**limits)))
+
+    def disable_account(self, name: str) -> models.AccountInfo:
+        """Disable an account: its tokens stop working at once and its queued runs are halted."""
+        return models.AccountInfo.model_validate(self.request("POST", f"/v1/accounts/{_account(name)}/disable"))
+
+    def rotate_token(self, name: str) -> models.AccountToken:
+        """Give an account a new token (shown once); the old one stops working at once."""
+        return models.AccountToken.model_validate(self.request("POST", f"/v1/accounts/{_account(name)}/token"))
 
     # -- storage --------------------------------------------------------------------------
     def store(self):
@@ -166,16 +179,16 @@ class Client:
         return client_store(self.profile)
 
     def upload(self, path: str | os.PathLike, bucket: str, progress: Any = None):
-        """Sync a local file or directory to ``bucket[/prefix]``; return what was sent."""
-        from wml_backend.storage.sync import upload
-        if not Path(path).exists():
-            raise InvalidInput(f"{path}: no such file or directory")
-        bucket, prefix = _destination(bucket)
-        return upload(self.store(), Path(path), bucket, prefix, progress=progress)
+        """Sync a local file or directory to ``bucket[/prefix]``; return what was sent. The backend
+        first records the destination as your account's: another account's is refused (``NotFound``)."""
+        from .storage import checked_upload, upload
+        name, prefix = checked_upload(path, bucket)
+        self.request("POST", "/v1/data/claims", json={"bucket": name, "prefix": prefix})
+        return upload(self.profile, path, bucket, progress=progress)
 
     def download(self, run_id: str, dest: str | os.PathLike = ".", progress: Any = None, part: str = "all"):
         """Pull a run's results into ``dest``: ``all``, only the ``logs``, or the submitted ``model`` code."""
-        from wml_backend.storage.sync import download
+        from wml_core.objectstore.sync import download
         if Path(dest).exists() and not Path(dest).is_dir():
             raise InvalidInput(f"{dest}: exists and is not a directory")
         run = self.run(run_id)
@@ -207,9 +220,8 @@ def train_request(manifest: str | os.PathLike, model: Optional[str | os.PathLike
 
 def _total(summaries: list) -> Any:
     """One summary of several transfers."""
-    from wml_backend.storage import SyncSummary
-    return SyncSummary(sent=sum(s.sent for s in summaries), skipped=sum(s.skipped for s in summaries),
-                       bytes=sum(s.bytes for s in summaries), seconds=sum(s.seconds for s in summaries))
+    from wml_core.objectstore import SyncSummary
+    return SyncSummary.combined(summaries)
 
 
 def _error(response: httpx.Response) -> WmlError:
@@ -237,16 +249,6 @@ def _package(model: Optional[str | os.PathLike], manifest: Path) -> bytes:
         raise InvalidInput(f"{exc.filename or model}: {exc.strerror or 'cannot be read'}") from None
 
 
-def _destination(target: str) -> tuple[str, str]:
-    """``BUCKET[/PREFIX]`` as (bucket, prefix), refusing what would land outside the bucket."""
-    bucket, _, prefix = target.partition("/")
-    if not bucket or bucket.startswith(".") or "\\" in target:
-        raise InvalidInput(f"bucket: {quoted(target)} is not BUCKET[/PREFIX] (a bucket name, then an optional prefix)")
-    if {".", ".."} & set(prefix.split("/")):
-        raise InvalidInput(f"bucket: {quoted(target)}: the prefix must not contain . or .. segments")
-    return bucket, prefix
-
-
 def _referenced_env(manifest: str) -> dict[str, str]:
     """Values of the environment variables a manifest names as ``${VAR}`` (for credentials)."""
     return {name: os.environ[name] for name in set(_ENV_REF.findall(manifest)) if name in os.environ}
@@ -259,22 +261,33 @@ def _id(value: str) -> str:
     return value
 
 
+def _account(name: str) -> str:
+    """``name``, checked to be an account name, so that it names one account in a URL path."""
+    if not isinstance(name, str) or not _ACCOUNT.fullmatch(name):
+        raise InvalidInput(f"name: {quoted(name)} is not an account name (a-z first, then a-z, 0-9, _ or -)")
+    return name
+
+
+def _limits(memory: Optional[str] = None, **limits: Any) -> dict[str, Any]:
+    """Account limits as the backend takes them (``memory`` such as ``16Gi`` in bytes), those given only."""
+    from wml_core.manifest import parse_memory
+    body = {k: v for k, v in limits.items() if v is not None}
+    if memory is not None:
+        try:
+            body["memory_bytes"] = parse_memory(memory)
+        except ValueError as exc:
+            raise InvalidInput(f"memory: {exc}") from None
+    return dict(_checked(models.AccountLimits, **body).model_dump(exclude_unset=True))
+
+
 def _is_run_id(value: str) -> bool:
     return bool(re.fullmatch(r"[a-z0-9]+-\d+", value))
 
 
-def embedded_settings(profile: Profile):
-    """The embedded backend's settings (``wml_backend.settings.Settings``): the profile's store."""
-    from wml_backend.settings import Settings
-    return Settings(**{k: v for k, v in {"storage_url": profile.storage, "endpoint": profile.endpoint}.items() if v})
-
-
 def _embedded_backend(token: Optional[str], profile: Profile) -> tuple[str, Optional[str]]:
     """Find or start the embedded backend (with the profile's store); return its URL and admin token."""
-    from wml_backend import daemon
-    info = daemon.status()
-    if not info["running"]:
-        info = daemon.start(embedded_settings(profile))
+    from . import launcher
+    info = launcher.embedded_backend(profile)
     if token is None:
         token_file = wml_home() / "backend" / "token"
         token = token_file.read_text().strip() if token_file.exists() else None

@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-from wml_backend.errors import InvalidInput
+from wml_core.errors import InvalidInput
 
 #: Folders never worth sending with the code.
 SKIP_DIRS = {".git", "__pycache__", ".ipynb_checkpoints", ".venv", "node_modules"}

@@ -9,9 +9,9 @@ from typing import Optional
 
 import yaml
 
-from wml_backend.errors import InvalidInput
-from wml_backend.private import write_private
-from wml_backend.settings import wml_home
+from wml_core.errors import InvalidInput
+from wml_core.private_files import write_private
+from wml_core.objectstore.resolve import wml_home
 
 #: Keys a profile may set, and what each means.
 KEYS = {

@@ -3,28 +3,31 @@
 ``LiveDisplay`` draws the model — a summary line, a runs table and a PNG of the metric curves
 (Agg, off pyplot; each curve downsampled for drawing, the model keeps every point) — from a
 daemon thread that redraws only on change and at most every ``REDRAW_MIN_S`` seconds, so the
-kernel stays free and a flood of metrics costs a bounded number of redraws.
+kernel stays free and a flood of metrics costs a bounded number of redraws. Shown in a notebook,
+it is an output with a display id; when the experiment ends, that output becomes a static view
+(HTML and PNG, no widget), so that a saved notebook keeps the finished sweep.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import threading
 import time
+import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from wml_backend import models
-from wml_backend.billing import run_gpu_seconds
-from wml_backend.states import RunState
+from wml_core import models
+from wml_core.billing import format_gpu_time, run_gpu_seconds
+from wml_core.states import RunState
 
-from .compare import MAX_DRAW_POINTS, curves_png, downsample, png_img, snapshot_png, warm_up
-from .livemodel import ExperimentFeed, ExperimentModel
-
-if TYPE_CHECKING:
-    from .client import Client
+from .charts import MAX_DRAW_POINTS, curves_png, downsample, png_img, snapshot_png, warm_up
+from .describe import (TEXT_COLUMNS, Html, all_failed, best_text, counts_text, html_table, num, numeric_columns,
+                       why)
+from .livemodel import ExperimentFeed, ExperimentModel, FeedSource
 
 #: Shortest time between two redraws; a slow figure stretches it to twice its drawing time.
 REDRAW_MIN_S = 0.25
@@ -37,45 +40,38 @@ RECONCILE_S = 3.0
 
 # -- presentation -----------------------------------------------------------------------------
 
-_STATE_COLORS = {"QUEUED": "#999", "COMPLETED": "#2a7", "FAILED": "#d33", "HALTED": "#c80", "STOPPED": "#c80"}
+_STATE_COLORS = {RunState.QUEUED: "#999", RunState.COMPLETED: "#2a7", RunState.FAILED: "#d33",
+                 RunState.HALTED: "#c80", RunState.STOPPED: "#c80"}
 
 
 def _elapsed(run: models.Run, now: float) -> float:
-    """Seconds since the run got its GPUs, to now or to its end."""
-    start = next((t.time.timestamp() for t in run.transitions if t.state is RunState.PENDING), None)
-    if start is None:
-        return 0.0
-    end = run.transitions[-1].time.timestamp() if run.state.terminal else now
-    return max(0.0, end - start)
+    """Seconds since the run was submitted, to now or to its end: its wait in the queue included,
+    which GPU time (billed from PENDING on, times its GPUs) leaves out."""
+    end = run.transitions[-1].time.timestamp() if run.state.terminal and run.transitions else now
+    return max(0.0, end - run.created.timestamp())
 
 
-def duration(seconds: float) -> str:
-    """``0.4 s``, ``12 s``, ``3m05s``, ``1h02m``."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 60:
-        return f"{seconds:.0f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+def _uses_gpus(model: ExperimentModel) -> bool:
+    """Whether GPU time means anything here: some run asks for GPUs (or none is known yet)."""
+    with model.lock:
+        return not model.runs or any(r.gpus for r in model.runs.values())
 
 
-def _num(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def leader_text(model: ExperimentModel) -> str:
+    """The best run, the provisional leader, or why there is none (no metric, every run failed)."""
+    if model.done and all_failed(model.counts()):
+        return "every run failed"
+    return best_text(model.best(), model.experiment.metric)
 
 
 def summary_text(model: ExperimentModel) -> str:
-    """n queued / running / done, GPU-hours used, the best run so far."""
-    counts, now = model.counts(), time.time()
+    """Name and id, runs counted by state, GPU time, and the best run (or why there is none)."""
+    now = time.time()
     with model.lock:
         gpu_s = sum(run_gpu_seconds(r, now) for r in model.runs.values())
-    done = sum(n for s, n in counts.items() if RunState(s).terminal)
-    running = sum(n for s, n in counts.items() if RunState(s).active)
-    ended = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()) if RunState(s).terminal)
-    best, metric = model.best(), model.metric
-    best_text = f" · best {best} {metric}={_num(model.latest[best][metric])}" if best else ""
-    return (f"{model.experiment.name} ({model.id}): {len(model.runs)} runs · "
-            f"{counts.get('QUEUED', 0)} queued · {running} running · {done} done"
-            f"{f' ({ended})' if ended else ''} · GPU time {gpu_s / 3600:.3f} h{best_text}")
+    gpu = f"GPU time {format_gpu_time(gpu_s)}" if _uses_gpus(model) else "no GPUs"
+    counts = counts_text(model.counts())
+    return f"{model.experiment.name} ({model.id}): {counts} · {gpu} · {leader_text(model)}"
 
 
 def summary_html(model: ExperimentModel, error: Optional[str] = None) -> str:
@@ -84,38 +80,59 @@ def summary_html(model: ExperimentModel, error: Optional[str] = None) -> str:
     return f"<b>{html.escape(summary_text(model))}</b>{note}"
 
 
+def empty_chart_text(model: ExperimentModel) -> str:
+    """What the chart says while no run has a curve: waiting, or why none will come."""
+    metric = model.metric
+    if not model.done:
+        return f"waiting for {metric or 'metrics'}…"
+    with model.lock:
+        failed = [r for r in model.runs.values() if r.state is RunState.FAILED]
+    if failed and len(failed) == len(model.runs):
+        which = "the run" if len(failed) == 1 else f"all {len(failed)} runs"
+        return f"{which} failed; {failed[0].id}: {why(failed[0])}"
+    return f"no run logged {metric or 'a metric'}"
+
+
 def table_rows(model: ExperimentModel) -> tuple[list[str], list[list[str]], list[str]]:
     """Columns, rows (strings) and run states of the runs table: state with queue position,
-    hyperparameters, latest metrics (the drawn metric first), GPU seconds, elapsed."""
-    now, metric = time.time(), model.metric
+    hyperparameters, latest metrics (the drawn metric first), GPU time (where runs use GPUs),
+    elapsed since submitted (the queue included), and why each ended run ended (where one did)."""
+    now, metric, gpus = time.time(), model.metric, _uses_gpus(model)
     with model.lock:
         runs = sorted(model.runs.values(), key=lambda r: r.id)
         params = sorted({k for r in runs for k in r.hparams})
         names = sorted({k for r in runs for k in model.latest.get(r.id, {})} - {"step"},
                        key=lambda k: (k != metric, k))
-        rows = [_row(r, params, names, model.latest.get(r.id, {}), now) for r in runs]
-    return ["run", "state", *params, *names, "GPU time", "elapsed"], rows, [r.state.value for r in runs]
+        rows = [_row(r, params, names, model.latest.get(r.id, {}), now, gpus) for r in runs]
+    reasons = [why(r) for r in runs]
+    columns = ["run", "state", *params, *names, *(["GPU time"] if gpus else []), "elapsed"]
+    if any(reasons):
+        columns.append("reason")
+        rows = [row + [reason] for row, reason in zip(rows, reasons)]
+    return columns, rows, [r.state.value for r in runs]
 
 
-def _row(run: models.Run, params: list[str], names: list[str], latest: dict, now: float) -> list[str]:
+def _row(run: models.Run, params: list[str], names: list[str], latest: dict, now: float,
+         gpus: bool) -> list[str]:
     state = run.state.value + (f" #{run.queue_position}" if run.queue_position else "")
-    return [run.id, state, *(_num(run.hparams[p]) if p in run.hparams else "" for p in params),
-            *(_num(latest[n]) if n in latest else "" for n in names),
-            duration(run_gpu_seconds(run, now)), duration(_elapsed(run, now))]
+    gpu_time = [format_gpu_time(run_gpu_seconds(run, now)) if run.gpus else "–"] if gpus else []
+    return [run.id, state, *(num(run.hparams[p]) if p in run.hparams else "" for p in params),
+            *(num(latest[n]) if n in latest else "" for n in names),
+            *gpu_time, format_gpu_time(_elapsed(run, now))]
 
 
 def table_html(model: ExperimentModel) -> str:
-    """The runs table as HTML; the best run in bold, states in colour."""
+    """The runs table as HTML: states in colour, numbers right-aligned, the best run in bold
+    (and in italics while it leads provisionally)."""
     columns, rows, states = table_rows(model)
     best = model.best()
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
+    styles = [("font-weight:bold" + (";font-style:italic" if best.provisional else ""))
+              if best and row[0] == best.run_id else "" for row in rows]
     for row, state in zip(rows, states):
-        cells = [html.escape(c) for c in row]
-        cells[1] = f'<span style="color:{_STATE_COLORS.get(state, "#27c")}">{cells[1]}</span>'
-        style = ' style="font-weight:bold"' if row[0] == best else ""
-        body.append(f"<tr{style}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f'<table style="font-size:12px"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+        color = _STATE_COLORS.get(RunState(state), "#27c")
+        row[1] = Html(f'<span style="color:{color}">{html.escape(row[1])}</span>')
+    numeric = numeric_columns(columns, rows, text=TEXT_COLUMNS)
+    return f'<div style="font-size:12px">{html_table(columns, rows, numeric, styles)}</div>'
 
 
 @dataclass
@@ -132,7 +149,7 @@ class _Clock:
 class LiveDisplay:
     """A self-updating view of an experiment; ``.model`` is its state, ``.widget`` its view."""
 
-    def __init__(self, client: "Client", experiment: models.Experiment, metric: Optional[str] = None,
+    def __init__(self, client: FeedSource, experiment: models.Experiment, metric: Optional[str] = None,
                  max_points: int = MAX_DRAW_POINTS, start: bool = True):
         import ipywidgets as widgets
         self.model = ExperimentModel(experiment, metric)
@@ -144,6 +161,10 @@ class LiveDisplay:
         #: Redraws so far, the time the last one took, and the time the last figure took.
         self.redraws, self.redraw_s, self.figure_s = 0, 0.0, 0.0
         self.finished = threading.Event()
+        #: The id of the outputs showing this display, replaced by its final view when it ends.
+        self.display_id = uuid.uuid4().hex
+        self._shown = False
+        self._showing = threading.Lock()  # between showing the live view and ending
         self._stop = threading.Event()
         self._cache: dict[tuple[str, Optional[str]], tuple[int, np.ndarray, np.ndarray]] = {}
         self._thread = threading.Thread(target=self._loop, name="wml-display", daemon=True)
@@ -165,7 +186,7 @@ class LiveDisplay:
     def wait(self, timeout: Optional[float] = None) -> "LiveDisplay":
         """Block until every run has ended and the final state is drawn."""
         if not self.finished.wait(timeout):
-            from wml_backend.errors import WmlError
+            from wml_core.errors import WmlError
             raise WmlError(f"experiment {self.model.id} still running after {timeout:.0f} s")
         return self
 
@@ -194,7 +215,7 @@ class LiveDisplay:
             self.feed.reconcile()
         if self.model.done and self.feed.finish():
             self.redraw()
-            self.finished.set()
+            self._end()
             return True
         version, points = self.model.version, self.model.series_version
         figure = points != clock.drawn_points and now >= figure_due
@@ -231,27 +252,63 @@ class LiveDisplay:
                 out[run_id] = cached[1:]
         return out
 
+    def _highlight(self) -> Optional[str]:
+        best = self.model.best()
+        return best.run_id if best else None
+
     def curves_png(self) -> bytes:
         """The metric curves as PNG bytes."""
-        return curves_png(self.curves(), self.model.metric, self.model.best())
+        return curves_png(self.curves(), self.model.metric, self._highlight(), empty_chart_text(self.model))
 
     def snapshot_html(self) -> str:
         """The display as static HTML (for viewers without widgets, e.g. a rendered notebook)."""
         curves = self.curves()  # none yet (just submitted): no figure, and no matplotlib to load
-        image = png_img(curves_png(curves, self.model.metric, self.model.best()), "metric curves") if curves else ""
+        image = (png_img(curves_png(curves, self.model.metric, self._highlight()), "metric curves") if curves
+                 else f'<div style="color:gray">{html.escape(empty_chart_text(self.model))}</div>')
         return f"<div>{summary_html(self.model, self.feed.error)}</div>{image}{table_html(self.model)}"
 
     def snapshot_png(self) -> bytes:
         """The whole display (summary, curves, table) as one PNG, e.g. for a report."""
         columns, rows, _ = table_rows(self.model)
-        return snapshot_png(summary_text(self.model), self.curves(), self.model.metric, self.model.best(),
-                            columns, rows)
+        return snapshot_png(summary_text(self.model), self.curves(), self.model.metric, self._highlight(),
+                            columns, rows, empty=empty_chart_text(self.model))
+
+    # -- in a notebook ---------------------------------------------------------------------------
+
+    def final_bundle(self) -> dict[str, str]:
+        """The ended experiment as a static view, kept by a saved notebook: HTML (summary, curves,
+        runs table) and the same as one PNG."""
+        return {"text/html": self.snapshot_html(), "image/png": base64.b64encode(self.snapshot_png()).decode(),
+                "text/plain": summary_text(self.model)}
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        if self.finished.is_set():
+            return self.final_bundle()
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle["text/html"] = self.snapshot_html()
-        bundle["text/plain"] = repr(self)
+        bundle["text/plain"] = summary_text(self.model)
         return bundle
+
+    def _ipython_display_(self) -> None:
+        """Show the live view under ``display_id``, so that when the experiment ends its final
+        static view replaces it (and a notebook saved afterwards keeps the record); an ended
+        experiment shows that final view."""
+        from IPython.display import display
+        with self._showing:
+            if self.finished.is_set():
+                display(self.final_bundle(), raw=True)
+                return
+            display(self._repr_mimebundle_(), raw=True, display_id=self.display_id)
+            self._shown = True
+
+    def _end(self) -> None:
+        """Put the final view in place of every live view shown, then mark the display ended (so
+        that whoever waits for the end finds the record in place)."""
+        with self._showing:
+            if self._shown:
+                from IPython.display import update_display
+                update_display(self.final_bundle(), display_id=self.display_id, raw=True)
+            self.finished.set()
 
     def __repr__(self) -> str:
         counts = dict(self.model.counts())

@@ -2,7 +2,8 @@
 
 The stream carries every run change and every new batch of metric points of the caller's
 account. ``EventStream`` reads it in a daemon thread, hands each event to a callback, and
-reconnects with backoff when the connection drops; ``on_connect`` runs after every
+reconnects with backoff when the connection drops, resuming after the last event it got
+(``Last-Event-ID``: any replica of a shared backend resumes it); ``on_connect`` runs after every
 (re)connection so that a consumer can fetch over REST what it may have missed meanwhile.
 """
 
@@ -16,7 +17,7 @@ from typing import Callable, Iterable, Iterator, Optional
 
 import httpx
 
-log = logging.getLogger("wml_jupyter.events")
+log = logging.getLogger("wml_jupyter.event_stream")
 
 #: First and longest wait before reconnecting; the wait doubles after each failed attempt.
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 5.0
@@ -28,14 +29,18 @@ CONNECT_TIMEOUT_S = 5.0
 EventHandler = Callable[[str, dict], None]
 
 
-def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """``(event, data)`` for each event in SSE ``lines``; comments (heartbeats) are skipped."""
+def parse_sse(lines: Iterable[str], on_id: Optional[Callable[[str], None]] = None) -> Iterator[tuple[str, str]]:
+    """``(event, data)`` for each event in SSE ``lines``; comments (heartbeats) are skipped, and
+    each event's ``id`` goes to ``on_id`` just before the event is yielded."""
+    event_id: Optional[str] = None
     event, data = "message", []
     for line in lines:
         if not line:
             if data:
+                if on_id and event_id is not None:
+                    on_id(event_id)
                 yield event, "\n".join(data)
-            event, data = "message", []
+            event, data, event_id = "message", [], None
         elif line.startswith(":"):
             continue
         else:
@@ -45,6 +50,8 @@ def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
                 event = value
             elif field == "data":
                 data.append(value)
+            elif field == "id":
+                event_id = value
 
 
 def _shutdown(response: httpx.Response) -> None:
@@ -69,6 +76,8 @@ class EventStream:
         self.connected = threading.Event()
         #: The last reason the stream could not be read (None while healthy).
         self.error: Optional[str] = None
+        #: The id of the last event received: a reconnection resumes after it.
+        self.last_event_id: Optional[str] = None
         self._stop = threading.Event()
         self._response: Optional[httpx.Response] = None
         self._thread = threading.Thread(target=self._loop, name="wml-events", daemon=True)
@@ -115,7 +124,8 @@ class EventStream:
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def _read(self, http: httpx.Client) -> None:
-        with http.stream("GET", self.url, headers={"Accept": "text/event-stream"}) as response:
+        resume = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
+        with http.stream("GET", self.url, headers={"Accept": "text/event-stream", **resume}) as response:
             self._response = response
             response.raise_for_status()
             self.error = None
@@ -124,7 +134,11 @@ class EventStream:
             self.connected.set()
             if self.on_connect:
                 self.on_connect()
-            for event, data in parse_sse(lines):
+            for event, data in parse_sse(lines, on_id=self._received):
                 if self._stop.is_set():
                     return
                 self.on_event(event, json.loads(data))
+
+    def _received(self, event_id: str) -> None:
+        """Remember the id of the event about to be delivered."""
+        self.last_event_id = event_id

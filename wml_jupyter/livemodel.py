@@ -12,11 +12,12 @@ from __future__ import annotations
 import threading
 from array import array
 from collections import Counter
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
-from wml_backend import models
+from wml_core import models
+from wml_core.ranking import best_run
 
 PointListener = Callable[[str, list[dict]], None]
 
@@ -44,7 +45,8 @@ class ExperimentModel:
 
     @property
     def metric(self) -> Optional[str]:
-        """The metric drawn: as asked, else the experiment's, else the first one logged."""
+        """The metric drawn: as asked, else the experiment's, else the first one logged (drawn
+        only: without the experiment's metric no run is best, see ``best``)."""
         if self._metric or self.experiment.metric:
             return self._metric or self.experiment.metric
         names = sorted({k for values in self.latest.values() for k in values} - {"step"})
@@ -63,7 +65,9 @@ class ExperimentModel:
                 return False
             self.runs[run.id] = run
             latest, logged = self.latest.setdefault(run.id, {}), self.series.get(run.id, {})
-            latest.update((k, v) for k, v in run.metrics.items() if k not in logged)  # points are newer
+            # the points are newer than the run's latest values, its step included
+            latest.update((k, v) for k, v in run.metrics.items()
+                          if k not in logged and not (k == "step" and logged))
             self._touch()
             return True
 
@@ -86,6 +90,8 @@ class ExperimentModel:
                     steps.append(x)
                     values.append(value)
                 latest.update(point["values"])
+                if point.get("step") is not None:
+                    latest["step"] = point["step"]
             self.last_seq[run_id] = fresh[-1]["seq"]
             self._touch(points=True)
         for listener in self.listeners:
@@ -114,15 +120,21 @@ class ExperimentModel:
             steps, values = self.series.get(run_id, {}).get(metric, (array("d"), array("d")))
             return np.array(steps, dtype=float), np.array(values, dtype=float)
 
-    def best(self) -> Optional[str]:
-        """The run with the best latest value of the metric."""
-        metric = self.metric
+    def best(self) -> Optional[models.BestRun]:
+        """The best run by the experiment's metric and mode, as the backend judges it
+        (``wml_core.ranking``): None when the experiment has no metric."""
         with self.lock:
-            scored = [(rid, v[metric]) for rid, v in sorted(self.latest.items()) if metric in v]
-        if not scored:
-            return None
-        pick = max if self.experiment.mode == "max" else min  # ties: the first run, as the backend
-        return pick(scored, key=lambda item: item[1])[0]
+            runs = [self.runs[run_id] for run_id in sorted(self.runs)]
+            return best_run(runs, self.experiment.metric, self.experiment.mode, self.latest)
+
+
+class FeedSource(Protocol):
+    """What a feed asks of its client (``wml_jupyter.Client`` is one)."""
+
+    def events(self, on_event: Callable[[dict], None], on_connect: Optional[Callable[[], None]] = None) -> Any: ...
+    def runs(self, experiment: Optional[str] = None, state: Optional[str] = None) -> list[Any]: ...
+    def metrics(self, run_id: str, since: int = -1) -> list[models.MetricPoint]: ...
+    def experiment(self, experiment_id: str) -> Any: ...
 
 
 class ExperimentFeed:
@@ -133,7 +145,7 @@ class ExperimentFeed:
     Nothing here raises into the caller's thread: a failed request is kept in ``error``.
     """
 
-    def __init__(self, client: Any, model: ExperimentModel):
+    def __init__(self, client: FeedSource, model: ExperimentModel):
         self.client, self.model = client, model
         self.synced = threading.Event()
         self._error: Optional[str] = None
@@ -193,7 +205,7 @@ class ExperimentFeed:
             self._sync()
             experiment = self.client.experiment(self.model.id).model
             self.model.experiment = experiment
-            ended.append(experiment.state not in ("QUEUED", "RUNNING"))
+            ended.append(experiment.state.terminal)
         if self._guard(check) and ended[0]:
             self.close()
             return True

@@ -1,7 +1,8 @@
 """``%wml`` and ``%%wml``: parse the line, call ``Client``, return an object that renders itself.
 
 Each subcommand is a small function with its own ``@magic_arguments`` parser; ``%wml?`` shows
-all their help. Expected errors are ``WmlError``: one line, no traceback, and the cell fails.
+all their help; the train flags come from ``wml_core.train_options``, as the CLI's do.
+Expected errors are ``WmlError``: one line, no traceback, and the cell fails.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
-from wml_backend.errors import InvalidInput
+from wml_core.errors import InvalidInput
+from wml_core.train_options import API, CELL, FILE, options_for
 
 INTRO = """Run deep-learning experiments on the wml training backend from a notebook.
 
@@ -91,31 +93,17 @@ def parse(handler: Handler, text: str) -> Any:
 
 # -- training ---------------------------------------------------------------------------------
 
+def train_flags(where: str) -> Callable[[Handler], Handler]:
+    """Add the flags of the train options taken ``where`` (``wml_core.train_options``), in order."""
+    def decorate(func: Handler) -> Handler:
+        for option in reversed(options_for(where)):  # as stacked @argument lines: the last applied first
+            func = argument(option.flag, **option.argparse_kwargs())(func)
+        return func
+    return decorate
+
+
 @magic_arguments("%wml train")
-@argument("--name", default="notebook", help="the definition's name (letters, digits, spaces, . _ -)")
-@argument("--framework", default="pytorch", metavar="NAME[:VERSION]", help="framework, e.g. pytorch or pytorch:2.4")
-@argument("--gpus", type=int, default=0, help="GPUs per learner (default 0)")
-@argument("--cpus", type=float, help="CPUs per learner (default 1)")
-@argument("--memory", help="memory per learner, e.g. 4Gi, 512Mi or 2GB")
-@argument("--learners", type=int, default=1, help="cooperating learner processes per run (default 1)")
-@argument("--data", metavar="BUCKET", help="bucket[/prefix] (see %%wml upload) unpacked as the run's DATA_DIR")
-@argument("--sweep", action="append", default=[], metavar="SPEC",
-          help="a hyperparameter to search, repeatable: 'lr=loguniform(1e-4,1e-1)', 'hidden=[32,64]', "
-               "'p=uniform(0,0.5)', 'layers=int(1,4)', 'seed=3'")
-@argument("--runs", type=int, help="number of runs (default: the whole grid, or 10)")
-@argument("--search", choices=["random", "grid", "tpe"], help="search algorithm (default random)")
-@argument("--metric", help="metric the search compares runs by, as logged with run.log(NAME=...)")
-@argument("--mode", choices=["max", "min"], default="max", help="whether a larger or smaller metric is better")
-@argument("--early-stop", choices=["asha", "median"], help="stop runs that fall behind (needs --metric)")
-@argument("--min-steps", type=int, help="early stopping: first step runs are compared at (default 1)")
-@argument("--reduction-factor", type=int, help="ASHA: keep the best 1/N at each rung (default 3)")
-@argument("--max-steps", type=int, help="early stopping: the step runs train to; never stopped there")
-@argument("--seed", type=int, help="seed of the search, for repeatable draws")
-@argument("--include", action="append", default=[], metavar="PATH",
-          help="a file or directory shipped beside train.py, repeatable")
-@argument("--max-retries", type=int, default=0, metavar="N",
-          help="start a run again, up to N times, when its process fails (default 0)")
-@argument("--wait", action="store_true", help="block until every run has ended (the display keeps updating)")
+@train_flags(CELL)
 def train_cell(magics: WmlMagics, args: Any, cell: str) -> Any:
     """Submit the cell as train.py of a new training definition (one run per hyperparameter draw).
 
@@ -124,13 +112,7 @@ def train_cell(magics: WmlMagics, args: Any, cell: str) -> Any:
     A name it uses but never defines is reported, with its line, before anything is submitted.
     Returns the Experiment, shown as a live display; `exp = _` in the next cell keeps it.
     """
-    name, _, version = args.framework.partition(":")
-    options = dict(name=args.name, framework=name, framework_version=version or None, gpus=args.gpus,
-                   cpus=args.cpus, memory=args.memory, learners=args.learners, data=args.data,
-                   sweep=args.sweep, runs=args.runs, search=args.search, metric=args.metric, mode=args.mode,
-                   early_stop=args.early_stop, min_steps=args.min_steps, reduction_factor=args.reduction_factor,
-                   max_steps=args.max_steps, seed=args.seed, include=args.include,
-                   max_retries=args.max_retries)
+    options = {o.name: getattr(args, o.name) for o in options_for(CELL) if API in o.takes}
     experiment = magics.client.train_code(cell, notebook=magics.shell.user_ns if magics.shell else None,
                                           first_line=2, **options)  # the cell's line 1 is %%wml
     return _submitted(magics, experiment.watch(args.metric), args.wait)
@@ -139,9 +121,7 @@ def train_cell(magics: WmlMagics, args: Any, cell: str) -> Any:
 @magic_arguments("wml train")
 @argument("manifest", help="an FfDL or Watson ML manifest.yml, submitted unchanged")
 @argument("model", nargs="?", help="model directory or zip (default: the manifest's directory)")
-@argument("--sweep", action="append", default=[], metavar="SPEC", help="a hyperparameter to search, repeatable")
-@argument("--runs", type=int, help="number of runs")
-@argument("--wait", action="store_true", help="block until every run has ended")
+@train_flags(FILE)
 def train_file(magics: WmlMagics, args: Any, cell: None) -> Any:
     """Submit an existing training definition (manifest + code) as an experiment, with a live display."""
     experiment = magics.client.train(args.manifest, args.model, sweep=args.sweep, runs=args.runs)
@@ -149,15 +129,17 @@ def train_file(magics: WmlMagics, args: Any, cell: None) -> Any:
 
 
 def _submitted(magics: WmlMagics, experiment: Any, wait: bool) -> Any:
-    """The experiment to show; with ``wait``, shown now and returned (static) once it has ended."""
+    """The experiment to show; with ``wait``, shown live now and returned once it has ended (its
+    final view then stands in for the live one, which is cleared)."""
     if not wait:
         return experiment
-    from IPython.display import display
+    from IPython.display import clear_output, display
     display(experiment)
     live = experiment.live()
     while not live.finished.wait(0.5):
         pass
-    return magics.client.experiment(experiment.id)
+    clear_output(wait=True)
+    return experiment.refresh()
 
 
 # -- queries and actions ----------------------------------------------------------------------

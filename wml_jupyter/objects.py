@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import html
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol
 
-from wml_backend import models
-from wml_backend.errors import WmlError
+from wml_core import models
+from wml_core.billing import format_gpu_time
+from wml_core.errors import WmlError
+
+from .describe import TEXT_COLUMNS, best_text, counts_text, html_table, num, numeric_columns, why
 
 if TYPE_CHECKING:
-    from .client import Client
-    from .compare import Comparison
+    from .charts import Comparison
     from .display import LiveDisplay
+
+
+class Backend(Protocol):
+    """What runs and experiments ask of their client (``wml_jupyter.Client`` is one)."""
+
+    def run(self, run_id: str) -> "Run": ...
+    def runs(self, experiment: Optional[str] = None, state: Optional[str] = None) -> list["Run"]: ...
+    def experiment(self, experiment_id: str) -> "Experiment": ...
+    def metrics(self, run_id: str, since: int = -1) -> list[models.MetricPoint]: ...
+    def logs(self, run_id: str, offset: int = 0, learner: int = 1) -> models.LogChunk: ...
+    def follow_logs(self, run_id: str, learner: int = 1, poll_s: float = 0.5) -> Iterator[str]: ...
+    def cancel(self, id: str) -> Any: ...
 
 #: How often ``wait`` asks the backend.
 WAIT_POLL_S = 0.5
@@ -21,7 +35,7 @@ WAIT_POLL_S = 0.5
 class Run:
     """One training run: ``.id``, ``.state``, ``.hparams``, ``.metrics``, ``.gpu_seconds``..."""
 
-    def __init__(self, model: models.Run, client: "Client"):
+    def __init__(self, model: models.Run, client: Backend):
         self.model, self._client = model, client
 
     def __getattr__(self, name: str) -> Any:
@@ -50,17 +64,17 @@ class Run:
                           "seq")
 
     def __repr__(self) -> str:
-        why = f" exit {self.exit_code}: {self.reason}" if self.state.value == "FAILED" else ""
-        return f"<Run {self.id} {self.state.value} {self.hparams}{why}>"
+        reason = why(self.model)
+        return f"<Run {self.id} {self.state.value} {self.hparams}{f': {reason}' if reason else ''}>"
 
     def _repr_html_(self) -> str:
-        return _table([run_row(self.model)], RUN_COLUMNS)
+        return run_detail_html(self.model)
 
 
 class Experiment:
     """An experiment: ``.id``, ``.name``, ``.runs()``, ``.best()``, ``.wait()``, ``.cancel()``."""
 
-    def __init__(self, model: models.Experiment, client: "Client"):
+    def __init__(self, model: models.Experiment, client: Backend):
         self.model, self._client = model, client
 
     def __getattr__(self, name: str) -> Any:
@@ -76,14 +90,15 @@ class Experiment:
         return self._client.runs(experiment=self.id, state=state)
 
     def best(self) -> Optional[Run]:
-        """The best run by the experiment's metric and mode (None until one logged it)."""
+        """The best completed run by the experiment's metric and mode; while none has completed,
+        the leading live run (``model.best.provisional``); None without a metric or a value of it."""
         best = self.refresh().model.best
         return self._client.run(best.run_id) if best else None
 
     def wait(self, timeout: Optional[float] = None) -> "Experiment":
         """Block until every run has ended; ``WmlError`` if ``timeout`` seconds pass first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.refresh().state in ("QUEUED", "RUNNING"):
+        while not self.refresh().state.terminal:
             if deadline is not None and time.monotonic() > deadline:
                 raise WmlError(f"experiment {self.id} still running after {timeout:.0f} s")
             time.sleep(WAIT_POLL_S)
@@ -110,7 +125,7 @@ class Experiment:
 
     def compare(self, metric: Optional[str] = None) -> "Comparison":
         """Runs sorted by the metric, best first, with a parallel-coordinates plot."""
-        from .compare import Comparison
+        from .charts import Comparison
         return Comparison(self.refresh().model, [r.model for r in self.runs()], metric)
 
     def to_dataframe(self):
@@ -123,33 +138,69 @@ class Experiment:
             return None
         return {**live._repr_mimebundle_(**kwargs), "text/plain": repr(self)}
 
+    def _ipython_display_(self) -> None:
+        """In a notebook: the live display when watched (replaced by its final view when the
+        experiment ends, see ``LiveDisplay``), else the summary and the runs table."""
+        live = self.__dict__.get("_live")
+        if live is not None:
+            live._ipython_display_()
+            return
+        from IPython.display import display
+        display({"text/html": self._repr_html_(), "text/plain": repr(self)}, raw=True)
+
     def __repr__(self) -> str:
-        return f"<Experiment {self.id} {self.name!r} {self.state} {self.model.runs}>"
+        return f"<Experiment {self.id} {self.name!r}: {experiment_summary(self.model)}>"
 
     def _repr_html_(self) -> str:
-        head = (f"<b>Experiment {html.escape(self.id)}</b> {html.escape(self.name)}: {self.state}, "
-                f"{html.escape(str(self.model.runs))}")
+        head = (f"<b>Experiment {html.escape(self.id)}</b> {html.escape(self.name)}: "
+                f"{html.escape(experiment_summary(self.model))}")
         return head + _table([run_row(r.model) for r in self.runs()], RUN_COLUMNS)
 
 
-RUN_COLUMNS = ["id", "state", "hparams", "metrics", "gpu_seconds", "reason"]
+RUN_COLUMNS = ["id", "state", "hparams", "metrics", "GPU time", "reason"]
 
 
 def run_row(run: models.Run) -> dict[str, str]:
     """A run as the strings a table shows."""
     state = run.state.value + (f" (#{run.queue_position})" if run.queue_position else "")
     return {"id": run.id, "state": state, "hparams": _fmt(run.hparams), "metrics": _fmt(run.metrics),
-            "gpu_seconds": f"{run.gpu_seconds:.1f}", "reason": run.reason or ""}
+            "GPU time": format_gpu_time(run.gpu_seconds), "reason": why(run)}
+
+
+def run_fields(run: models.Run) -> list[tuple[str, str]]:
+    """Everything about one run as (field, text) pairs, as ``%wml show RUN`` shows them."""
+    gpus = f"{run.gpus} × {run.learners} learner(s)" if run.learners > 1 else str(run.gpus)
+    fields = [("state", run_row(run)["state"]), ("why", why(run)), ("hyperparameters", _fmt(run.hparams)),
+              ("metrics", _fmt(run.metrics)), ("GPUs", gpus), ("GPU time", format_gpu_time(run.gpu_seconds)),
+              ("exit code", "" if run.exit_code is None else str(run.exit_code)), ("attempt", str(run.attempt)),
+              ("preempted", (f"{run.preempted} ({run.preemptions} time(s))" if run.preempted else "")),
+              ("results", run.results or ""), ("experiment", run.experiment_id)]
+    return [(name, text) for name, text in fields if text]
+
+
+def run_detail_html(run: models.Run) -> str:
+    """One run as HTML: its fields, its transitions with their times, and a failed run's log tail."""
+    fields = html_table(["field", "value"], run_fields(run))
+    transitions = html_table(["state", "time (UTC)"], [(t.state.value, t.time.strftime("%Y-%m-%d %H:%M:%S"))
+                                                       for t in run.transitions])
+    tail = (f"<div>last log lines</div><pre style='max-height:20em;overflow:auto'>"
+            f"{html.escape(chr(10).join(run.log_tail))}</pre>" if run.log_tail else "")
+    return f"<b>Run {html.escape(run.id)}</b>{fields}{transitions}{tail}"
+
+
+def experiment_summary(e: models.Experiment) -> str:
+    """Runs counted by state, the best run (or why there is none), GPU time."""
+    return (f"{counts_text(e.runs)} · {best_text(e.best, e.metric)} · "
+            f"GPU time {format_gpu_time(e.gpu_seconds)}")
 
 
 def _fmt(values: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    return ", ".join(f"{k}={num(v)}" for k, v in values.items())
 
 
 def _table(rows: list[dict[str, str]], columns: list[str]) -> str:
-    head = "".join(f"<th>{c}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    cells = [[r[c] for c in columns] for r in rows]
+    return html_table(columns, cells, numeric_columns(columns, cells, text=TEXT_COLUMNS))
 
 
 # -- collections that render themselves (``%wml list``, ``%wml usage``...) -------------------
@@ -178,14 +229,13 @@ class RunList(list):
         return _table([run_row(r.model) for r in self], RUN_COLUMNS)
 
 
-EXPERIMENT_COLUMNS = ["id", "name", "state", "runs", "best", "gpu_seconds"]
+EXPERIMENT_COLUMNS = ["id", "name", "runs", "best", "GPU time"]
 
 
 def experiment_row(e: models.Experiment) -> dict[str, str]:
-    """An experiment as the strings a table shows."""
-    best = f"{e.best.run_id} {e.best.metric}={e.best.value:.4g}" if e.best else ""
-    return {"id": e.id, "name": e.name, "state": e.state, "runs": _fmt(e.runs), "best": best,
-            "gpu_seconds": f"{e.gpu_seconds:.1f}"}
+    """An experiment as the strings a table shows: its runs counted by state, not one word."""
+    return {"id": e.id, "name": e.name, "runs": counts_text(e.runs), "best": best_text(e.best, e.metric),
+            "GPU time": format_gpu_time(e.gpu_seconds)}
 
 
 class ExperimentList(list):
@@ -218,14 +268,15 @@ class UsageReport:
     def __repr__(self) -> str:
         u = self.model
         return (f"<Usage {u.account}: {u.gpus_in_use}/{u.gpu_quota} GPUs in use, {u.queued_gpus} queued, "
-                f"{u.gpu_seconds / 3600:.3f} GPU-hours>")
+                f"GPU time {format_gpu_time(u.gpu_seconds)}>")
 
     def _repr_html_(self) -> str:
         u = self.model
         head = (f"<b>{html.escape(u.account)}</b>: {u.gpus_in_use}/{u.gpu_quota} GPU(s) in use, "
-                f"{u.queued_gpus} queued; GPU time {u.gpu_seconds:.1f} s ({u.gpu_seconds / 3600:.3f} GPU-hours)")
-        rows = [{"experiment": e.id, "name": e.name, "gpu_seconds": f"{e.gpu_seconds:.1f}"} for e in u.experiments]
-        return head + _table(rows, ["experiment", "name", "gpu_seconds"])
+                f"{u.queued_gpus} queued; GPU time {format_gpu_time(u.gpu_seconds)}")
+        rows = [{"experiment": e.id, "name": e.name, "GPU time": format_gpu_time(e.gpu_seconds)}
+                for e in u.experiments]
+        return head + _table(rows, ["experiment", "name", "GPU time"])
 
 
 class LogText(str):

@@ -1,36 +1,35 @@
 """Progress of an upload or download: an ipywidgets bar in a notebook, tqdm elsewhere.
 
-Both follow ``wml_backend.storage.sync.SyncProgress`` (``start``, ``advance``, ``file_done``,
+Both follow ``wml_core.objectstore.sync.SyncProgress`` (``start``, ``advance``, ``file_done``,
 ``close``); the sync calls them one at a time, from its worker threads.
 """
 
 from __future__ import annotations
 
+import html
 import time
 
-from wml_backend.storage.sync import SyncProgress, tqdm_progress
+from wml_core.objectstore import SyncSummary
+from wml_core.objectstore.progress import format_bytes
+from wml_core.objectstore.sync import SyncProgress, tqdm_progress
 
 #: Shortest time between two updates of the label (the bar moves with every call).
 LABEL_EVERY_S = 0.1
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} GB"
+#: What a transfer does to the files it moves, by the bar's description.
+VERBS = {"upload": "sent", "download": "received"}
 
 
 class WidgetProgress(SyncProgress):
-    """A progress bar with bytes, files, files skipped as unchanged and the rate."""
+    """A progress bar with bytes, files, files skipped as unchanged and the rate; when the sync
+    ends, its label is the summary line the transfer returns (``SyncSummary.line``)."""
 
     def __init__(self, desc: str = "sync"):
         import ipywidgets as widgets
         self.bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description=desc)
         self.label = widgets.HTML()
         self.widget = widgets.HBox([self.bar, self.label])
-        self.total_files = self.total_bytes = self.bytes = self.files = self.skipped = 0
+        self.verb = VERBS.get(desc, "sent")
+        self.total_files = self.total_bytes = self.bytes = self.files = self.skipped = self.skipped_bytes = 0
         self._started = self._shown = 0.0
 
     def start(self, total_files: int, total_bytes: int) -> None:
@@ -53,16 +52,31 @@ class WidgetProgress(SyncProgress):
         self.skipped += skipped
         self._update()
 
+    def skip(self, nbytes: int) -> None:
+        """A file of ``nbytes`` is unchanged: done, nothing moved."""
+        self.skipped_bytes += nbytes
+        super().skip(nbytes)
+
     def close(self) -> None:
-        """Show the final figures; the bar turns green when every file is done, red otherwise."""
+        """Show the summary line; the bar turns green when every file is done, red otherwise."""
         self._update(force=True)
+        self.label.value = html.escape(self.summary().line(self.verb))
         self.bar.bar_style = "success" if self.files == self.total_files else "danger"
 
+    def summary(self) -> SyncSummary:
+        """What the transfer did so far, as the sync's own summary counts it."""
+        return SyncSummary(sent=self.files - self.skipped, skipped=self.skipped,
+                           bytes=self.bytes - self.skipped_bytes, skipped_bytes=self.skipped_bytes,
+                           seconds=time.monotonic() - self._started)
+
     def text(self) -> str:
-        """The label: bytes, files, unchanged files and the rate."""
+        """The label while it runs: bytes done (moved or unchanged) of all, files, and the rate of
+        the bytes moved."""
         seconds = max(time.monotonic() - self._started, 1e-6)
-        return (f"{_size(self.bytes)} / {_size(self.total_bytes)} · {self.files}/{self.total_files} files"
-                f" · {self.skipped} unchanged · {_size(self.bytes / seconds)}/s")
+        moved = self.bytes - self.skipped_bytes
+        return (f"{format_bytes(self.bytes)} / {format_bytes(self.total_bytes)} · "
+                f"{self.files}/{self.total_files} files ({self.skipped} unchanged) · "
+                f"{format_bytes(moved / seconds)}/s {self.verb}")
 
     def _update(self, force: bool = False) -> None:
         self.bar.value = float(self.bytes) if self.total_bytes else float(self.files >= self.total_files)

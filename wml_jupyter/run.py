@@ -14,6 +14,8 @@ import time
 from collections import deque
 from typing import Any, Optional
 
+from wml_core.metric_line import METRICS_FILE_ENV, format_lines
+
 #: How often buffered points are written for the runner to ship.
 FLUSH_INTERVAL_S = 0.1
 
@@ -55,20 +57,10 @@ def flush() -> None:
         points = [_buffer.popleft() for _ in range(len(_buffer))]
         if not points:
             return
-        lines = "".join(json.dumps({"time": t, "step": s, "values": _floats(v)}) + "\n" for t, s, v in points)
-        path = os.environ.get("WML_METRICS_FILE")
+        lines = format_lines(points)
+        path = os.environ.get(METRICS_FILE_ENV)
         if path:
             with open(path, "a") as f:
                 f.write(lines)
         else:
             print(lines, end="")
-
-
-def _floats(values: dict) -> dict:
-    out = {}
-    for key, value in values.items():
-        try:
-            out[key] = float(value)
-        except (TypeError, ValueError):
-            continue  # a value that is not a number is not a metric
-    return out

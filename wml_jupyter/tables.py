@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from wml_backend import models
+from wml_core import models
+from wml_core.billing import format_gpu_time
 
-from .objects import RUN_COLUMNS, run_row
+from .describe import TEXT_COLUMNS, numeric_columns
+from .objects import EXPERIMENT_COLUMNS, RUN_COLUMNS, experiment_row, experiment_summary, run_fields, run_row
 
 
 def table(rows: Iterable[Sequence[str]], header: Sequence[str]) -> str:
-    """Columns padded to their widest cell, under a header."""
+    """Columns padded to their widest cell, under a header; numbers and durations right-aligned."""
     rows = [list(map(str, r)) for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), *(fmt.format(*r) for r in rows)])
+    numeric = numeric_columns(header, rows, text=TEXT_COLUMNS)
+    fmt = "  ".join(f"{{:{'>' if h in numeric else '<'}{w}}}" for h, w in zip(header, widths))
+    return "\n".join(line.rstrip() for line in [fmt.format(*header), *(fmt.format(*r) for r in rows)])
 
 
 def runs(items: list[models.Run]) -> str:
@@ -23,27 +26,19 @@ def runs(items: list[models.Run]) -> str:
 
 
 def experiments(items: list[models.Experiment]) -> str:
-    """A table of experiments, newest first."""
-    rows = [(e.id, e.name, e.state, _counts(e.runs), _best(e), f"{e.gpu_seconds:.1f}") for e in items]
-    return table(rows, ["id", "name", "state", "runs", "best", "gpu_seconds"])
+    """A table of experiments, newest first: runs counted by state, best run, GPU time."""
+    return table(([experiment_row(e)[c] for c in EXPERIMENT_COLUMNS] for e in items), EXPERIMENT_COLUMNS)
 
 
 def experiment(exp: models.Experiment, items: list[models.Run]) -> str:
     """An experiment's summary and, when given, its runs."""
-    head = (f"experiment {exp.id} ({exp.name}): {exp.state}; runs {_counts(exp.runs)}; best {_best(exp)}; "
-            f"GPU time {exp.gpu_seconds:.1f} s")
+    head = f"experiment {exp.id} ({exp.name}): {experiment_summary(exp)}"
     return head + ("\n" + runs(items) if items else "")
 
 
 def run_detail(run: models.Run) -> str:
     """Everything about one run, including its transitions and the end of a failed log."""
-    lines = [f"run {run.id} of experiment {run.experiment_id}: {run.state.value}",
-             f"hparams: {run.hparams}", f"metrics: {run.metrics}", f"gpus: {run.gpus} x {run.learners} learner(s), "
-             f"GPU time {run.gpu_seconds:.1f} s", f"results: {run.results}"]
-    if run.queue_position:
-        lines.append(f"queue position: {run.queue_position}")
-    if run.exit_code is not None or run.reason:
-        lines.append(f"exit code: {run.exit_code}; reason: {run.reason}")
+    lines = [f"run {run.id}"] + [f"{name}: {text}" for name, text in run_fields(run)]
     lines += [f"  {t.time.isoformat()}  {t.state.value}" for t in run.transitions]
     if run.log_tail:
         lines += ["last log lines:", *("  " + line for line in run.log_tail)]
@@ -61,23 +56,46 @@ def metrics(points: list[models.MetricPoint]) -> str:
 def usage(u: models.Usage) -> str:
     """The account's quota, GPUs in use and GPU time per experiment."""
     head = (f"account {u.account}: {u.gpus_in_use}/{u.gpu_quota} GPU(s) in use, {u.queued_gpus} queued; "
-            f"GPU time {u.gpu_seconds:.1f} s ({u.gpu_seconds / 3600:.3f} GPU-hours)")
-    return head + "\n" + table(((e.id, e.name, f"{e.gpu_seconds:.1f}") for e in u.experiments),
-                               ["experiment", "name", "gpu_seconds"])
+            f"GPU time {format_gpu_time(u.gpu_seconds)}")
+    return head + "\n" + table(((e.id, e.name, format_gpu_time(e.gpu_seconds)) for e in u.experiments),
+                               ["experiment", "name", "GPU time"])
 
 
 def backend_status(info: dict) -> str:
-    """One line about the embedded backend."""
+    """One line about the embedded backend (after ``stop``, whether it stopped it)."""
+    if "stopped" in info and not info.get("running"):
+        return "backend stopped" if info["stopped"] else "backend: was not running"
     if not info.get("running"):
         return "backend: not running"
     count = info.get("gpus")
     gpus = f"{count} GPU(s)" if info.get("real_gpus") else f"{count} GPU slot(s) (no GPU detected)"
-    return f"backend: running at {info['url']} (pid {info['pid']}, executor {info['executor']}, {gpus})"
+    line = f"backend: running at {info['url']} (pid {info['pid']}, executor {info['executor']}, {gpus})"
+    return "\n".join([line, *_replica_lines(info)])
 
 
-def _counts(counts: dict[str, int]) -> str:
-    return " ".join(f"{k.lower()}:{v}" for k, v in sorted(counts.items()))
+def _replica_lines(info: dict) -> list[str]:
+    """The replicas sharing the backend's database and which one leads, when it is shared."""
+    replicas = info.get("replicas") or []
+    if len(replicas) < 2 and not str(info.get("database", "")).startswith("postgres"):
+        return []  # the embedded backend: one process, its own leader
+    lines = [f"replicas of {info.get('database')}: {len(replicas)}"]
+    for r in replicas:
+        role = "leader" if r["leader"] else "follower"
+        here = ", this one" if r["id"] == info.get("replica") else ""
+        lines.append(f"  {r['id']} {role} at {r['url']} (host {r['host']}, pid {r['pid']}, "
+                     f"version {r['version']}{here})")
+    return lines
 
 
-def _best(e: models.Experiment) -> str:
-    return f"{e.best.run_id} {e.best.metric}={e.best.value:.4g}" if e.best else "-"
+def account(info: models.AccountInfo) -> str:
+    """An account's limits in force, one line, named as ``wml accounts update`` sets them."""
+    def limit(value, shown=str) -> str:
+        return "no limit" if value is None else shown(value)
+    state = " (disabled)" if info.disabled else ""
+    return (f"account {info.name}{state}: gpus {info.gpu_quota}, slots {limit(info.slots)}, "
+            f"cpus {limit(info.cpus, lambda n: f'{n:g}')}, memory {limit(info.memory_bytes, _size)}, "
+            f"max queued {limit(info.max_queued)}")
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"

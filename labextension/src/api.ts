@@ -10,6 +10,7 @@ import {
   LogChunk,
   Run,
   Snapshot,
+  TrainDefaults,
   TrainRequest
 } from './model';
 
@@ -112,6 +113,11 @@ export class WmlApi {
   /** A run's results (outputs, log, code) as a zip, fetched by the Jupyter server. */
   async results(runId: string): Promise<Blob> {
     return (await this.send(['runs', runId, 'results'], {}, {})).blob();
+  }
+
+  /** The "Train this cell" dialog's defaults: those of `%%wml train`'s flags. */
+  trainDefaults(): Promise<TrainDefaults> {
+    return this.json(['train'], {});
   }
 
   /** Submit a notebook cell as an experiment. */

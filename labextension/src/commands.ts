@@ -8,6 +8,7 @@ import { PathExt } from '@jupyterlab/coreutils';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
 
 import { WmlApi } from './api';
+import { defaultForm } from './format';
 import { wmlIcon } from './icons';
 import { createLogTab } from './logs';
 import { SidebarActions, SidebarWidget } from './panel';
@@ -54,12 +55,13 @@ function report(what: string, error: unknown): void {
   Notification.error(`${what}: ${view.message} ${view.hint}`.trim(), { autoClose: 8000 });
 }
 
-/** Ask before cancelling; true if the user confirmed. */
+/** Ask before cancelling; true if the user confirmed. Enter keeps it running: cancelling takes a click. */
 async function confirmCancel(what: string, detail: string): Promise<boolean> {
   const result = await showDialog({
     title: `Cancel ${what}?`,
     body: detail,
-    buttons: [Dialog.cancelButton({ label: 'Keep running' }), Dialog.warnButton({ label: `Cancel ${what}` })]
+    buttons: [Dialog.cancelButton({ label: 'Keep running' }), Dialog.warnButton({ label: `Cancel ${what}` })],
+    defaultButton: 0
   });
   return result.button.accept;
 }
@@ -188,11 +190,12 @@ async function trainCell(ctx: CommandContext): Promise<void> {
     return;
   }
   const stem = PathExt.basename(panel.context.path, PathExt.extname(panel.context.path));
-  const request = await askTrainOptions(cell.model.sharedModel.getSource(), stem || 'cell');
-  if (!request) {
-    return;
-  }
   try {
+    const start = defaultForm(await ctx.api.trainDefaults(), stem);
+    const request = await askTrainOptions(cell.model.sharedModel.getSource(), start);
+    if (!request) {
+      return;
+    }
     const experiment = await ctx.api.train(request);
     Notification.success(`Experiment ${experiment.id} (${experiment.name}) submitted`, {
       autoClose: 5000,

@@ -2,31 +2,54 @@
  * Pure helpers: how the sidebar writes numbers, states and hyperparameters, draws sparklines
  * and the quota bar, and reads the "Train this cell" form. No DOM, no JupyterLab.
  */
-import { Experiment, FRAMEWORKS, RunState, TrainRequest, Usage } from './model';
+import {
+  BestRun,
+  Experiment,
+  FRAMEWORKS,
+  Run,
+  RunState,
+  TrainDefaults,
+  TrainRequest,
+  Usage
+} from './model';
 
 /** States counted as "running" in an experiment's summary. */
-const ACTIVE: readonly RunState[] = ['PENDING', 'DOWNLOADING', 'PROCESSING', 'STORING'];
+const ACTIVE: readonly RunState[] = [
+  RunState.Pending,
+  RunState.Downloading,
+  RunState.Processing,
+  RunState.Storing
+];
 
 /** Summary groups of an experiment's runs, in the order they are shown. */
 const GROUPS: readonly [string, readonly RunState[]][] = [
   ['running', ACTIVE],
-  ['queued', ['QUEUED']],
-  ['completed', ['COMPLETED']],
-  ['failed', ['FAILED']],
-  ['halted', ['HALTED']],
-  ['stopped', ['STOPPED']]
+  ['queued', [RunState.Queued]],
+  ['completed', [RunState.Completed]],
+  ['failed', [RunState.Failed]],
+  ['halted', [RunState.Halted]],
+  ['stopped', [RunState.Stopped]]
 ];
 
-/** GPU time for people: `0 s`, `42 s`, `3 min 4 s`, `2.5 h`. */
+/**
+ * GPU time (or any duration) for people: `0 s`, `4.2 s`, `42 s`, `3 min 4 s`, `2.5 h` (hours from
+ * one hour up, so large totals read as GPU-hours). Mirrors `wml_core.billing.format_gpu_time`.
+ */
 export function formatGpuTime(seconds: number): string {
-  if (seconds < 60) {
-    return `${Math.round(seconds)} s`;
+  if (seconds < 0.05) {
+    return '0 s';
   }
-  if (seconds < 3600) {
-    const minutes = Math.floor(seconds / 60);
-    return `${minutes} min ${Math.round(seconds - minutes * 60)} s`;
+  if (seconds < 9.95) {
+    return `${seconds.toFixed(1)} s`;
   }
-  return `${(seconds / 3600).toFixed(1)} h`;
+  const whole = Math.round(seconds);
+  if (whole < 3600) {
+    const minutes = Math.floor(whole / 60);
+    const rest = whole - minutes * 60;
+    return minutes ? `${minutes} min ${rest} s` : `${rest} s`;
+  }
+  const hours = seconds / 3600;
+  return `${hours.toFixed(hours < 99.95 ? 1 : 0)} h`;
 }
 
 /** A metric or hyperparameter value with at most 4 significant digits. */
@@ -44,30 +67,103 @@ export function formatHparams(hparams: Record<string, unknown>): string {
     .join(', ');
 }
 
-/** An experiment's run counts as `2 running · 3 queued · 5 completed` (empty groups left out). */
+/** One group of an experiment's runs: how many, its label and the badge kind of its states. */
+export interface CountGroup {
+  /** `running`, `queued`, `completed`, `failed`, `halted` or `stopped`. */
+  label: string;
+  /** Runs in the group's states. */
+  count: number;
+  /** The CSS modifier of its states' badge (`stateKind`). */
+  kind: string;
+}
+
+/** An experiment's non-empty run groups, in the order shown. */
+export function countGroups(runs: Experiment['runs']): CountGroup[] {
+  return GROUPS.map(([label, states]) => ({
+    label,
+    count: states.reduce((sum, state) => sum + (runs[state] ?? 0), 0),
+    kind: stateKind(states[0])
+  })).filter(group => group.count > 0);
+}
+
+/**
+ * An experiment's run counts as `2 running · 3 completed · 2 failed` (empty groups left out):
+ * mirrors `wml_jupyter.describe.counts_text`.
+ */
 export function formatCounts(runs: Experiment['runs']): string {
-  const parts: string[] = [];
-  for (const [label, states] of GROUPS) {
-    const count = states.reduce((sum, state) => sum + (runs[state] ?? 0), 0);
-    if (count) {
-      parts.push(`${count} ${label}`);
+  return (
+    countGroups(runs)
+      .map(group => `${group.count} ${group.label}`)
+      .join(' · ') || 'no runs'
+  );
+}
+
+/** Whether there are runs and every one of them failed (`describe.all_failed`). */
+export function allFailed(runs: Experiment['runs']): boolean {
+  const total = Object.values(runs).reduce((sum, count) => sum + (count ?? 0), 0);
+  return total > 0 && (runs[RunState.Failed] ?? 0) === total;
+}
+
+/**
+ * `best abc-3 acc=0.91`; `leader abc-2 acc=0.8 at step 7 (provisional)` while no run has
+ * completed; `no acc yet`; or `no metric chosen` (no metric, no best): `describe.best_text`.
+ */
+export function bestText(best: BestRun | null, metric: string | null): string {
+  if (!metric) {
+    return 'no metric chosen';
+  }
+  if (!best) {
+    return `no ${metric} yet`;
+  }
+  const value = `${best.run_id} ${best.metric}=${formatValue(best.value)}`;
+  if (!best.provisional) {
+    return `best ${value}`;
+  }
+  const step = best.step === null ? '' : ` at step ${best.step}`;
+  return `leader ${value}${step} (provisional)`;
+}
+
+/** Ended states whose reason a user needs (a completed run needs none). */
+const EXPLAINED: readonly RunState[] = [RunState.Failed, RunState.Halted, RunState.Stopped];
+
+/** The last non-blank line of a log tail: a traceback's last line is the error itself. */
+export function lastErrorLine(lines: readonly string[]): string {
+  for (let i = lines.length - 1; i >= 0; i--) {
+    if (lines[i].trim()) {
+      return lines[i].trim();
     }
   }
-  return parts.join(' · ') || 'no runs';
+  return '';
+}
+
+/**
+ * Why a run ended (empty while it lives, or when it completed): its reason and, for a failed
+ * command, the last line of its traceback or error output. Mirrors `describe.why`.
+ */
+export function runWhy(run: Run): string {
+  if (!EXPLAINED.includes(run.state)) {
+    return '';
+  }
+  const reason = run.reason ?? '';
+  const error = run.state === RunState.Failed ? lastErrorLine(run.log_tail) : '';
+  if (error && !reason.includes(error)) {
+    return reason ? `${error} (${reason})` : error;
+  }
+  return reason;
 }
 
 /** The CSS modifier of a state's badge: queued, active, success, error or halted. */
 export function stateKind(state: string): string {
-  if (state === 'QUEUED') {
+  if (state === RunState.Queued) {
     return 'queued';
   }
-  if (state === 'COMPLETED') {
+  if (state === RunState.Completed) {
     return 'success';
   }
-  if (state === 'FAILED') {
+  if (state === RunState.Failed) {
     return 'error';
   }
-  if (state === 'HALTED' || state === 'STOPPED') {
+  if (state === RunState.Halted || state === RunState.Stopped) {
     return 'halted';
   }
   return 'active';
@@ -140,6 +236,21 @@ export class FormError extends Error {
     super(message);
     this.name = 'FormError';
   }
+}
+
+/**
+ * The form's starting values: `%%wml train`'s defaults (served by `GET /wml/train`), named after
+ * the notebook `name` when there is one.
+ */
+export function defaultForm(defaults: TrainDefaults, name = ''): TrainForm {
+  return {
+    name: name || defaults.name,
+    gpus: String(defaults.gpus),
+    framework: defaults.framework,
+    data: defaults.data ?? '',
+    sweep: defaults.sweep.join('\n'),
+    runs: defaults.runs === null ? '' : String(defaults.runs)
+  };
 }
 
 /** The request to submit `code` with the form's options; `FormError` if a field is wrong. */

@@ -2,42 +2,51 @@
  * The wire model, mirrored field by field from Python.
  *
  * `Run`, `Experiment`, `Usage`, `MetricPoint`, `LogChunk` and their parts mirror
- * `backend/wml_backend/models.py`; `Snapshot`, `ExperimentPage`, `RunPage` and
+ * `backend/core/wml_core/models.py`; `Snapshot`, `ExperimentPage`, `RunPage`, `TrainDefaults` and
  * `TrainRequest` mirror `wml_jupyter/serverext/wire.py`. A field is added in Python first.
  * Times are ISO 8601 strings (UTC), as pydantic writes them.
  */
 
-/** A run's lifecycle state, in order (FfDL's). */
-export type RunState =
-  | 'QUEUED'
-  | 'PENDING'
-  | 'DOWNLOADING'
-  | 'PROCESSING'
-  | 'STORING'
-  | 'COMPLETED'
-  | 'FAILED'
-  | 'HALTED'
-  | 'STOPPED';
+/** A run's lifecycle state, in order (FfDL's): `wml_core.states.RunState`. */
+export enum RunState {
+  /** Accepted, waiting for quota or capacity. */
+  Queued = 'QUEUED',
+  /** GPUs assigned, runner starting. */
+  Pending = 'PENDING',
+  /** Code and data to the run. */
+  Downloading = 'DOWNLOADING',
+  /** The training command runs. */
+  Processing = 'PROCESSING',
+  /** Results to object storage. */
+  Storing = 'STORING',
+  Completed = 'COMPLETED',
+  Failed = 'FAILED',
+  /** Cancelled by the user. */
+  Halted = 'HALTED',
+  /** Stopped early by the search. */
+  Stopped = 'STOPPED'
+}
 
-/** Every state, in lifecycle order. */
-export const RUN_STATES: readonly RunState[] = [
-  'QUEUED',
-  'PENDING',
-  'DOWNLOADING',
-  'PROCESSING',
-  'STORING',
-  'COMPLETED',
-  'FAILED',
-  'HALTED',
-  'STOPPED'
-];
+/** One word for an experiment: `wml_core.states.ExperimentState`. */
+export enum ExperimentState {
+  /** Every live run waits. */
+  Queued = 'QUEUED',
+  /** Some run lives. */
+  Running = 'RUNNING',
+  Completed = 'COMPLETED',
+  Failed = 'FAILED',
+  Halted = 'HALTED'
+}
+
+/** Every run state, in lifecycle order. */
+export const RUN_STATES: readonly RunState[] = Object.values(RunState);
 
 /** States a run never leaves. */
-export const TERMINAL_STATES: ReadonlySet<string> = new Set([
-  'COMPLETED',
-  'FAILED',
-  'HALTED',
-  'STOPPED'
+export const TERMINAL_STATES: ReadonlySet<string> = new Set<string>([
+  RunState.Completed,
+  RunState.Failed,
+  RunState.Halted,
+  RunState.Stopped
 ]);
 
 /** A run entered `state` at `time` (models.Transition). */
@@ -96,7 +105,7 @@ export interface Run {
   provenance: Record<string, unknown>;
 }
 
-/** The experiment's best run so far by its metric and mode (models.BestRun). */
+/** The experiment's best run by its metric and mode (models.BestRun, judged by `wml_core.ranking`). */
 export interface BestRun {
   /** The best run's id. */
   run_id: string;
@@ -104,6 +113,10 @@ export interface BestRun {
   metric: string;
   /** Its latest value in that run. */
   value: number;
+  /** The run's latest step when the value was read, if it logs steps. */
+  step: number | null;
+  /** No run has completed yet: this is the leader among live runs, and its value may change. */
+  provisional: boolean;
 }
 
 /** A definition plus a hyperparameter search: N runs (models.Experiment). */
@@ -115,10 +128,10 @@ export interface Experiment {
   /** The manifest's name. */
   name: string;
   /** A summary: QUEUED, RUNNING, COMPLETED, FAILED (some failed) or HALTED. */
-  state: string;
+  state: ExperimentState;
   /** Number of runs in each state. */
   runs: Partial<Record<RunState, number>>;
-  /** The best run so far, once one logged the metric. */
+  /** The best completed run by the metric (provisional: the leading live run until one completes); null without a metric. */
   best: BestRun | null;
   /** The metric the search optimises, if any. */
   metric: string | null;
@@ -224,13 +237,14 @@ export interface Snapshot {
   page_size: number;
 }
 
-/** A notebook cell to submit as `%%wml train` would (wire.TrainRequest). */
-export interface TrainRequest {
-  /** The cell's code: becomes `train.py`. */
-  code: string;
+/**
+ * The "Train this cell" dialog's options with `%%wml train`'s defaults (wire.TrainDefaults, from
+ * `wml_core.train_options`): what `GET /wml/train` answers, so the dialog has no defaults of its own.
+ */
+export interface TrainDefaults {
   /** Experiment name. */
   name: string;
-  /** GPUs per run. */
+  /** GPUs per learner. */
   gpus: number;
   /** The manifest's `framework.name`. */
   framework: string;
@@ -240,6 +254,12 @@ export interface TrainRequest {
   sweep: string[];
   /** Number of runs of the search, if set. */
   runs: number | null;
+}
+
+/** A notebook cell to submit as `%%wml train` would, with the dialog's options (wire.TrainRequest). */
+export interface TrainRequest extends TrainDefaults {
+  /** The cell's code: becomes `train.py`. */
+  code: string;
 }
 
 /** Frameworks the "Train this cell" dialog offers: the manifest's `framework.name` values in DESIGN.md. */

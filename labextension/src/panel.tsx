@@ -21,11 +21,15 @@ import { Message } from '@lumino/messaging';
 import * as React from 'react';
 
 import {
+  allFailed,
+  bestText,
+  countGroups,
   formatCounts,
   formatGpuTime,
   formatHparams,
   formatValue,
   quotaBar,
+  runWhy,
   sparklinePoints,
   stateKind
 } from './format';
@@ -219,7 +223,7 @@ function ExperimentItem(props: ViewProps & { experiment: Experiment; snapshot: S
         <button
           className="jp-wml-expander"
           aria-expanded={expanded}
-          title={expanded ? 'Hide runs' : 'Show runs'}
+          title={`${expanded ? 'Hide' : 'Show'} the runs of ${experiment.name}`}
           onClick={toggle}
         >
           <LabIcon.resolveReact icon={expanded ? caretDownIcon : caretRightIcon} tag="span" />
@@ -227,7 +231,7 @@ function ExperimentItem(props: ViewProps & { experiment: Experiment; snapshot: S
             {experiment.name}
           </span>
         </button>
-        <StateBadge state={experiment.state} />
+        {live && <StateBadge state={experiment.state} />}
         <IconButton
           icon={addBelowIcon}
           title={`Insert %wml watch ${experiment.id} in the notebook`}
@@ -242,18 +246,12 @@ function ExperimentItem(props: ViewProps & { experiment: Experiment; snapshot: S
       </div>
       <div className="jp-wml-row jp-wml-detail">
         <span className="jp-wml-id">{experiment.id}</span>
-        <span className="jp-wml-counts">{formatCounts(experiment.runs)}</span>
+        <StateCounts runs={experiment.runs} />
       </div>
       <div className="jp-wml-row jp-wml-detail">
-        {experiment.best ? (
-          <span className="jp-wml-best" title={`best run ${experiment.best.run_id}`}>
-            best {experiment.best.metric} {formatValue(experiment.best.value)}
-          </span>
-        ) : (
-          <span>{experiment.metric ? `no ${experiment.metric} yet` : ''}</span>
-        )}
+        <Leader experiment={experiment} />
         <span className="jp-wml-spacer" />
-        <span title="GPU time (and what early stopping saved)">
+        <span className="jp-wml-num" title="GPU time (and what early stopping saved)">
           GPU {formatGpuTime(experiment.gpu_seconds)}
           {experiment.gpu_seconds_saved > 0 && `, saved ${formatGpuTime(experiment.gpu_seconds_saved)}`}
         </span>
@@ -261,6 +259,37 @@ function ExperimentItem(props: ViewProps & { experiment: Experiment; snapshot: S
       {expanded && page && <RunList {...props} page={page} />}
       {expanded && !page && <div className="jp-wml-empty">Loading runs…</div>}
     </li>
+  );
+}
+
+/** The runs counted by state, each group in its state's colour: `3 completed · 2 failed`. */
+function StateCounts({ runs }: { runs: Experiment['runs'] }): JSX.Element {
+  const groups = countGroups(runs);
+  return (
+    <span className="jp-wml-counts" title={formatCounts(runs)}>
+      {groups.length === 0 && 'no runs'}
+      {groups.map((group, i) => (
+        <React.Fragment key={group.label}>
+          {i > 0 && ' · '}
+          <span className={`jp-wml-count jp-wml-count-${group.kind}`}>
+            {group.count} {group.label}
+          </span>
+        </React.Fragment>
+      ))}
+    </span>
+  );
+}
+
+/** The best run, the provisional leader, or why there is none (no metric, every run failed). */
+function Leader({ experiment }: { experiment: Experiment }): JSX.Element {
+  const ended = isTerminal(experiment.state);
+  const text =
+    ended && allFailed(experiment.runs) ? 'every run failed' : bestText(experiment.best, experiment.metric);
+  const kind = experiment.best ? (experiment.best.provisional ? ' jp-wml-provisional' : ' jp-wml-best') : '';
+  return (
+    <span className={`jp-wml-leader${kind}`} title={text}>
+      {text}
+    </span>
   );
 }
 
@@ -299,6 +328,7 @@ interface RunItemProps {
 
 function RunItem({ run, metric, sparkline, actions }: RunItemProps): JSX.Element {
   const value = metric ? run.metrics[metric] : undefined;
+  const why = runWhy(run);
   return (
     <li className="jp-wml-run" data-run-id={run.id} data-state={run.state}>
       <div className="jp-wml-row">
@@ -325,14 +355,16 @@ function RunItem({ run, metric, sparkline, actions }: RunItemProps): JSX.Element
         />
       </div>
       <div className="jp-wml-row jp-wml-detail">
-        <span className="jp-wml-id jp-wml-run-id">{run.id}</span>
+        <span className="jp-wml-id jp-wml-run-id" title={run.id}>
+          {run.id}
+        </span>
         <span className="jp-wml-hparams" title={formatHparams(run.hparams)}>
           {formatHparams(run.hparams) || 'no hyperparameters'}
         </span>
       </div>
       <div className="jp-wml-row jp-wml-detail">
         {metric && value !== undefined ? (
-          <span className="jp-wml-metric">
+          <span className="jp-wml-metric jp-wml-num">
             {metric} {formatValue(value)}
           </span>
         ) : (
@@ -340,9 +372,18 @@ function RunItem({ run, metric, sparkline, actions }: RunItemProps): JSX.Element
         )}
         <Sparkline values={sparkline} />
         <span className="jp-wml-spacer" />
-        <span title="GPU time">GPU {formatGpuTime(run.gpu_seconds)}</span>
+        <span className="jp-wml-num" title="GPU time">
+          GPU {formatGpuTime(run.gpu_seconds)}
+        </span>
       </div>
-      {run.state === 'FAILED' && run.reason && <div className="jp-wml-reason">{run.reason}</div>}
+      {why && (
+        <div
+          className={`jp-wml-reason jp-wml-reason-${stateKind(run.state)}`}
+          title={run.log_tail.join('\n') || why}
+        >
+          {why}
+        </div>
+      )}
     </li>
   );
 }

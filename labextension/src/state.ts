@@ -7,7 +7,7 @@
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { SnapshotQuery, WmlApi, WmlApiError } from './api';
-import { Snapshot } from './model';
+import { ExperimentState, Snapshot } from './model';
 
 /** The calls the sidebar state needs from the request layer. */
 export type SidebarApi = Pick<WmlApi, 'snapshot'>;
@@ -21,7 +21,7 @@ export interface ErrorView {
 }
 
 /** Experiment summary states while some of its runs live. */
-const LIVE_EXPERIMENT_STATES = new Set(['QUEUED', 'RUNNING']);
+const LIVE_EXPERIMENT_STATES = new Set<string>([ExperimentState.Queued, ExperimentState.Running]);
 
 /** Hints for the error codes a user can act on. */
 const HINTS: Record<string, string> = {

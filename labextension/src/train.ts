@@ -35,11 +35,6 @@ function textarea(placeholder: string): HTMLTextAreaElement {
   return node;
 }
 
-/** The form's starting values for a cell of the notebook `name`. */
-export function defaultForm(name: string): TrainForm {
-  return { name, gpus: '1', framework: 'pytorch', data: '', sweep: '', runs: '' };
-}
-
 /** The dialog body: labelled inputs, read back as a `TrainForm`. */
 export class TrainFormWidget extends Widget implements Dialog.IBodyWidget<TrainForm> {
   /** Create the form filled with `values`, showing `error` if a previous try had one. */
@@ -93,11 +88,11 @@ export class TrainFormWidget extends Widget implements Dialog.IBodyWidget<TrainF
 }
 
 /**
- * Ask for the options and return the request to submit `code` with, or null if cancelled.
- * A form error reopens the dialog with the message and the values kept.
+ * Ask for the options, starting from `start`, and return the request to submit `code` with, or
+ * null if cancelled. A form error reopens the dialog with the message and the values kept.
  */
-export async function askTrainOptions(code: string, name: string): Promise<TrainRequest | null> {
-  let values = defaultForm(name);
+export async function askTrainOptions(code: string, start: TrainForm): Promise<TrainRequest | null> {
+  let values = start;
   let problem = '';
   for (;;) {
     const result = await showDialog({

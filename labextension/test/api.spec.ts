@@ -49,7 +49,14 @@ describe('WmlApi', () => {
     expect(JSON.parse(String(calls[2].init.body)).code).toBe('print(1)');
   });
 
-  it('reads logs from an offset and results as a blob', async () => {
+  it("gets the Train dialog's defaults from GET /wml/train", async () => {
+    const served = { name: 'notebook', gpus: 0, framework: 'pytorch', data: null, sweep: [], runs: null };
+    const { calls, api } = transport(() => json(served));
+    expect(await api.trainDefaults()).toEqual(served);
+    expect([calls[0].init.method, calls[0].url]).toEqual([undefined, 'http://host/base/wml/train']);
+  });
+
+    it('reads logs from an offset and results as a blob', async () => {
     const { calls, api } = transport(() => json({ offset: 10, next_offset: 20, data: 'x', learner: 1, complete: false }));
     const chunk = await api.logs('abc123-1', 10);
     expect(chunk.next_offset).toBe(20);

@@ -1,5 +1,5 @@
 /** Wire-model objects for tests, as the server extension would send them. */
-import { Experiment, Run, Snapshot, Usage } from '../src/model';
+import { Experiment, ExperimentState, Run, RunState, Snapshot, Usage } from '../src/model';
 
 /** A run with every field set; `fields` override. */
 export function makeRun(fields: Partial<Run> = {}): Run {
@@ -8,7 +8,7 @@ export function makeRun(fields: Partial<Run> = {}): Run {
     experiment_id: 'abc123',
     account: 'local',
     name: 'digits-1',
-    state: 'PROCESSING',
+    state: RunState.Processing,
     hparams: { lr: 0.012345, batch: 32 },
     gpus: 1,
     learners: 1,
@@ -19,7 +19,7 @@ export function makeRun(fields: Partial<Run> = {}): Run {
     reason: null,
     log_tail: [],
     metrics: { step: 3, val_acc: 0.91 },
-    transitions: [{ state: 'QUEUED', time: '2026-11-26T10:00:00Z', attempt: 1 }],
+    transitions: [{ state: RunState.Queued, time: '2026-11-26T10:00:00Z', attempt: 1 }],
     results: null,
     queue_position: null,
     attempt: 1,
@@ -35,9 +35,9 @@ export function makeExperiment(fields: Partial<Experiment> = {}): Experiment {
     id: 'abc123',
     account: 'local',
     name: 'digits',
-    state: 'RUNNING',
+    state: ExperimentState.Running,
     runs: { PROCESSING: 2, QUEUED: 1, COMPLETED: 3 },
-    best: { run_id: 'abc123-2', metric: 'val_acc', value: 0.953 },
+    best: { run_id: 'abc123-2', metric: 'val_acc', value: 0.953, step: 27, provisional: false },
     metric: 'val_acc',
     mode: 'max',
     gpu_seconds: 120,

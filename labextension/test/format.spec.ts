@@ -1,24 +1,71 @@
 import {
+  allFailed,
+  bestText,
+  countGroups,
   formatCounts,
   formatGpuTime,
   formatHparams,
   formatValue,
   FormError,
   quotaBar,
+  runWhy,
   sparklinePoints,
   stateKind,
   TrainForm,
   trainRequest
 } from '../src/format';
-import { isTerminal } from '../src/model';
-import { makeUsage } from './fixtures';
+import { isTerminal, RunState } from '../src/model';
+import { makeRun, makeUsage } from './fixtures';
 
 describe('formatting', () => {
-  it('writes GPU time in s, min or h', () => {
-    expect(formatGpuTime(0)).toBe('0 s');
-    expect(formatGpuTime(42.4)).toBe('42 s');
-    expect(formatGpuTime(184)).toBe('3 min 4 s');
-    expect(formatGpuTime(9000)).toBe('2.5 h');
+  it('writes GPU time in s, min or h, as wml_core.billing.format_gpu_time does', () => {
+    // the cases of tests/test_wording.py::test_one_gpu_time_format
+    const cases: [number, string][] = [
+      [0, '0 s'],
+      [4.24, '4.2 s'],
+      [42.4, '42 s'],
+      [59.6, '1 min 0 s'],
+      [156, '2 min 36 s'],
+      [3599.4, '59 min 59 s'],
+      [3599.6, '1.0 h'],
+      [9000, '2.5 h'],
+      [360000, '100 h']
+    ];
+    for (const [seconds, text] of cases) {
+      expect(formatGpuTime(seconds)).toBe(text);
+    }
+  });
+
+  it('counts runs by state instead of one word, each group with its badge kind', () => {
+    expect(formatCounts({ COMPLETED: 3, FAILED: 2 })).toBe('3 completed · 2 failed');
+    expect(countGroups({ COMPLETED: 3, FAILED: 2 }).map(g => g.kind)).toEqual(['success', 'error']);
+    expect(allFailed({ FAILED: 2 })).toBe(true);
+    expect(allFailed({ FAILED: 2, COMPLETED: 1 })).toBe(false);
+    expect(allFailed({})).toBe(false);
+  });
+
+  it('names the best run only for a chosen metric, provisionally until a run completes', () => {
+    const best = { run_id: 'e-03', metric: 'acc', value: 0.91, step: 27, provisional: false };
+    expect(bestText(best, 'acc')).toBe('best e-03 acc=0.91');
+    expect(bestText({ ...best, provisional: true, step: 7 }, 'acc')).toBe(
+      'leader e-03 acc=0.91 at step 7 (provisional)'
+    );
+    expect(bestText(null, 'acc')).toBe('no acc yet');
+    expect(bestText(null, null)).toBe('no metric chosen');
+  });
+
+  it('says why a run ended: the error line of a failed command, and its reason', () => {
+    const failed = makeRun({
+      state: RunState.Failed,
+      reason: 'the command exited with code 1',
+      log_tail: ['Traceback (most recent call last):', 'RuntimeError: loss is NaN', '']
+    });
+    expect(runWhy(failed)).toBe('RuntimeError: loss is NaN (the command exited with code 1)');
+    expect(runWhy(makeRun({ state: RunState.Stopped, reason: 'stopped by ASHA at step 1' }))).toBe(
+      'stopped by ASHA at step 1'
+    );
+    expect(runWhy(makeRun({ state: RunState.Completed, reason: 'requeued after a restart' }))).toBe('');
+    expect(runWhy(makeRun())).toBe('');
   });
 
   it('writes values with 4 significant digits and hyperparameters as name=value', () => {
@@ -35,15 +82,17 @@ describe('formatting', () => {
   });
 
   it('gives each state a badge kind, and knows the terminal states', () => {
-    expect(['QUEUED', 'DOWNLOADING', 'COMPLETED', 'FAILED', 'STOPPED'].map(stateKind)).toEqual([
+    expect(
+      [RunState.Queued, RunState.Downloading, RunState.Completed, RunState.Failed, RunState.Stopped].map(stateKind)
+    ).toEqual([
       'queued',
       'active',
       'success',
       'error',
       'halted'
     ]);
-    expect(isTerminal('HALTED')).toBe(true);
-    expect(isTerminal('STORING')).toBe(false);
+    expect(isTerminal(RunState.Halted)).toBe(true);
+    expect(isTerminal(RunState.Storing)).toBe(false);
   });
 });
 

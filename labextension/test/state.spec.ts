@@ -1,5 +1,5 @@
 import { WmlApiError } from '../src/api';
-import { Snapshot } from '../src/model';
+import { ExperimentState, Snapshot } from '../src/model';
 import { errorView, SidebarModel } from '../src/state';
 import { makeSnapshot } from './fixtures';
 
@@ -68,7 +68,7 @@ describe('SidebarModel', () => {
     expect(model.isLive).toBe(true);
     const idle = makeSnapshot();
     idle.usage = { ...idle.usage, gpus_in_use: 0, queued_gpus: 0 };
-    idle.experiments.items[0].state = 'COMPLETED';
+    idle.experiments.items[0].state = ExperimentState.Completed;
     const first = model.refresh();
     pending[0].resolve(idle);
     await first;

@@ -32,6 +32,14 @@ for i in itertools.count():
     print(f"tick {i}", flush=True)
     time.sleep(0.4)
 """
+#: Runs without a metric to rank them: x=1 fails as NaN losses do, x=2 completes.
+NAN_SCRIPT = """\
+from wml_jupyter import run
+x = run.hparams()["x"]
+run.log(step=0, loss=0.5 / x)
+if x == 1:
+    raise RuntimeError("loss is NaN")
+"""
 #: The notebook cell trained through "Train this cell with WML…".
 CELL_SOURCE = """\
 from wml_jupyter import run
@@ -111,6 +119,21 @@ def test_panel_shows_quota_and_runs_changing_state_live(sidebar, live_sweep):
     assert "lr=" in item.locator(".jp-wml-hparams").first.inner_text()
 
 
+def test_runs_are_counted_by_state_a_failed_run_says_why_and_no_metric_means_no_best(backend, sidebar):
+    experiment_id = submit(backend, "nan-sweep", NAN_SCRIPT, {"x": [1, 2]})
+    item = sidebar.expand(experiment_id)
+    sidebar.watch_states(experiment_id, ended(2))
+    item.locator(".jp-wml-counts", has_text="1 completed · 1 failed").wait_for()
+    assert item.locator(".jp-wml-count-error").inner_text() == "1 failed"
+    assert item.locator(".jp-wml-experiment-row .jp-wml-badge").count() == 0  # no one red word
+    assert item.locator(".jp-wml-leader").inner_text() == "no metric chosen"
+    reason = item.locator('.jp-wml-run[data-state="FAILED"] .jp-wml-reason')
+    assert reason.inner_text() == "RuntimeError: loss is NaN (the command exited with code 1)"
+    assert "Traceback" in reason.get_attribute("title")  # the log tail on hover
+    sidebar.screenshot("sidebar-failed-run", element=True)
+    item.locator(".jp-wml-expander").click()  # fold it away again
+
+
 def test_download_results_and_copy_run_id(sidebar, live_sweep, tmp_path):
     run_id = sorted(sidebar.states(live_sweep))[0]
     with sidebar.page.expect_download() as download:
@@ -140,6 +163,10 @@ def test_cancel_a_run_then_the_experiment(sidebar, ticker):
     sidebar.run(first).get_by_role("button", name="Cancel run").click()
     sidebar.page.locator(".jp-Dialog", has_text="Cancel run?").wait_for()
     sidebar.screenshot("cancel-dialog")
+    sidebar.page.keyboard.press("Enter")  # the default button keeps the run
+    sidebar.page.locator(".jp-Dialog").wait_for(state="detached")
+    assert sidebar.states(ticker)[first] == "PROCESSING"
+    sidebar.run(first).get_by_role("button", name="Cancel run").click()
     sidebar.confirm_dialog("Cancel run")
     sidebar.wait_state(first, "HALTED")
     sidebar.page.locator(f"#wml-logs-{first} .jp-wml-LogView-status", has_text="ended").wait_for()
@@ -147,7 +174,7 @@ def test_cancel_a_run_then_the_experiment(sidebar, ticker):
     sidebar.experiment(ticker).get_by_role("button", name="Cancel experiment").click()
     sidebar.confirm_dialog("Cancel experiment")
     sidebar.wait_state(second, "HALTED")
-    sidebar.experiment(ticker).locator(".jp-wml-badge", has_text="HALTED").first.wait_for()
+    sidebar.experiment(ticker).locator(".jp-wml-counts", has_text="2 halted").wait_for()
 
 
 def test_train_this_cell_from_the_notebook_toolbar(sidebar, notebook):

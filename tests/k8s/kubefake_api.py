@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 from kubefake_store import KINDS, ApiError, Store
 
-_PATH = re.compile(r"^/(?:api/v1|apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<res>pods|secrets|jobs|services)"
+_PATH = re.compile(r"^/(?:api/v1|apis/batch/v1)/namespaces/(?P<ns>[^/]+)/(?P<res>pods|secrets|jobs|services|events)"
                    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>log|status))?)?$")
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 
 #: Resources served, with their apiVersion and kind.
 KINDS = {"pods": ("v1", "Pod"), "secrets": ("v1", "Secret"), "jobs": ("batch/v1", "Job"),
-         "services": ("v1", "Service")}
+         "services": ("v1", "Service"), "events": ("v1", "Event")}
 #: Kubernetes version whose OpenAPI schema created objects are validated against.
 SCHEMA_VERSION = "1.32.0"
 

@@ -48,17 +48,35 @@ def test_a_sweep_prints_a_secret_and_a_job_per_run_and_starts_no_backend(tmp_pat
     jobs, secrets = of_kind(objects, "Job"), of_kind(objects, "Secret")
     assert len(jobs) == len(secrets) == 3 and len(objects) == 6
     assert sorted(h["lr"] for _, h in headers) == [0.01, 0.02, 0.03]
-    for (run_id, _), secret, job in zip(headers, secrets, jobs):  # each run's Secret, then its Job
+    assert [o["kind"] for o in objects] == ["Job", "Secret"] * 3  # each run's Job, then its Secret
+    for (run_id, _), secret, job in zip(headers, secrets, jobs):
         name = job["metadata"]["name"]
         assert secret["metadata"]["name"] == name and name.startswith(f"wml-{run_id}-a1-")
         assert job["metadata"]["labels"]["wml.dev/run"] == run_id and job["metadata"]["namespace"] == "default"
         container = job["spec"]["template"]["spec"]["containers"][0]
-        assert container["resources"]["limits"] == {"cpu": "3", "memory": "6Gi", "nvidia.com/gpu": "2"}
+        assert container["resources"]["limits"] == {"cpu": "3", "ephemeral-storage": "20Gi", "memory": "6Gi",
+                                                    "nvidia.com/gpu": "2"}
         assert {"name": "WML_RUN_ID", "value": run_id} in container["env"]
+        assert {"name": "WML_BACKEND_URL", "value": "http://wml-backend.default.svc:8642"} in container["env"]
         assert container["envFrom"] == [{"secretRef": {"name": name}}]
         assert secret["stringData"] == {"WML_RUNNER_TOKEN": "<redacted>"}
     assert not (home / "backend").exists(), "a dry run started (or prepared) a backend"
     assert not (home / "storage").exists(), "a dry run touched the data store"
+
+
+def test_the_embedded_file_store_is_a_warning_until_a_claim_holds_it(tmp_path):
+    home = tmp_path / "home"
+    refused = dry_run(home, str(TINY / "manifest.yml"), str(TINY))
+    assert refused.stdout.startswith("# warning: kubernetes: the embedded file store (") and \
+        "set WML_K8S_STORE_PVC" in refused.stdout.splitlines()[0]
+    printed(refused)  # the objects are still printed, as they would be once the store is fixed
+    claimed = dry_run(home, str(TINY / "manifest.yml"), str(TINY), WML_K8S_STORE_PVC="wml-store")
+    _, objects = printed(claimed)
+    assert "# warning" not in claimed.stdout
+    for job in of_kind(objects, "Job"):
+        pod = job["spec"]["template"]["spec"]
+        assert {"name": "claim-0", "persistentVolumeClaim": {"claimName": "wml-store"}} in pod["volumes"]
+        assert {"name": "claim-0", "mountPath": str(home / "storage")} in pod["containers"][0]["volumeMounts"]
 
 
 def test_learners_print_an_indexed_job_and_a_headless_service_in_the_configured_namespace(tmp_path):
@@ -75,8 +93,8 @@ def test_learners_print_an_indexed_job_and_a_headless_service_in_the_configured_
         except BlockingIOError:
             pass
     headers, objects = printed(result)
-    assert [obj["kind"] for obj in objects] == ["Secret", "Job", "Service"] and len(headers) == 1
-    job, service = objects[1], objects[2]
+    assert [obj["kind"] for obj in objects] == ["Job", "Secret", "Service"] and len(headers) == 1
+    job, service = objects[0], objects[2]
     assert (job["spec"]["completionMode"], job["spec"]["completions"], job["spec"]["parallelism"]) == ("Indexed", 2, 2)
     name = job["metadata"]["name"]
     assert service["metadata"]["name"] == job["spec"]["template"]["spec"]["subdomain"] == name
@@ -124,9 +142,29 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     grid = "lr=[" + ",".join(str(n / 1000) for n in range(1, 101)) + "]"  # 100 runs: more than a pipe holds
     args = BackendProcess.cli_args("train", str(TINY / "manifest.yml"), str(TINY), "--sweep", grid,
                                    "--dry-run=kubernetes")
-    proc = subprocess.Popen(args, env={**environ, "WML_HOME": str(tmp_path / "home")}, cwd=REPO,
+    environ.update(WML_HOME=str(tmp_path / "home"), WML_K8S_STORE_PVC="x")  # no warning before the first run
+    proc = subprocess.Popen(args, env=environ, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline().startswith(b"# run ")
     proc.stdout.close()
     assert proc.wait(120) == 141
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_the_printed_objects_are_accepted_by_the_api_server(kube_ns, tmp_path):
+    """What the dry run prints, a real API server accepts: ``kubectl create --dry-run=server``
+    (dryRun=All: admission, Pod Security ``restricted``, strict field validation; warnings are
+    errors) as the backend's ServiceAccount, in a namespace made from backend/deploy."""
+    store = {"WML_STORAGE": "s3://dry-results", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+             "AWS_DEFAULT_REGION": "us-east-1", "WML_K8S_NAMESPACE": kube_ns.name}
+    sweep = (str(definition(tmp_path, gpus=2, cpus=3, memory="6Gi")), str(TINY), "--sweep", "lr=[0.01,0.02]")
+    for args in (sweep, (str(DDP / "manifest.yml"), str(DDP))):
+        result = dry_run(tmp_path / "home", *args, **store)
+        _, objects = printed(result)
+        created = kube_ns.cluster.kubectl(
+            "--kubeconfig", str(kube_ns.kubeconfig), "create", "--dry-run=server", "--validate=strict",
+            "--warnings-as-errors", "-o", "name", "-f", "-", stdin=result.stdout, check=False)
+        assert created.returncode == 0, created.stderr
+        accepted = sorted(line.split("/")[1] for line in created.stdout.split())
+        assert accepted == sorted(obj["metadata"]["name"] for obj in objects)
+    assert kube_ns.objects("jobs") == kube_ns.objects("secrets") == [], "a dry run creates nothing"

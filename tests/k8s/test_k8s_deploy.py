@@ -12,9 +12,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from wml_backend.executors.k8s_options import load_options
+from wml_backend.executors.k8s_names import MANAGED_BY
+from wml_backend.executors.k8s_options import DEFAULT_RUN_AS_USER, load_options
 from wml_backend.daemon import parser, settings_from
-from wml_backend.settings import parse_storage_url
+from wml_core.objectstore.resolve import parse_storage_url
 
 DEPLOY = Path(__file__).parents[2] / "backend" / "deploy"
 SCHEMA_VERSION = "1.32.0"
@@ -32,8 +33,8 @@ def by_kind(kind: str) -> list[dict]:
 
 def test_every_object_is_valid_for_kubernetes():
     kinds = sorted(o["kind"] for o in objects())
-    assert kinds == ["ConfigMap", "Deployment", "Namespace", "PersistentVolumeClaim", "Role", "RoleBinding",
-                     "Secret", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Role",
+                     "RoleBinding", "Secret", "Service", "ServiceAccount"]
     for obj in objects():
         kubernetes_validate.validate(obj, SCHEMA_VERSION, strict=True)
 
@@ -55,7 +56,8 @@ def test_the_role_is_namespaced_and_minimal():
         (("batch",), ("jobs",)): ["create", "list", "watch", "delete"],
         (("",), ("pods",)): ["list", "watch", "delete"],
         (("",), ("pods/log",)): ["get"],
-        (("",), ("secrets",)): ["create", "list", "delete"],
+        (("",), ("secrets",)): ["create", "delete"],  # never list, get or watch: no one else's Secret is read
+        (("",), ("events",)): ["list", "watch"],  # FailedCreate: the API refused a run's pod
         (("",), ("services",)): ["create"],  # a multi-learner run's headless Service (its Job owns it)
     }
     assert not by_kind("ClusterRole") and not by_kind("ClusterRoleBinding")
@@ -76,10 +78,43 @@ def test_the_deployment_runs_the_kubernetes_executor_with_valid_settings():
     options = load_options(config, "wml")  # a misspelt WML_K8S_* would raise here
     assert parse_storage_url(config["WML_STORAGE"]) == ("wml-results", "")
     assert options.images["pytorch"] == "wml-runner-pytorch:{version}"
-    url = urlparse(options.public_url)
+    url = urlparse(options.backend_url)
     [service] = by_kind("Service")
     assert url.hostname == f"{service['metadata']['name']}.wml.svc"
     assert url.port == service["spec"]["ports"][0]["port"] == container["ports"][0]["containerPort"]
+    assert load_options({}, "wml").backend_url == options.backend_url  # the default is that Service
+
+
+def test_the_namespace_admits_only_pods_that_pod_security_restricted_allows():
+    [namespace] = by_kind("Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    [deployment] = by_kind("Deployment")  # the backend's own pod too
+    pod = deployment["spec"]["template"]["spec"]
+    security = pod["securityContext"]
+    assert security["runAsNonRoot"] and security["seccompProfile"]["type"] == "RuntimeDefault"
+    for container in pod["containers"]:
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_run_pods_talk_to_run_pods_and_the_backend_only():
+    [policy] = by_kind("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": MANAGED_BY["app.kubernetes.io/name"]}}
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    runs = {"podSelector": spec["podSelector"]}
+    assert spec["ingress"] == [{"from": [runs]}]  # from nothing but run pods
+    [deployment] = by_kind("Deployment")
+    backend = {"podSelector": {"matchLabels": deployment["spec"]["template"]["metadata"]["labels"]}}
+    port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert {"to": [backend], "ports": [{"protocol": "TCP", "port": port}]} in spec["egress"]
+    assert {"to": [runs]} in spec["egress"]
+    assert all(rule.get("to") for rule in spec["egress"]), "no rule lets a run reach anywhere"
+
+
+def test_the_run_image_runs_as_the_user_run_pods_run_as():
+    dockerfile = (DEPLOY / "docker" / "runner.Dockerfile").read_text()
+    assert f"USER {DEFAULT_RUN_AS_USER}" in dockerfile.splitlines()
 
 
 def test_the_storage_secret_is_a_template_not_a_credential():

@@ -10,7 +10,7 @@ import corpus
 import httpx
 import pytest
 from checks import assert_clear
-from wml_backend.errors import ERRORS_BY_CODE
+from wml_core.errors import ERRORS_BY_CODE
 
 #: Codes an error body may carry: the domain errors' and the framework's own.
 CODES = set(ERRORS_BY_CODE) | {"method_not_allowed"}

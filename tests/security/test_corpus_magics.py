@@ -12,7 +12,7 @@ from ipython_shell import new_shell
 
 pytest.importorskip("wml_jupyter.magics", reason="the magics are not there yet")
 from IPython.core.interactiveshell import InteractiveShell  # noqa: E402
-from wml_backend.errors import WmlError  # noqa: E402
+from wml_core.errors import WmlError  # noqa: E402
 
 GRID = corpus.GOOD_MANIFEST + "search: {algorithm: grid}\n"
 

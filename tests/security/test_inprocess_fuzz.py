@@ -11,9 +11,9 @@ import pytest
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from wml_backend.errors import InvalidInput  # noqa: E402
-from wml_backend.manifest import load_manifest  # noqa: E402
-from wml_backend.space import parse_sweep_flag  # noqa: E402
+from wml_core.errors import InvalidInput  # noqa: E402
+from wml_core.manifest import load_manifest  # noqa: E402
+from wml_core.search_space import parse_sweep_flag  # noqa: E402
 from wml_backend.submit import decode_code  # noqa: E402
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)

@@ -12,9 +12,9 @@ import httpx
 import pytest
 from checks import assert_clear
 from wml_backend.api import MAX_BODY_BYTES
-from wml_backend.errors import InvalidInput
-from wml_backend.manifest import ManifestError, load_manifest
-from wml_backend.space import parse_sweep_flag
+from wml_core.errors import InvalidInput
+from wml_core.manifest import ManifestError, load_manifest
+from wml_core.search_space import parse_sweep_flag
 from wml_backend.submit import decode_code
 
 from wml_jupyter import cli
@@ -73,6 +73,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(http, probe):
     """A 200 MiB submission was read whole into the backend's memory before its size was checked."""
     with socket.create_connection((http.base_url.host, http.base_url.port), timeout=30) as raw:
         raw.sendall(f"POST /v1/experiments HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Authorization: {http.headers['Authorization']}\r\n"  # without it: 401 before any size
                     f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n{{".encode())  # announced, not sent
         answer = b""
         while b"}" not in answer and (chunk := raw.recv(65536)):  # up to the end of the JSON error

@@ -15,10 +15,10 @@ from jupyter_server.utils import url_path_join
 from pydantic import BaseModel
 from tornado import web
 
-from wml_backend.errors import Forbidden, InvalidInput, Unauthorized, WmlError
+from wml_core.errors import Forbidden, InvalidInput, Unauthorized, WmlError
 
 from .manager import WmlManager
-from .wire import SnapshotQuery, TrainRequest, parse_body
+from .wire import SnapshotQuery, TrainDefaults, TrainRequest, parse_body
 
 #: An experiment or run id in a route.
 ID = r"([a-z0-9][a-z0-9_-]*)"
@@ -108,7 +108,11 @@ class ResultsHandler(WmlHandler):
 
 
 class TrainHandler(WmlHandler):
-    """``POST /wml/train``: a notebook cell submitted with the dialog's options."""
+    """``GET /wml/train``: the dialog's defaults; ``POST``: a cell submitted with the dialog's options."""
+
+    @route
+    async def get(self) -> BaseModel:
+        return TrainDefaults()
 
     @route
     async def post(self) -> BaseModel:

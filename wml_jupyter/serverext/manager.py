@@ -15,8 +15,8 @@ from typing import Any, Callable, Optional
 from traitlets import Unicode
 from traitlets.config import LoggingConfigurable
 
-from wml_backend.errors import BackendUnavailable, Conflict, Unauthorized
-from wml_backend.models import Experiment, LogChunk, Run
+from wml_core.errors import BackendUnavailable, Conflict, Unauthorized
+from wml_core.models import Experiment, LogChunk, Run
 from wml_jupyter.codezip import zip_directory
 
 from .sparklines import MetricHistory

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
-from wml_backend.models import Run
+from wml_core.models import Run
 
 #: Points a sparkline shows at most; longer histories are downsampled evenly.
 SPARKLINE_POINTS = 40

@@ -1,6 +1,6 @@
 """What the ``/wml/`` routes exchange with the sidebar, beyond the backend's wire model.
 
-Runs, experiments, usage and log chunks are ``wml_backend.models`` unchanged; this module adds
+Runs, experiments, usage and log chunks are ``wml_core.models`` unchanged; this module adds
 the envelopes around them. ``labextension/src/model.ts`` mirrors every class here field by field.
 """
 
@@ -10,8 +10,9 @@ from typing import Optional
 
 from pydantic import BaseModel, Field, ValidationError
 
-from wml_backend.errors import InvalidInput
-from wml_backend.models import Experiment, Run, Usage
+from wml_core.errors import InvalidInput
+from wml_core.models import Experiment, Run, Usage
+from wml_core.train_options import default_of
 
 #: Items per page of experiments and of one experiment's runs: the sidebar shows pages, not
 #: thousands of rows, so it stays smooth whatever the sweep's size.
@@ -65,18 +66,25 @@ class SnapshotQuery(BaseModel):
             raise InvalidInput("offset and expand offsets must be whole numbers ≥ 0") from None
 
 
-class TrainRequest(BaseModel):
+class TrainDefaults(BaseModel):
+    """The "Train this cell" dialog's options, each defaulting as ``%%wml train``'s flag does
+    (both from ``wml_core.train_options``); ``GET /wml/train`` gives the dialog these defaults."""
+
+    name: str = Field(default_of("name"), min_length=1, max_length=100)
+    #: GPUs per learner.
+    gpus: int = Field(default_of("gpus"), ge=0, le=64)
+    framework: str = default_of("framework")
+    #: Training data bucket (``training_data.container``) in the configured default store.
+    data: Optional[str] = default_of("data")
+    #: Hyperparameter flags, as ``--sweep``: ``lr=loguniform(1e-4,1e-1)``.
+    sweep: list[str] = Field(default_factory=lambda: default_of("sweep"))
+    runs: Optional[int] = Field(default_of("runs"), ge=1, le=1000)
+
+
+class TrainRequest(TrainDefaults):
     """A notebook cell to submit as ``%%wml train`` would, with the dialog's options."""
 
     code: str
-    name: str = Field("cell", min_length=1, max_length=100)
-    gpus: int = Field(1, ge=0, le=64)
-    framework: str = "pytorch"
-    #: Training data bucket (``training_data.container``) in the configured default store.
-    data: Optional[str] = None
-    #: Hyperparameter flags, as ``--sweep``: ``lr=loguniform(1e-4,1e-1)``.
-    sweep: list[str] = Field(default_factory=list)
-    runs: Optional[int] = Field(None, ge=1, le=1000)
 
 
 def parse_body(model: type[BaseModel], body: bytes) -> BaseModel:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time as _time
 from typing import Iterable, Optional
 
-from .models import Run, Transition
-from .states import RunState
+from wml_core.models import Run, Transition
+from wml_core.states import RunState
 
 
 def gpu_seconds(transitions: Iterable[Transition], gpus: int, now: Optional[float] = None) -> float:
@@ -40,3 +40,21 @@ def run_gpu_seconds(run: Run, now: Optional[float] = None) -> float:
 
 def _now(now: Optional[float]) -> float:
     return now if now is not None else _time.time()
+
+
+def format_gpu_time(seconds: float) -> str:
+    """GPU time (or any duration) for people: ``0 s``, ``4.2 s``, ``42 s``, ``3 min 4 s``, ``2.5 h``.
+
+    Hours from one hour up, so large totals read as GPU-hours. The sidebar's ``formatGpuTime``
+    (``labextension/src/format.ts``) writes the same.
+    """
+    if seconds < 0.05:
+        return "0 s"
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
+    whole = int(seconds + 0.5)  # halves up, as JavaScript's Math.round
+    if whole < 3600:
+        minutes, rest = divmod(whole, 60)
+        return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+    hours = seconds / 3600
+    return f"{hours:.1f} h" if hours < 99.95 else f"{hours:.0f} h"

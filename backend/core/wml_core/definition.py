@@ -109,6 +109,8 @@ class Definition(BaseModel):
     hyperparameters: dict[str, ParamSpec] = Field(default_factory=dict)
     search: Search = Field(default_factory=Search)
     max_retries: int = Field(0, ge=0, le=100)
+    #: Seconds a run may take before it ends FAILED "timed out after ..."; None: no limit.
+    timeout_s: Optional[float] = Field(None, gt=0)
 
     def redacted(self) -> dict:
         """This definition as JSON with every credential replaced by ``***``: safe to store and show."""
@@ -119,3 +121,18 @@ class Definition(BaseModel):
                 if conn.get(key):
                     conn[key] = "***"
         return data
+
+
+class StoredDefinition(Definition):
+    """A definition as the run store keeps it: credentials redacted, with its provenance.
+
+    Rows written by older versions read back too: a field they lack takes its default here.
+    """
+
+    #: What reproduces its runs: code hash, data checksums, framework, seed (and ``rerun_of``).
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, definition: Definition, provenance: dict[str, Any]) -> "StoredDefinition":
+        """``definition`` as stored: its credentials replaced by ``***``, with ``provenance``."""
+        return cls.model_validate({**definition.redacted(), "provenance": provenance})

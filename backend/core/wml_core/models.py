@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .states import RunState
+from wml_core.states import ExperimentState, RunState
 
 
 class Transition(BaseModel):
@@ -50,17 +50,26 @@ class Run(BaseModel):
     #: 1-based place in its account's queue while QUEUED.
     queue_position: Optional[int] = None
     attempt: int = 1
+    #: Attempts that a disruption ended (a node drain, Kueue preemption...): not retries.
+    preemptions: int = 0
+    #: Why its last disrupted attempt ended and where it resumes (``preempted: ...; resumed at step N``).
+    preempted: Optional[str] = None
     created: datetime
     #: What reproduces the run (in ``show`` of one run): code hash, data checksums, framework, seed.
     provenance: dict[str, Any] = Field(default_factory=dict)
 
 
 class BestRun(BaseModel):
-    """The experiment's best run so far by its metric and mode."""
+    """The experiment's best run by its metric and mode (``wml_core.ranking``): the best completed
+    run; until one completes, the leading live run, marked ``provisional``."""
 
     run_id: str
     metric: str
     value: float
+    #: The run's latest step when the value was read, if it logs steps.
+    step: Optional[float] = None
+    #: No run has completed yet: this is the leader among live runs, and its value may change.
+    provisional: bool = False
 
 
 class Experiment(BaseModel):
@@ -70,7 +79,7 @@ class Experiment(BaseModel):
     account: str
     name: str
     #: A summary: QUEUED, RUNNING, COMPLETED (all ended well), FAILED (some failed), HALTED.
-    state: str
+    state: ExperimentState
     runs: dict[str, int] = Field(default_factory=dict)
     best: Optional[BestRun] = None
     metric: Optional[str] = None
@@ -128,6 +137,43 @@ class AccountCreated(BaseModel):
     token: str
 
 
+class AccountToken(BaseModel):
+    """An account's new token (shown once): the one it had no longer works."""
+
+    name: str
+    token: str
+
+
+class AccountLimits(BaseModel):
+    """What an account may use, as an administrator sets it; a field left out is not changed,
+    and None means the operator's default (``wml backend start --account-slots`` ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+    gpus: Optional[int] = Field(None, ge=0, le=10_000)
+    slots: Optional[int] = Field(None, ge=1, le=10_000)
+    cpus: Optional[float] = Field(None, gt=0, le=1_000_000)
+    memory_bytes: Optional[int] = Field(None, gt=0, le=2**60)
+    max_queued: Optional[int] = Field(None, ge=0, le=1_000_000)
+
+
+class AccountInfo(BaseModel):
+    """An account and the limits in force for it (its own, else the operator's defaults);
+    a limit of None is no limit of the account's own (the backend's capacity still holds)."""
+
+    name: str
+    admin: bool = False
+    disabled: bool = False
+    gpu_quota: int
+    #: Most runs it may hold at once.
+    slots: Optional[int] = None
+    #: Most CPUs (summed over learners) its runs may hold at once.
+    cpus: Optional[float] = None
+    #: Most memory its runs may hold at once, in bytes.
+    memory_bytes: Optional[int] = None
+    #: Most runs it may have waiting in the queue.
+    max_queued: Optional[int] = None
+
+
 class ExperimentRequest(BaseModel):
     """What a client submits: a manifest's text, the code as a base64 zip, and overrides."""
 
@@ -141,6 +187,16 @@ class ExperimentRequest(BaseModel):
     runs: Optional[int] = Field(None, ge=1, le=1000)
     #: Environment for ``${VAR}`` credentials in the manifest, resolved client-side at submit.
     env: dict[str, str] = Field(default_factory=dict)
+
+
+class DataClaim(BaseModel):
+    """A bucket (``prefix`` empty), or a prefix in it, of the backend's default store, claimed for
+    the caller's account: ``wml upload`` claims its destination before it sends anything, and then
+    no other account may claim it or name it as its training data."""
+
+    model_config = ConfigDict(extra="forbid")
+    bucket: str = Field(min_length=1, max_length=255)
+    prefix: str = Field("", max_length=1024)
 
 
 class StateReport(BaseModel):

@@ -21,9 +21,12 @@ def private_dir(path: Path) -> Path:
 
 
 def private_open(path: Path, mode: str = "wb"):
-    """Open ``path`` for writing, creating it readable by its owner only."""
+    """Open ``path`` for writing, readable by its owner only: created so, or made so if it was
+    not (a log an older version created world-readable)."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in mode else os.O_TRUNC)
-    return os.fdopen(os.open(path, flags, 0o600), mode)
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, mode)
 
 
 def write_private(path: Path, text: str) -> None:

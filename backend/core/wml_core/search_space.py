@@ -23,8 +23,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .definition import ParamSpec
-from .errors import InvalidInput, quoted
+from wml_core.definition import ParamSpec
+from wml_core.errors import InvalidInput, quoted
 
 #: Distribution names a manifest or flag may use, and the ParamSpec kind each one means.
 KINDS = {"choice": "choice", "uniform": "uniform", "loguniform": "loguniform",

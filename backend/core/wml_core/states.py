@@ -29,6 +29,21 @@ class RunState(str, Enum):
         return self in ACTIVE
 
 
+class ExperimentState(str, Enum):
+    """One word for an experiment: how its runs stand together."""
+
+    QUEUED = "QUEUED"        # every live run waits
+    RUNNING = "RUNNING"      # some run lives
+    COMPLETED = "COMPLETED"  # every run ended, none failed or was cancelled
+    FAILED = "FAILED"        # every run ended, one failed
+    HALTED = "HALTED"        # every run ended, one was cancelled
+
+    @property
+    def terminal(self) -> bool:
+        """Whether every run of the experiment has ended."""
+        return self not in (ExperimentState.QUEUED, ExperimentState.RUNNING)
+
+
 TERMINAL = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.HALTED, RunState.STOPPED})
 ACTIVE = frozenset({RunState.PENDING, RunState.DOWNLOADING, RunState.PROCESSING, RunState.STORING})
 _ORDER = [RunState.QUEUED, RunState.PENDING, RunState.DOWNLOADING, RunState.PROCESSING,

@@ -4,7 +4,8 @@ FROM python:3.11-slim
 
 # python-dateutil<3 keeps pip from backtracking between kubernetes and botocore.
 RUN --mount=type=bind,source=backend,target=/src/backend,rw \
-    pip install --no-cache-dir "/src/backend[kubernetes,postgres]" "python-dateutil<3"
+    pip install --no-cache-dir /src/backend/core /src/backend/runner \
+      "/src/backend/server[kubernetes,postgres]" "python-dateutil<3"
 
 RUN useradd --uid 10001 --create-home wml && mkdir -p /var/lib/wml && chown wml /var/lib/wml
 USER 10001

@@ -1,7 +1,7 @@
-"""``python -m wml_backend.runner``: run the run named by ``WML_RUN_ID``."""
+"""``python -m wml_runner``: run the run named by ``WML_RUN_ID``."""
 
 import sys
 
-from .main import main
+from wml_runner.main import main
 
 sys.exit(main())

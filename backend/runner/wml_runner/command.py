@@ -13,14 +13,20 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from ..models import RunSpec
-from .workspace import Workspace
+from wml_core.metric_line import METRICS_FILE_ENV
+from wml_core.models import RunSpec
+from wml_runner.isolation import RunUser, Sandbox, open_inside
+from wml_runner.workspace import Workspace
 
 #: Seconds between SIGTERM and SIGKILL when a run is stopped.
 TERM_GRACE_S = 1.0
-#: Variables of the runner that the training command must not see.
-PRIVATE_ENV = ("WML_RUNNER_TOKEN", "WML_BACKEND_URL", "WML_WORK_DIR",
-               "WML_STORE_ACCESS_KEY", "WML_STORE_SECRET_KEY")
+#: The runner's variables the training command is given (by name; none holds a secret): the
+#: rest of its environment is set for it (FfDL's variables, torch.distributed's, ours).
+PASSED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TERM", "PYTHONPATH", "LD_LIBRARY_PATH", "CUDA_VISIBLE_DEVICES",
+              "WML_VIRTUAL_GPUS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+PASSED_PREFIXES = ("LC_", "NVIDIA_", "NCCL_")
+#: Passed too when the command runs as the runner's own user; a user of its own gets its own.
+OWN_USER_ENV = ("HOME", "USER", "LOGNAME", "TMPDIR")
 
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -34,20 +40,24 @@ def substitute(command: str, hparams: dict[str, Any]) -> str:
 
 
 def environment(spec: RunSpec, ws: Workspace, data_dir: Path, learner: int = 1,
-                master: tuple[str, int] = ("127.0.0.1", 29500), share_gpus: bool = True) -> dict[str, str]:
-    """FfDL's variables, torch.distributed's and ours, on the runner's environment minus its secrets.
+                master: tuple[str, int] = ("127.0.0.1", 29500), share_gpus: bool = True,
+                user: Optional[RunUser] = None) -> dict[str, str]:
+    """FfDL's variables, torch.distributed's and ours, and the few of the runner's that are no
+    secret (``PASSED_ENV``); a command run as ``user`` has its own HOME and TMPDIR.
 
     Each learner is a node of one process: RANK = NODE_RANK = LEARNER_ID - 1, LOCAL_RANK = 0,
     and its own share of the run's GPUs in CUDA_VISIBLE_DEVICES (unless ``share_gpus`` is False:
     a learner alone in its pod has all of the pod's GPUs).
     """
-    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    env = passed_env(os.environ, user)
+    if user is not None:
+        env.update(HOME=str(ws.home), TMPDIR=str(ws.home), USER=user.name, LOGNAME=user.name)
     env.update({
         "DATA_DIR": str(data_dir), "RESULT_DIR": str(ws.results), "LOG_DIR": str(ws.logs),
         "JOB_STATE_DIR": str(ws.state), "CHECKPOINT_DIR": str(ws.checkpoints), "MODEL_DIR": str(ws.model),
         "TRAINING_ID": spec.run_id, "GPU_COUNT": str(spec.gpus), "NUM_LEARNERS": str(spec.learners),
         "LEARNER_ID": str(learner), "WML_EXPERIMENT_ID": spec.experiment_id,
-        "WML_HPARAMS": json.dumps(spec.hparams), "WML_METRICS_FILE": str(ws.metrics_file(learner)),
+        "WML_HPARAMS": json.dumps(spec.hparams), METRICS_FILE_ENV: str(ws.metrics_file(learner)),
         "WML_ATTEMPT": str(spec.attempt), "PYTHONUNBUFFERED": "1",
         "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "WORLD_SIZE": str(spec.learners),
         "RANK": str(learner - 1), "NODE_RANK": str(learner - 1), "LOCAL_RANK": "0",
@@ -63,22 +73,42 @@ def environment(spec: RunSpec, ws: Workspace, data_dir: Path, learner: int = 1,
     return env
 
 
-class Command:
-    """The training command as a process group of its own, stoppable from a signal handler."""
+def passed_env(env, user: Optional[RunUser]) -> dict[str, str]:
+    """The variables of ``env`` a command is given: ``PASSED_ENV`` (and ``OWN_USER_ENV`` unless
+    it runs as a ``user`` of its own)."""
+    names = PASSED_ENV if user is not None else PASSED_ENV + OWN_USER_ENV
+    return {k: v for k, v in env.items() if k in names or k.startswith(PASSED_PREFIXES)}
 
-    def __init__(self, command: str, env: dict[str, str], cwd: Path, log_path: Path):
+
+class Command:
+    """The training command as a process group of its own, stoppable from a signal handler.
+
+    With a ``sandbox`` it runs as the sandbox's user, and its log (in a folder of that user's,
+    under ``root``) is opened following no link."""
+
+    def __init__(self, command: str, env: dict[str, str], cwd: Path, log_path: Path,
+                 sandbox: Optional[Sandbox] = None, root: Optional[Path] = None):
         self.command, self.env, self.cwd, self.log_path = command, env, cwd, log_path
+        self.sandbox, self.root = sandbox, root
         self._proc: Optional[subprocess.Popen] = None
         self._lock = threading.Lock()
         self.stopped = False
 
     def start(self) -> None:
         """Start the command (unless it was stopped already)."""
-        with open(self.log_path, "ab") as log, self._lock:
+        entry = {"preexec_fn": self.sandbox.preexec(self.cwd)} if self.sandbox else {}
+        with os.fdopen(self._open_log(), "ab") as log, self._lock:
             if not self.stopped:
                 self._proc = subprocess.Popen(["bash", "-c", self.command], cwd=self.cwd, env=self.env,
                                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              process_group=0)
+                                              process_group=0, **entry)
+
+    def _open_log(self) -> int:
+        """The log file, for appending (under ``root``: following no link)."""
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        if self.root is None:
+            return os.open(self.log_path, flags, 0o644)
+        return open_inside(self.root, self.log_path, flags, 0o644)
 
     def poll(self) -> Optional[int]:
         """Its exit code (negative: killed by that signal) once it has ended, else None."""

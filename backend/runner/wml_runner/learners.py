@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .command import Command
+from wml_runner.command import Command
 
 #: How often the learners are checked for an exit.
 POLL_S = 0.05

@@ -13,20 +13,40 @@ import logging
 import os
 import re
 import signal
+import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Optional
 
-from ..models import RunSpec
-from ..states import RunState
-from .command import Command, environment, substitute
-from .learners import LearnerGroup, free_port
-from .reporter import Reporter
-from .shipper import Shipper
-from .workspace import (
+from wml_core.models import RunSpec
+from wml_core.states import RunState
+from wml_runner.command import Command, environment, substitute
+from wml_runner.isolation import (
+    POOL,
+    RUN_USER_ENV,
+    RunUser,
+    Sandbox,
+    clear_shared_tmp,
+    hand_over,
+    harden_runner,
+    kill_user,
+    lease_user,
+    open_run_file,
+    runtime_paths,
+    take_back,
+    take_token,
+)
+from wml_runner.learners import LearnerGroup, free_port
+from wml_runner.reporter import Reporter
+from wml_runner.shipper import Shipper
+from wml_runner.workspace import (
     Workspace,
     fetch_data,
     open_run_store,
+    restore_checkpoints,
+    store_checkpoints,
     store_learner_log,
     store_results,
     unpack_code,
@@ -36,18 +56,36 @@ log = logging.getLogger("wml_runner")
 
 #: Lines of the log a FAILED run keeps.
 TAIL_LINES = 20
+#: Characters of each of those lines kept (the end of a longer one, e.g. a progress bar redrawn
+#: with carriage returns): the state report stays far below the backend's body limit for it.
+TAIL_LINE_CHARS = 2000
 #: How long storing results is retried while the object store is unreachable.
 STORE_RETRY_S = 300.0
 
 
-def main() -> int:
-    """Run the run named by the environment; the exit code is 0 whenever the end was reported."""
+#: What the executor gives every runner (the token: in the environment, a file it names, or in
+#: the process, as the local executor does).
+REQUIRED_ENV = ("WML_BACKEND_URL", "WML_RUN_ID", "WML_RUNNER_TOKEN")
+
+
+def main(token: Optional[str] = None) -> int:
+    """Run the run named by the environment with ``token`` (None: taken out of the environment);
+    the exit code is 0 whenever the end was reported."""
+    harden_runner()  # first: from now on nothing of this process is readable through /proc
+    token = token or take_token(os.environ)
+    missing = [name for name in REQUIRED_ENV[:2] if not os.environ.get(name)] + ([] if token else [REQUIRED_ENV[2]])
+    if missing:
+        print(f"wml-runner: {missing[0]} is not set: the executor starts the runner with "
+              f"{', '.join(REQUIRED_ENV[:-1])} and {REQUIRED_ENV[-1]}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s: %(message)s", force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    reporter = Reporter(os.environ["WML_BACKEND_URL"], os.environ["WML_RUN_ID"], os.environ["WML_RUNNER_TOKEN"])
+    reporter = Reporter(os.environ["WML_BACKEND_URL"], os.environ["WML_RUN_ID"], token)
     ws = Workspace(Path(os.environ.get("WML_WORK_DIR") or "/job"))
-    runner = Runner(reporter, ws, learner_of_pod(os.environ))
-    signal.signal(signal.SIGTERM, lambda *_: runner.cancel())
+    runner = Runner(reporter, ws, learner_of_pod(os.environ), isolate=os.environ.get(RUN_USER_ENV) == POOL)
+    # The handler runs in the main thread, which may hold a learner's lock (starting its command)
+    # when the signal lands: stopping in the handler itself would wait for that lock for ever.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=runner.cancel, daemon=True).start())
     code = runner.run()
     reporter.close()
     return code
@@ -62,15 +100,24 @@ def learner_of_pod(env) -> int | None:
 
 
 class Runner:
-    """One attempt of one run, from fetching its code to reporting how it ended."""
+    """One attempt of one run, from fetching its code to reporting how it ended.
 
-    def __init__(self, reporter: Reporter, ws: Workspace, only_learner: int | None = None):
+    ``isolate``: its commands run as a user leased for the run (``isolation``), which gets the
+    run's folders while they run and gives them back, all its processes killed, when they end."""
+
+    def __init__(self, reporter: Reporter, ws: Workspace, only_learner: int | None = None, isolate: bool = False):
         self.reporter, self.ws = reporter, ws
         #: The one learner this runner runs (a pod of a distributed run); None: all of them.
         self.only_learner = only_learner
         self.cancelled = False
         self.learners: LearnerGroup | None = None
         self.failed_learner: int | None = None
+        self.isolate = isolate
+        #: The leased user (held until this process ends) and whether it holds the run's folders now.
+        self.user: RunUser | None = None
+        self._handed = False
+        #: Where the command's files are read from following no link: the run's folder when isolated.
+        self.root = ws.root if isolate else None
 
     def cancel(self) -> None:
         """Stop the learners (SIGTERM, then SIGKILL); results are still stored."""
@@ -95,6 +142,7 @@ class Runner:
             exit_code = self._train(spec)
         except Exception as exc:  # any failure before or after training is the run's failure
             log.exception("run failed")
+            self._take_back()
             self._end(RunState.FAILED, None, f"{type(exc).__name__}: {exc}")
             return 0
         if self.cancelled and self._mine(spec):
@@ -115,24 +163,26 @@ class Runner:
             self.ws.reset(spec.learners)
             unpack_code(self.reporter.code(), self.ws.model)
             store = open_run_store(spec)
-            data_dir = fetch_data(store, spec, self.ws)
-            env = environment(spec, self.ws, data_dir, learner, _master(), share_gpus=False)
-            command = Command(substitute(spec.command, spec.hparams), env, self.ws.model, self.ws.training_log(learner))
-            self.learners = LearnerGroup({learner: command})
+            data_dir = fetch_data(store, spec, self.ws, in_place=not self.isolate)
+            sandbox = self._hand_over(spec.learners)
+            env = environment(spec, self.ws, data_dir, learner, _master(), share_gpus=False, user=self.user)
+            self.learners = LearnerGroup({learner: self._command(spec, env, learner, sandbox)})
             if self.cancelled:
                 self.learners.stop()
             shipper = Shipper(self.reporter, self.ws.training_log(learner), self.ws.metrics_file(learner),
-                              learner=learner, attempt=spec.attempt).start()
+                              learner=learner, attempt=spec.attempt, root=self.root).start()
             code = self.learners.run().exit_code
+            self._take_back()
             shipper.finish()
             _retry(lambda: store_learner_log(store, spec, self.ws, learner), STORE_RETRY_S)
         except Exception:
             log.exception("learner %d failed", learner)
+            self._take_back()
             return 1
         if code == 0 or self.cancelled:  # stopped with its run: not a failure of its own
             return 0
         log.error("learner %d: %s; the last lines of its log:\n%s", learner, _exit_reason(code),
-                  "\n".join(_tail(self.ws.training_log(learner))))
+                  "\n".join(_tail(self.ws.training_log(learner), self.root)))
         return code if 0 < code < 256 else 128 + (-code if code < 0 else 1)
 
     def _train(self, spec: RunSpec) -> int:
@@ -141,31 +191,62 @@ class Runner:
         code = self.reporter.code()
         unpack_code(code, self.ws.model)
         store = open_run_store(spec)
-        data_dir = fetch_data(store, spec, self.ws)
-        command = substitute(spec.command, spec.hparams)
+        data_dir = fetch_data(store, spec, self.ws, in_place=not self.isolate)
+        restore_checkpoints(store, spec, self.ws)
+        sandbox = self._hand_over(spec.learners)
         if self._mine(spec):  # learner 1 of a distributed run: its peers are pods of their own
-            envs = {1: environment(spec, self.ws, data_dir, 1, _master(), share_gpus=False)}
+            envs = {1: environment(spec, self.ws, data_dir, 1, _master(), share_gpus=False, user=self.user)}
         else:
             master = ("127.0.0.1", free_port())
-            envs = {k: environment(spec, self.ws, data_dir, k, master) for k in range(1, spec.learners + 1)}
-        self.learners = LearnerGroup({k: Command(command, env, self.ws.model, self.ws.training_log(k))
-                                      for k, env in envs.items()})
+            envs = {k: environment(spec, self.ws, data_dir, k, master, user=self.user)
+                    for k in range(1, spec.learners + 1)}
+        self.learners = LearnerGroup({k: self._command(spec, env, k, sandbox) for k, env in envs.items()})
         if self.cancelled:
             self.learners.stop()
         self.reporter.state(RunState.PROCESSING)
         shippers = [Shipper(self.reporter, self.ws.training_log(k), self.ws.metrics_file(k), learner=k,
                             tensorboard_dir=_tensorboard_dir(spec, env) if k == 1 else None,
-                            attempt=spec.attempt).start() for k, env in envs.items()]
+                            attempt=spec.attempt, root=self.root).start() for k, env in envs.items()]
         outcome = self.learners.run()
+        self._take_back()
         for shipper in shippers:
             shipper.finish()
         self.failed_learner = outcome.failed_learner or (1 if self._mine(spec) and outcome.exit_code else None)
         self.reporter.state(RunState.STORING)
+        if self.cancelled or outcome.exit_code != 0:  # first, within the grace: the next attempt resumes from them
+            _retry(lambda: store_checkpoints(store, spec, self.ws), STORE_RETRY_S)
         _retry(lambda: store_results(store, spec, self.ws, code), STORE_RETRY_S)
         return outcome.exit_code
 
+    def _command(self, spec: RunSpec, env: dict[str, str], learner: int, sandbox: Sandbox | None) -> Command:
+        """Learner ``learner``'s command (in ``sandbox``, when the run is isolated)."""
+        return Command(substitute(spec.command, spec.hparams), env, self.ws.model, self.ws.training_log(learner),
+                       sandbox, self.root)
+
+    def _hand_over(self, learners: int) -> Sandbox | None:
+        """Isolated: lease the run's user (once), give it the run's folders; the commands' sandbox."""
+        if not self.isolate:
+            return None
+        if self.user is None:
+            self.user, _ = lease_user()  # its lock is held until this process ends
+        for learner in range(1, learners + 1):  # the command's, though the runner may append to it first
+            self.ws.metrics_file(learner).touch()
+        hand_over(self.ws.root, self.ws.folders(learners), self.user)
+        self._handed = True
+        return Sandbox(self.user, (*runtime_paths(), self.ws.root.resolve()))
+
+    def _take_back(self) -> None:
+        """Isolated, once the commands ended: kill what the run's user still runs (whatever it
+        forked or detached), take the run's folders back, clear what it left in /tmp."""
+        if self.user is None or not self._handed:
+            return
+        kill_user(self.user)
+        take_back(self.ws.root, self.user)
+        clear_shared_tmp(self.user)
+        self._handed = False
+
     def _end(self, state: RunState, exit_code: int | None, reason: str | None) -> None:
-        tail = _tail(self.ws.training_log(self.failed_learner or 1)) if state is RunState.FAILED else []
+        tail = _tail(self.ws.training_log(self.failed_learner or 1), self.root) if state is RunState.FAILED else []
         self.reporter.state(state, exit_code=exit_code, reason=reason, log_tail=tail)
 
 
@@ -191,10 +272,11 @@ def _exit_reason(code: int) -> str:
     return f"the command exited with code {code}"
 
 
-def _tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+def _tail(path: Path, root: Path | None = None, lines: int = TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of a log the command wrote (``open_run_file``)."""
     try:
-        with open(path, "r", errors="replace") as f:
-            return [line.rstrip("\n") for line in deque(f, maxlen=lines)]
+        with os.fdopen(open_run_file(path, root), "r", errors="replace") as f:
+            return [line.rstrip("\n")[-TAIL_LINE_CHARS:] for line in deque(f, maxlen=lines)]
     except OSError:
         return []
 

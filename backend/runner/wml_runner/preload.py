@@ -3,6 +3,6 @@ its modules imported and OpenSSL initialised (creating the first HTTP client cos
 
 import httpx
 
-from . import main  # noqa: F401  (imported for the fork server)
+from wml_runner import main  # noqa: F401  (imported for the fork server)
 
 httpx.Client(verify=False).close()

@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 import httpx
 
-from ..models import LogAppend, MetricPoint, RunSpec, StateReport
-from ..states import RunState
+from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport
+from wml_core.states import RunState
 
 log = logging.getLogger("wml_runner")
 

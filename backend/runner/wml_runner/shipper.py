@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-from ..models import MetricPoint
-from .reporter import Reporter
-from .tensorboard import EventFileTail
+from wml_core.metric_line import format_lines, parse_line
+from wml_core.models import MetricPoint
+from wml_runner.isolation import open_run_file, read_run_file
+from wml_runner.reporter import Reporter
+from wml_runner.tensorboard import EventFileTail
 
 log = logging.getLogger("wml_runner")
 
@@ -25,6 +28,8 @@ SHIP_INTERVAL_S = 0.1
 LOG_CHUNK_BYTES = 256 * 1024
 #: Most metric points in one request.
 METRICS_BATCH = 5000
+#: Most bytes of metric points in one request, about (the backend refuses a body over 8 MiB).
+METRICS_BATCH_BYTES = 4 << 20
 #: Sequence numbers each attempt of a run may use (2**32: far more points than a run logs).
 ATTEMPT_SEQ_SPAN = 2 ** 32
 #: Sequence numbers each learner of an attempt may use.
@@ -32,12 +37,16 @@ LEARNER_SEQ_SPAN = 2 ** 24
 
 
 class Shipper:
-    """A thread sending new lines of a log file and a metrics file every ``SHIP_INTERVAL_S``."""
+    """A thread sending new lines of a log file and a metrics file every ``SHIP_INTERVAL_S``.
+
+    ``root``: the run's folder, when the command runs as another user: its files are read (and
+    TensorBoard's scalars appended) following no link below it (``open_run_file``)."""
 
     def __init__(self, reporter: Reporter, log_path: Path, metrics_path: Path, learner: int = 1,
-                 tensorboard_dir: Optional[Path] = None, attempt: int = 1):
+                 tensorboard_dir: Optional[Path] = None, attempt: int = 1, root: Optional[Path] = None):
         self.reporter, self.log_path, self.metrics_path, self.learner = reporter, log_path, metrics_path, learner
-        self._tensorboard = EventFileTail(tensorboard_dir) if tensorboard_dir else None
+        self.root = root
+        self._tensorboard = EventFileTail(tensorboard_dir, root) if tensorboard_dir else None
         self._log_pos = 0          # bytes of the local file already sent
         self._remote_offset = 0    # length of the log on the backend
         self._metrics_pos = 0
@@ -73,15 +82,15 @@ class Shipper:
         self._ship_metrics()
 
     def _append_tensorboard_scalars(self) -> None:
-        lines = "".join(json.dumps({"time": t, "step": step, "values": values}) + "\n"
-                        for t, step, values in self._tensorboard.new_scalars())
+        lines = format_lines(self._tensorboard.new_scalars())
         if lines:
-            with open(self.metrics_path, "a") as f:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+            with os.fdopen(open_run_file(self.metrics_path, self.root, flags), "a") as f:
                 f.write(lines)
 
     def _ship_log(self) -> None:
         while True:
-            chunk = _read_complete(self.log_path, self._log_pos, LOG_CHUNK_BYTES)
+            chunk = _read_complete(self.log_path, self._log_pos, LOG_CHUNK_BYTES, root=self.root)
             if not chunk:
                 return
             self._remote_offset = self.reporter.log(self.learner, self._remote_offset,
@@ -89,7 +98,7 @@ class Shipper:
             self._log_pos += len(chunk)
 
     def _ship_metrics(self) -> None:
-        chunk = _read_complete(self.metrics_path, self._metrics_pos, 1 << 30, whole_lines=True)
+        chunk = _read_complete(self.metrics_path, self._metrics_pos, 1 << 30, whole_lines=True, root=self.root)
         if not chunk:
             return
         points = []
@@ -98,17 +107,31 @@ class Shipper:
             if point is not None:
                 points.append(point)
                 self._seq += 1
-        for start in range(0, len(points), METRICS_BATCH):
-            self.reporter.metrics(points[start:start + METRICS_BATCH])
+        for batch in _batches(points):
+            self.reporter.metrics(batch)
         self._metrics_pos += len(chunk)
 
 
-def _read_complete(path: Path, pos: int, limit: int, whole_lines: bool = False) -> bytes:
+def _batches(points: list[MetricPoint]) -> Iterator[list[MetricPoint]]:
+    """``points`` in order, in requests of at most METRICS_BATCH points and about METRICS_BATCH_BYTES."""
+    batch: list[MetricPoint] = []
+    size = 0
+    for point in points:
+        cost = 80 + sum(len(json.dumps(name)) + 26 for name in point.values)  # as JSON, at most
+        if batch and (len(batch) >= METRICS_BATCH or size + cost > METRICS_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(point)
+        size += cost
+    if batch:
+        yield batch
+
+
+def _read_complete(path: Path, pos: int, limit: int, whole_lines: bool = False,
+                   root: Optional[Path] = None) -> bytes:
     """New bytes of ``path`` from ``pos``, cut at the last newline (or UTF-8 boundary)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(pos)
-            data = f.read(limit)
+        data = read_run_file(path, root, pos, limit)
     except FileNotFoundError:
         return b""
     if whole_lines or len(data) == limit:
@@ -119,9 +142,8 @@ def _read_complete(path: Path, pos: int, limit: int, whole_lines: bool = False) 
 
 def _parse_point(line: bytes, seq: int) -> MetricPoint | None:
     """One line of ``run.log`` output as a point; malformed lines are skipped."""
-    try:
-        raw = json.loads(line)
-        values = {k: float(v) for k, v in raw["values"].items()}
-        return MetricPoint(seq=seq, time=float(raw["time"]), step=raw.get("step"), values=values)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    parsed = parse_line(line)
+    if parsed is None:
         return None
+    time, step, values = parsed
+    return MetricPoint(seq=seq, time=time, step=step, values=values)

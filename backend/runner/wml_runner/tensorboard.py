@@ -12,6 +12,8 @@ import struct
 from pathlib import Path
 from typing import Iterator, Optional
 
+from wml_runner.isolation import read_run_file
+
 _HEADER = struct.Struct("<QI")  # record length, masked CRC of the length
 
 
@@ -97,17 +99,22 @@ def events(data: bytes) -> Iterator[tuple[float, int, dict[str, float]]]:
 
 
 class EventFileTail:
-    """Reads new scalars from every event file under a folder, remembering where it stopped."""
+    """Reads new scalars from every event file under a folder, remembering where it stopped
+    (``root``: the run's folder when the command runs as another user: only files under it are
+    read, following no link; see ``open_run_file``)."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, root: Optional[Path] = None):
+        self.folder, self.root = folder, root
         self._done: dict[Path, int] = {}
 
     def new_scalars(self) -> list[tuple[float, int, dict[str, float]]]:
         """Scalars written since the last call, from complete records only."""
         out = []
-        for path in sorted(self.folder.rglob("*tfevents*")) if self.folder.is_dir() else []:
-            data = path.read_bytes()
+        for path in sorted(self.folder.rglob("*tfevents*")) if self._readable() else []:
+            try:
+                data = read_run_file(path, self.root)
+            except (OSError, ValueError):  # gone, a link, not a file
+                continue
             start = self._done.get(path, 0)
             consumed = start
             for record in _records_from(data, start):
@@ -115,6 +122,12 @@ class EventFileTail:
                 out.extend(events(record[1]))
             self._done[path] = consumed
         return out
+
+
+    def _readable(self) -> bool:
+        """Whether the folder is there, and under ``root`` if there is one."""
+        inside = self.root is None or self.folder.is_relative_to(self.root)
+        return inside and self.folder.is_dir()
 
 
 def _records_from(data: bytes, pos: int) -> Iterator[tuple[int, bytes]]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidInput
-from ..models import RunSpec
-from ..storage import ObjectStore, StoreConfig, open_store
+from wml_core.errors import InvalidInput
+from wml_core.models import RunSpec
+from wml_core.objectstore import ObjectStore, StoreConfig, open_store
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,19 @@ class Workspace:
         """Kept across attempts of the same run, so that training can resume."""
         return self.root / "checkpoints"
 
+    @property
+    def home(self) -> Path:
+        """``HOME`` and ``TMPDIR`` of a command that runs as a user of its own."""
+        return self.root / "home"
+
     def training_log(self, learner: int = 1) -> Path:
         """Where a learner's stdout and stderr go."""
         return self.root / f"learner-{learner}" / "training-log.txt"
+
+    def folders(self, learners: int = 1) -> list[Path]:
+        """The folders the command writes in (all but the root, which holds the runner's log)."""
+        logs = [self.training_log(k).parent for k in range(1, learners + 1)]
+        return [self.model, self.data, self.results, self.logs, self.state, self.checkpoints, self.home, *logs]
 
     def metrics_file(self, learner: int = 1) -> Path:
         """Where a learner's ``run.log`` points go for the runner to ship."""
@@ -55,10 +66,10 @@ class Workspace:
 
     def reset(self, learners: int = 1) -> None:
         """Fresh directories for an attempt (checkpoints excepted)."""
-        logs = [self.training_log(k).parent for k in range(1, learners + 1)]
-        for path in (self.model, self.data, self.results, self.logs, self.state, *logs):
-            shutil.rmtree(path, ignore_errors=True)
-            path.mkdir(parents=True)
+        for path in self.folders(learners):
+            if path != self.checkpoints:
+                shutil.rmtree(path, ignore_errors=True)
+                path.mkdir(parents=True)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
 
@@ -77,8 +88,8 @@ def unpack_code(archive: bytes, dest: Path) -> None:
             with zf.open(info) as src, open(target, "wb") as out:
                 shutil.copyfileobj(src, out)
             mode = info.external_attr >> 16
-            if mode & 0o111:
-                target.chmod(0o755)
+            if mode & 0o111:  # executable for its owner; readable by whom the umask allows (none, locally)
+                target.chmod(target.stat().st_mode | stat.S_IXUSR)
 
 
 #: Store credentials an executor hands the runner as environment variables (the Kubernetes
@@ -88,26 +99,28 @@ CREDENTIAL_ENV = {"access_key": "WML_STORE_ACCESS_KEY", "secret_key": "WML_STORE
 
 def open_run_store(spec: RunSpec) -> ObjectStore:
     """The object store the run's data and results live in (credentials from the env first)."""
-    fields = {k: spec.store.get(k) for k in ("kind", "root", "endpoint", "region", "access_key", "secret_key")}
+    fields = {k: spec.store.get(k) for k in ("kind", "root", "endpoint", "region", "access_key", "secret_key",
+                                             "anonymous")}
     fields.update({k: os.environ[v] for k, v in CREDENTIAL_ENV.items() if os.environ.get(v)})
     return open_store(StoreConfig(**{k: v for k, v in fields.items() if v is not None}))
 
 
-def fetch_data(store: ObjectStore, spec: RunSpec, ws: Workspace) -> Path:
-    """``DATA_DIR``: the data in place when the store is local, else a streamed copy."""
+def fetch_data(store: ObjectStore, spec: RunSpec, ws: Workspace, in_place: bool = True) -> Path:
+    """``DATA_DIR``: the data in place when the store is local (and ``in_place``: the command
+    may read the store's files), else a streamed copy."""
     if not spec.data_bucket:
         return ws.data
     local = store.local_path(spec.data_bucket, spec.data_prefix)
-    if local is not None:
+    if local is not None and in_place:
         return local
-    from ..storage.sync import download
+    from wml_core.objectstore.sync import download
     download(store, spec.data_bucket, spec.data_prefix, ws.data)
     return ws.data
 
 
 def store_results(store: ObjectStore, spec: RunSpec, ws: Workspace, code: bytes) -> None:
     """Upload ``RESULT_DIR``, the training logs and the submitted code under ``training-<id>/``."""
-    from ..storage.sync import upload
+    from wml_core.objectstore.sync import upload
     prefix = spec.results_prefix
     upload(store, ws.results, spec.results_bucket, prefix.rstrip("/"))
     for learner in range(1, spec.learners + 1):
@@ -122,3 +135,25 @@ def store_learner_log(store: ObjectStore, spec: RunSpec, ws: Workspace, learner:
     log = ws.training_log(learner)
     if log.exists():
         store.put_file(spec.results_bucket, f"{spec.results_prefix}learner-{learner}/training-log.txt", log)
+
+
+#: Where a run's ``CHECKPOINT_DIR`` is kept between attempts, under its results prefix: an
+#: attempt that a disruption ended (a node drain, Kueue preemption) resumes from it on another node.
+CHECKPOINT_PREFIX = "_checkpoints"
+
+
+def store_checkpoints(store: ObjectStore, spec: RunSpec, ws: Workspace) -> None:
+    """Upload ``CHECKPOINT_DIR`` (if the command wrote anything there) for the run's next attempt."""
+    if not ws.checkpoints.is_dir() or not any(ws.checkpoints.iterdir()):
+        return
+    from wml_core.objectstore.sync import upload
+    upload(store, ws.checkpoints, spec.results_bucket, f"{spec.results_prefix}{CHECKPOINT_PREFIX}")
+
+
+def restore_checkpoints(store: ObjectStore, spec: RunSpec, ws: Workspace) -> None:
+    """A later attempt on a fresh disk (another pod): fetch the checkpoints an earlier one stored.
+    An attempt that still has them (the local executor keeps the run's folder) keeps its own."""
+    if spec.attempt <= 1 or any(ws.checkpoints.iterdir()):
+        return
+    from wml_core.objectstore.sync import download
+    download(store, spec.results_bucket, f"{spec.results_prefix}{CHECKPOINT_PREFIX}", ws.checkpoints)

@@ -1,10 +1,12 @@
 """The REST API (JSON over HTTP, bearer tokens, OpenAPI at /openapi.json).
 
-Routes are thin: they authenticate, call ``Service`` or ``RunnerReports``, and return wire
-models. Domain errors become HTTP codes in exactly one place, ``_domain_error``.
+Routes are thin: they call ``Service`` or ``RunnerReports`` for the caller that the ``gate``
+authenticated before reading the body, and return wire models. Domain errors become HTTP codes
+in exactly one place, ``gate.error_response``.
 """
 
 
+import ipaddress
 import json
 from typing import Annotated, Optional
 
@@ -12,19 +14,21 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
-from . import __version__
-from .body_limit import BodyLimit
-from .errors import ERRORS_BY_CODE, WmlError, quoted
-from .events import Subscription
-from .models import (AccountCreated, Experiment, ExperimentRequest, LogAppend, LogChunk, MetricPoint,
-                     Run, RunSpec, StateReport, Usage)
-from .reports import RunnerReports
-from .service import Service
-from .settings import MAX_CODE_BYTES
-from .store import Account, RunRow
+from wml_backend import __version__
+from wml_backend.gate import Gate, Rule, error_response, route_of
+from wml_core.errors import ERRORS_BY_CODE, Forbidden, InvalidInput, WmlError, quoted
+from wml_backend.eventbus import Subscription
+from wml_core.models import (AccountCreated, AccountInfo, AccountLimits, AccountToken, DataClaim, Experiment,
+                             ExperimentRequest, LogAppend, LogChunk, MetricPoint, Run, RunSpec, StateReport, Usage)
+from wml_backend.reports import RunnerReports
+from wml_backend.service import Service
+from wml_backend.settings import MAX_CODE_BYTES
+from wml_backend.metrics import CONTENT_TYPE
+from wml_backend.rundb import Account, RunRow
+from wml_backend.rundb.base import Replica
 
 _bearer = HTTPBearer(auto_error=False)
 Token = Annotated[Optional[HTTPAuthorizationCredentials], Depends(_bearer)]
@@ -44,13 +48,28 @@ ERROR_RESPONSES = {status: {"model": Error}
 HTTP_CODES = {400: "invalid", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 #: The largest request body read: a code zip at its limit, base64-encoded, and its manifest.
 MAX_BODY_BYTES = MAX_CODE_BYTES * 4 // 3 + (4 << 20)
+#: The largest body of a runner's batch of metric points or log text (the runner sends at most
+#: 5,000 points, or 256 KiB of log escaped as JSON, at once).
+REPORT_BODY_BYTES = 8 << 20
+#: The largest body of every other route (an account, a runner's state with its log tail...).
+SMALL_BODY_BYTES = 256 << 10
+#: Body limits of the routes that take more than ``SMALL_BODY_BYTES``, by path.
+BODY_LIMITS = {"/v1/experiments": MAX_BODY_BYTES, "/v1/runner/{run_id}/metrics": REPORT_BODY_BYTES,
+               "/v1/runner/{run_id}/logs": REPORT_BODY_BYTES}
+#: Routes anyone may call: health and the API's own description.
+PUBLIC_ROUTES = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+#: Routes for the operator: the administrator's token, or any caller on this host (not through a proxy).
+OPERATOR_ROUTES = {"/metrics", "/v1/replicas"}
+#: Headers a proxy adds: a request that has one came from elsewhere, whatever its address says.
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-real-ip")
+#: An account's name: what ``wml accounts create`` accepts.
+ACCOUNT_NAME = r"^[a-z][a-z0-9_-]{0,62}$"
 
 
-class AccountRequest(BaseModel):
-    """A new account's name and GPU quota."""
+class AccountRequest(AccountLimits):
+    """A new account's name, GPU quota and (optional) own limits."""
 
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    name: str = Field(pattern=ACCOUNT_NAME)
     gpus: int = Field(ge=0, le=10_000)
 
 
@@ -63,12 +82,13 @@ class Count(BaseModel):
 def create_app(service: Service) -> FastAPI:
     """The ASGI application serving ``service``."""
     app = FastAPI(title="wml backend", version=__version__, responses=ERROR_RESPONSES)
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     reports = RunnerReports(service)
+    app.add_middleware(Gate, rule_for=lambda scope: _rule(app, service, reports, scope))
+    app.add_middleware(service.telemetry.timing, route_of=lambda scope: route_of(app.router.routes, scope)[0])
 
     @app.exception_handler(WmlError)
     async def _domain_error(request: Request, exc: WmlError) -> JSONResponse:
-        return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.http_status)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -82,19 +102,25 @@ def create_app(service: Service) -> FastAPI:
         code = HTTP_CODES.get(exc.status_code, "error")
         return JSONResponse({"code": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
 
-    def account(token: Token) -> Account:
-        return service.authenticate(token.credentials if token else None)
+    def caller(request: Request, _: Token) -> Account | RunRow:
+        """Who the gate authenticated (``Token`` only documents the bearer scheme in the OpenAPI)."""
+        return request.state.caller
 
-    Caller = Annotated[Account, Depends(account)]
-
-    def runner(run_id: str, token: Token) -> RunRow:
-        return reports.authenticate(run_id, token.credentials if token else None)
-
-    RunnerRun = Annotated[RunRow, Depends(runner)]
+    Caller = Annotated[Account, Depends(caller)]
+    RunnerRun = Annotated[RunRow, Depends(caller)]
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"ok": True, "version": __version__, "executor": service.executor.name}
+        return {"ok": True, "version": __version__, "executor": service.executor.name,
+                "replica": service.leadership.replica.id, "leader": service.leadership.leading}
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(service.telemetry.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/replicas")
+    def replicas() -> list[Replica]:
+        return service.replicas()
 
     @app.post("/v1/experiments", status_code=201)
     def submit(caller: Caller, body: ExperimentRequest) -> Experiment:
@@ -142,14 +168,31 @@ def create_app(service: Service) -> FastAPI:
     def usage(caller: Caller) -> Usage:
         return service.usage(caller)
 
+    @app.post("/v1/data/claims", status_code=201)
+    def claim_data(caller: Caller, body: DataClaim) -> DataClaim:
+        return service.claim_data(caller, body)
+
     @app.post("/v1/accounts", status_code=201)
     def create_account(caller: Caller, body: AccountRequest) -> AccountCreated:
-        return service.create_account(caller, body.name, body.gpus)
+        return service.accounts.create(caller, body.name, AccountLimits(**body.model_dump(exclude={"name"})))
+
+    @app.patch("/v1/accounts/{name}")
+    def update_account(caller: Caller, name: str, body: AccountLimits) -> AccountInfo:
+        return service.accounts.update(caller, name, body)
+
+    @app.post("/v1/accounts/{name}/disable")
+    def disable_account(caller: Caller, name: str) -> AccountInfo:
+        return service.accounts.disable(caller, name)
+
+    @app.post("/v1/accounts/{name}/token", status_code=201)
+    def rotate_token(caller: Caller, name: str) -> AccountToken:
+        return service.accounts.rotate_token(caller, name)
 
     @app.get("/v1/events", response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}})
-    async def events(caller: Caller, experiment: Optional[str] = None) -> StreamingResponse:
-        subscription = service.events.subscribe(caller.name)  # before the response starts: nothing missed
+    async def events(request: Request, caller: Caller, experiment: Optional[str] = None) -> StreamingResponse:
+        after = _event_id(request.headers.get("last-event-id"))
+        subscription = await service.events.subscribe(caller.name, after)  # before the response starts
         return StreamingResponse(_sse(subscription, experiment), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -178,6 +221,20 @@ def create_app(service: Service) -> FastAPI:
     return app
 
 
+def _rule(app: FastAPI, service: Service, reports: RunnerReports, scope: dict) -> Rule:
+    """What the route a request asks for needs before its body: a runner's token on runner
+    routes, none on public ones, an account's on every other (unknown routes too)."""
+    path, params = route_of(app.router.routes, scope)
+    limit = BODY_LIMITS.get(path, SMALL_BODY_BYTES)
+    if path in PUBLIC_ROUTES:
+        return Rule(None, limit)
+    if path in OPERATOR_ROUTES:
+        return Rule(lambda token: None if _on_this_host(scope) else _administrator(service, token), limit)
+    if path and path.startswith("/v1/runner/"):
+        return Rule(lambda token: reports.authenticate(params["run_id"], token), limit)
+    return Rule(service.authenticate, limit)
+
+
 def _validation_message(errors: list[dict]) -> str:
     """The first problem of a request that does not parse, as ``field: problem``."""
     if not errors:
@@ -191,14 +248,45 @@ def _validation_message(errors: list[dict]) -> str:
     return f"{where}: {first['msg']}"
 
 
+def _on_this_host(scope: dict) -> bool:
+    """Whether a request comes from this host itself, not through a proxy."""
+    headers = dict(scope["headers"])
+    client = scope.get("client")
+    try:
+        loopback = bool(client) and ipaddress.ip_address(client[0]).is_loopback
+    except ValueError:  # not an IP address (a Unix socket)
+        loopback = False
+    return loopback and not any(name in headers for name in PROXY_HEADERS)
+
+
+def _administrator(service: Service, token: Optional[str]) -> Account:
+    """The administrator's account, from its token; ``Forbidden`` for any other account."""
+    account = service.authenticate(token)
+    if not account.admin:
+        raise Forbidden("only the administrator (or a caller on the backend's host) may read this")
+    return account
+
+
+def _event_id(header: Optional[str]) -> Optional[int]:
+    """The seq a ``Last-Event-ID`` header resumes after (None: no header, start from now)."""
+    if not header:
+        return None
+    if not header.strip().isdigit():
+        raise InvalidInput(f"Last-Event-ID: {quoted(header)} is not an id this stream sent")
+    return int(header)
+
+
 async def _sse(subscription: Subscription, experiment: Optional[str]):
-    """Server-sent events: run changes and new metrics (of one experiment if given), with heartbeats."""
+    """Server-sent events, each with its seq as ``id``: run changes and new metrics (of one
+    experiment if given), with heartbeats."""
     yield ": connected\n\n"
-    async for event in subscription.stream():
-        if event is None:
+    async for item in subscription.stream():
+        if item is None:
             yield ": heartbeat\n\n"
-        elif experiment is None or _experiment_of(event) == experiment:
-            yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+            continue
+        seq, event = item
+        if experiment is None or _experiment_of(event) == experiment:
+            yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
 
 
 def _experiment_of(event: dict) -> Optional[str]:

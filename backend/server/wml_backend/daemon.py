@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import socket
@@ -14,103 +13,129 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psutil
 
-from .errors import BackendUnavailable, InvalidInput
-from .executors import Executor
-from .private import private_dir
-from .settings import DEFAULT_PORT, Settings, wml_home
+from wml_core import daemon_state
+from wml_core.backend_flags import add_backend_flags
+from wml_core.errors import BackendUnavailable, InvalidInput
+from wml_core.manifest import parse_memory
+from wml_backend import logs
+from wml_backend.executors import Executor
+from wml_core.private_files import private_dir, private_open
+from wml_backend.settings import DEFAULT_PORT, Settings
+from wml_core.objectstore.resolve import wml_home
 
 #: Idle seconds a client connection is kept open: longer than clients' own pools keep them
 #: (httpx: 5 s), so the server never closes a connection a client is about to reuse.
 KEEP_ALIVE_S = 65
 #: How long ``start`` waits for a new daemon to answer /healthz.
 START_TIMEOUT_S = 30.0
-
-
-def state_file(home: Path) -> Path:
-    """Where a running daemon records its pid, URL and executor."""
-    return home / "backend" / "backend.json"
+#: Settings of the operator's per-account defaults and pending timeout, and their flags.
+OPERATOR_SETTINGS = {"account_slots": "--account-slots", "account_cpus": "--account-cpus",
+                     "account_memory_bytes": "--account-memory", "account_max_queued": "--account-max-queued",
+                     "pending_timeout_s": "--pending-timeout"}
 
 
 def build_executor(settings: Settings) -> Executor:
     """The executor the settings name."""
     if settings.executor == "local":
-        from .executors.local import LocalExecutor
+        from wml_backend.executors.local import LocalExecutor
         return LocalExecutor(settings.work_dir, gpus=settings.gpus, slots=settings.slots)
     if settings.executor == "kubernetes":
-        from .executors.kubernetes import KubernetesExecutor
+        from wml_backend.executors.kubernetes import KubernetesExecutor
         return KubernetesExecutor.from_settings(settings)
     raise InvalidInput(f"executor: {settings.executor!r} is not one of local, kubernetes")
+
+
+def check_executor(settings: Settings) -> None:
+    """Refuse at once, with one line, settings the executor would refuse once started."""
+    if settings.executor == "kubernetes":
+        from wml_backend.executors.kubernetes import check_settings
+        check_settings(settings)
 
 
 def serve(settings: Settings) -> None:
     """Serve the API in this process until SIGTERM/SIGINT."""
     import uvicorn
 
-    from .api import create_app
-    from .service import Service
-    from .store import connect
+    from wml_backend.api import create_app
+    from wml_backend.service import Service
+    from wml_backend.rundb import connect
 
     settings.check_exposure()
     os.umask(0o077)
-    private_dir(settings.home).chmod(0o700)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    service = Service(settings, connect(settings.database), build_executor(settings))
+    for folder in (settings.home, settings.home / "backend"):  # made private too if an older version did not
+        private_dir(folder).chmod(0o700)
+    logs.configure(settings.log_format)
+    service = Service(settings, connect(settings.database, settings.secrets_key_file), build_executor(settings))
     service.start()
     capacity = service.executor.capacity()
-    _write_state(settings, capacity)
+    _write_state(settings, capacity, service.leadership.replica.id)
+    own_log = {"log_config": None} if settings.log_format == "json" else {}  # the web server's lines as JSON too
     config = uvicorn.Config(create_app(service), host=settings.host, port=settings.port,
                             log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
-                            ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key)
+                            ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, **own_log)
     try:
         uvicorn.Server(config).run()
     finally:
         service.stop()
 
 
-def _write_state(settings: Settings, capacity) -> None:
-    path = state_file(settings.home)
-    private_dir(path.parent)
-    path.write_text(json.dumps({
+def _write_state(settings: Settings, capacity, replica: str) -> None:
+    daemon_state.write_state(settings.home, {
         "pid": os.getpid(), "url": settings.url, "port": settings.port, "executor": settings.executor,
         "gpus": len(capacity.gpu_ids), "slots": capacity.slots, "real_gpus": capacity.real_gpus,
-        "started": time.time()}))
+        "started": time.time(), "database": without_password(settings.database), "replica": replica})
+
+
+def without_password(database: str) -> str:
+    """A database URL as it may be shown: its password left out."""
+    parts = urlsplit(database)
+    if not parts.password:
+        return database
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}@{host}"))
+
+
+def with_replicas(info: dict, home: Optional[Path] = None) -> dict:
+    """A running daemon's status with the replicas that share its database and which one leads
+    (``replicas``), as the daemon reads them there; asked from this host, or with the token in
+    ``$WML_HOME`` when its URL is another host's."""
+    if not info.get("running"):
+        return info
+    token_file = (home or wml_home()) / "backend" / "token"
+    headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"} if token_file.exists() else {}
+    try:
+        response = httpx.get(f"{info['url']}/v1/replicas", headers=headers, timeout=daemon_state.HEALTH_TIMEOUT_S)
+        response.raise_for_status()
+    except httpx.HTTPError:
+        return info  # an older daemon, or not ours to ask
+    return {**info, "replicas": response.json()}
 
 
 def status(home: Optional[Path] = None) -> dict:
     """Whether the daemon runs, and where: ``running``, ``url``, ``pid``, ``executor``..."""
-    path = state_file(home or wml_home())
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {"running": False, "url": None, "pid": None, "executor": None}
-    info["running"] = psutil.pid_exists(info["pid"]) and _healthy(info["url"])
-    return info
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return daemon_state.status(home or wml_home())
 
 
 def start(settings: Settings) -> dict:
     """Start the daemon unless one runs; wait until it answers; return its status."""
     settings.check_exposure()
+    check_executor(settings)
     current = status(settings.home)
     if current["running"]:
         return current
     settings = _free_port(settings)
     log_path = settings.home / "backend" / "backend.log"
     private_dir(log_path.parent)
-    with open(log_path, "ab") as log:
+    with private_open(log_path, "ab") as log:
+        database = {"WML_DATABASE": settings.database_url} if settings.database_url else {}  # not in ps
         subprocess.Popen([sys.executable, "-m", "wml_backend.daemon", "serve", *_flags(settings)],
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True, env={**os.environ, "WML_HOME": str(settings.home)})
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         env={**os.environ, "WML_HOME": str(settings.home), **database})
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         current = status(settings.home)
@@ -122,10 +147,7 @@ def start(settings: Settings) -> dict:
 
 def _free_port(settings: Settings) -> Settings:
     """Keep the configured (or last) port when it is free, else take any free one."""
-    try:
-        previous = json.loads(state_file(settings.home).read_text()).get("port")
-    except (OSError, ValueError):
-        previous = None
+    previous = daemon_state.read_state(settings.home).get("port")
     for port in (settings.port, previous, 0):
         if port is None:
             continue
@@ -141,7 +163,8 @@ def _free_port(settings: Settings) -> Settings:
 
 
 def _flags(settings: Settings) -> list[str]:
-    flags = ["--host", settings.host, "--port", str(settings.port), "--executor", settings.executor]
+    flags = ["--host", settings.host, "--port", str(settings.port), "--executor", settings.executor,
+             "--log-format", settings.log_format]
     if settings.gpus is not None:
         flags += ["--gpus", str(settings.gpus)]
     if settings.slots is not None:
@@ -154,7 +177,27 @@ def _flags(settings: Settings) -> list[str]:
         flags += ["--tls-cert", settings.tls_cert, "--tls-key", settings.tls_key or ""]
     if settings.insecure:
         flags += ["--insecure"]
-    return flags
+    if settings.trusted_accounts:
+        flags += ["--trusted-accounts"]
+    return flags + _operator_flags(settings)
+
+
+def _operator_flags(settings: Settings) -> list[str]:
+    """The operator's per-account defaults and pending timeout, as flags again."""
+    words: list[str] = []
+    for name, flag in OPERATOR_SETTINGS.items():
+        value = getattr(settings, name)
+        if value is not None:  # memory as KiB: exact for any whole number of bytes
+            words += [flag, f"{value / 1024!r}Ki" if name == "account_memory_bytes" else str(value)]
+    return words
+
+
+def _operator_given(args: argparse.Namespace) -> dict:
+    """The operator's per-account defaults and pending timeout among parsed flags, as settings."""
+    given = {name: getattr(args, flag[2:].replace("-", "_"), None) for name, flag in OPERATOR_SETTINGS.items()}
+    if given["account_memory_bytes"] is not None:
+        given["account_memory_bytes"] = parse_memory(given["account_memory_bytes"])
+    return given
 
 
 def stop(home: Optional[Path] = None, timeout: float = 10.0) -> bool:
@@ -174,43 +217,43 @@ def stop(home: Optional[Path] = None, timeout: float = 10.0) -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m wml_backend.daemon serve``."""
+    """Arguments of ``wml-backend`` (``wml backend`` takes the same and hands them over)."""
     p = argparse.ArgumentParser(prog="wml-backend", description="Run the wml training backend.")
-    p.add_argument("command", choices=["serve"])
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--executor", choices=["local", "kubernetes"], default="local")
-    p.add_argument("--gpus", type=int, help="local executor: GPUs (or slots without GPUs)")
-    p.add_argument("--slots", type=int, help="local executor: most runs at once")
-    p.add_argument("--storage", help="default object store, s3://bucket/prefix (default: $WML_STORAGE or files)")
-    p.add_argument("--endpoint", help="S3 endpoint URL of the default store (default: $AWS_ENDPOINT_URL)")
-    add_exposure_flags(p)
+    p.add_argument("command", choices=["serve", "start", "stop", "status"],
+                   help="serve in the foreground; start, stop or query the daemon (prints JSON)")
+    add_backend_flags(p)
     return p
-
-
-def add_exposure_flags(p: argparse.ArgumentParser) -> None:
-    """--tls-cert, --tls-key and --insecure: what serving beyond loopback requires."""
-    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
-    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
-    p.add_argument("--insecure", action="store_true", default=None,
-                   help="allow plain HTTP on a non-loopback --host")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from parsed flags; flags not given keep their defaults (environment included)."""
     given = {"host": args.host, "port": args.port, "executor": args.executor, "gpus": args.gpus,
              "slots": args.slots, "storage_url": args.storage, "endpoint": args.endpoint,
-             "tls_cert": args.tls_cert, "tls_key": args.tls_key, "insecure": args.insecure}
+             "tls_cert": args.tls_cert, "tls_key": args.tls_key, "insecure": args.insecure,
+             "trusted_accounts": args.trusted_accounts,
+             "database_url": args.database, "log_format": args.log_format, **_operator_given(args)}
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point of ``wml-backend serve``; a configuration error is one line and exit 2."""
+    """``wml-backend serve|start|stop|status``; an error is one line, exit 2 (input) or 1."""
+    args = parser().parse_args(argv)
     try:
-        serve(settings_from(parser().parse_args(argv)))
-    except InvalidInput as exc:
+        if args.command == "serve":
+            serve(settings_from(args))
+            return
+        if args.command == "start":
+            settings = settings_from(args)
+            info = with_replicas(start(settings), settings.home)
+        elif args.command == "stop":
+            stopped = stop()
+            info = {**status(), "stopped": stopped}
+        else:
+            info = with_replicas(status())
+    except (InvalidInput, BackendUnavailable) as exc:
         print(f"wml-backend: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(exc, InvalidInput) else 1)
+    print(json.dumps(info))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Run lifecycle: state changes, admission, runner reports and runner exits, in one place.
 
-Every state change goes through ``Lifecycle.move`` so that it is stored, published as an
-event, and wakes the scheduler when GPUs are freed.
+Every state change goes through ``Lifecycle.move`` so that it is stored with its event and
+wakes the scheduler when GPUs are freed. Of several replicas on one store, only the leader
+(``leadership``) admits runs, recovers them after a takeover and keeps the pending timeout.
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from .billing import run_gpu_seconds
-from .errors import Conflict
-from .events import EventBus
-from .executors import Executor, Launch
-from .models import Transition
-from .scheduler import plan_admissions
-from .settings import Settings
-from .states import ACTIVE, RunState
-from .storage import StoreConfig
-from .store import RunRow, RunStore
-from .views import run_view
+from wml_core.billing import run_gpu_seconds
+from wml_core.definition import Definition
+from wml_core.errors import Conflict
+from wml_backend.eventbus import EventBus
+from wml_backend.executors import Executor, Launch
+from wml_core.models import Transition
+from wml_backend.scheduler import Limits, limits_of, over_limits, plan_admissions
+from wml_backend.settings import Settings
+from wml_core.states import ACTIVE, RunState
+from wml_core.objectstore import StoreConfig
+from wml_backend.logs import run_fields
+from wml_backend.rundb import RunRow, RunStore
+from wml_backend.rundb.base import run_event
 
 log = logging.getLogger("wml_backend")
 
@@ -32,8 +35,12 @@ log = logging.getLogger("wml_backend")
 STORE_CREDENTIAL_ENV = ("WML_STORE_ACCESS_KEY", "WML_STORE_SECRET_KEY")
 #: Lines of the training log kept with a failed run.
 LOG_TAIL_LINES = 20
-#: A cancelled runner that has not reported HALTED after this long is killed.
-CANCEL_GRACE_S = 10.0
+#: Seconds between two admission passes when nothing wakes the scheduler, and at least between
+#: two passes however often it is woken (every event recorded by any replica wakes it).
+PASS_EVERY_S, PASS_GAP_S = 1.0, 0.1
+#: Seconds the event log keeps events (a client reconnecting later resumes from its REST reads),
+#: and between two prunings by the leader.
+EVENT_RETENTION_S, PRUNE_EVERY_S = 3600.0, 60.0
 
 
 def store_credentials(secret: Optional[dict], default: StoreConfig) -> dict[str, str]:
@@ -48,13 +55,19 @@ def store_credentials(secret: Optional[dict], default: StoreConfig) -> dict[str,
     return {name: value for name, value in zip(STORE_CREDENTIAL_ENV, keys) if value}
 
 
-def launch_of(run: RunRow, definition: dict, gpu_ids: tuple[int, ...], env: dict[str, str]) -> Launch:
+def launch_of(run: RunRow, definition: Definition, gpu_ids: tuple[int, ...], env: dict[str, str]) -> Launch:
     """What the executor needs to start ``run`` of an experiment with ``definition`` on ``gpu_ids``."""
     return Launch(
         run_id=run.id, experiment_id=run.experiment_id, account=run.account, attempt=run.attempt, gpus=run.gpus,
-        gpu_ids=gpu_ids, learners=run.learners, cpus=definition.get("cpus", 1),
-        memory_bytes=definition.get("memory_bytes"), framework=definition.get("framework", "custom"),
-        framework_version=definition.get("framework_version"), gpu_type=definition.get("gpu_type"), env=env)
+        gpu_ids=gpu_ids, learners=run.learners, cpus=definition.cpus, memory_bytes=definition.memory_bytes,
+        framework=definition.framework, framework_version=definition.framework_version,
+        gpu_type=definition.gpu_type, timeout_s=definition.timeout_s, volume_path=_volume_path(definition), env=env)
+
+
+def _volume_path(definition: Definition) -> Optional[str]:
+    """The directory of a ``mount_volume`` data store, if the definition has one."""
+    connection = definition.data_store.connection if definition.data_store else None
+    return connection.path if connection else None
 
 
 def token_hash(token: str) -> str:
@@ -75,27 +88,39 @@ class Lifecycle:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._admit_lock = threading.Lock()
-        #: Runs asked to stop, with the state and reason they end with (HALTED or STOPPED).
-        self._stopping: dict[str, tuple[RunState, str]] = {}
         self._thread: Optional[threading.Thread] = None
         #: Called with each run that has just ended (a sequential search adds runs then).
         self.on_end: list[Callable[[RunRow], None]] = []
+        #: Called with each run that has just changed state (``metrics`` times admissions and starts).
+        self.on_move: list[Callable[[RunRow], None]] = []
+        #: Runs the executor could not start, since this process started.
+        self.executor_errors = 0
+        self._leading = threading.Event()
+        self._leading.set()  # a lone backend leads; replicas are told (``lead``, ``follow``)
+        self._recovered = False
+        self._pruned = 0.0
         executor.on_exit = self.runner_exited
         executor.on_note = self.note
         executor.on_bound = self.gpus_bound
+        executor.on_stopping = self.stopped_by_cluster
 
     # -- state changes ---------------------------------------------------------------------
     def move(self, run_id: str, state: RunState, at: Optional[float] = None, **fields: Any) -> RunRow:
-        """Store a transition (now, or ``at``), publish it, and wake the scheduler if GPUs were freed."""
+        """Store a transition (now, or ``at``) with its event, and wake the scheduler if GPUs were freed."""
         stamp = time.time() if at is None else at
         if state.terminal:  # in the same write as the end: a crash between two writes loses no GPU time
             fields = {**self._bill(run_id, state, stamp), **fields}
+        if not state.active:  # its attempt is over: that attempt's token moves nothing any more
+            fields = {"runner_token_hash": None, **({"reported_state": None} if state is RunState.QUEUED else {}),
+                      **fields}
         row = self.store.transition(run_id, state, stamp, **fields)
         if row.waiting_since is not None and state is not RunState.PENDING:
             row = self._end_wait(row, stamp)  # its runner runs, so its GPUs are bound; or it ended
-        self.events.publish(row.account, {"type": "run", "run": run_view(row).model_dump(mode="json")})
+        self.events.poke()
+        log.info("run %s is %s", run_id, state.value, extra=run_fields(row))
+        for hook in self.on_move:
+            hook(row)
         if state.terminal:
-            self._stopping.pop(run_id, None)
             for hook in self.on_end:
                 hook(row)
         if not state.active:
@@ -128,19 +153,41 @@ class Lifecycle:
 
     def fail(self, run: RunRow, reason: str, exit_code: Optional[int] = None,
              log_tail: Optional[list[str]] = None) -> RunRow:
-        """End a run as FAILED, or queue it again while it has retries left."""
+        """End a run as FAILED, or queue it again while it has retries left (and no stop was asked)."""
         fields = {"reason": reason, "exit_code": exit_code, "log_tail": log_tail or run.log_tail}
-        if run.attempt <= run.max_retries:
+        if run.attempt - run.preemptions <= run.max_retries and run.stop_state is None:
             return self.move(run.id, RunState.QUEUED, attempt=run.attempt + 1, gpu_ids=[], handle={},
                              **fields)
         return self.move(run.id, RunState.FAILED, **fields)
 
+    def preempt(self, run: RunRow, why: Optional[str]) -> RunRow:
+        """Queue again a run whose attempt a disruption ended (a node drain, Kueue preemption, its
+        pod deleted by anyone but the backend: a SIGTERM the backend did not ask for). Its next
+        attempt resumes from the checkpoint the runner stored, and is not a retry (``max_retries``)."""
+        step = run.metrics.get("step")
+        where = f"resumed at step {step:g}" if step is not None else "resumed from its last checkpoint"
+        text = f"preempted: {why or 'stopped by a signal the backend did not send'}; {where}"
+        log.info("run %s: %s", run.id, text, extra=run_fields(run))
+        return self.move(run.id, RunState.QUEUED, attempt=run.attempt + 1, gpu_ids=[], handle={},
+                         preemptions=run.preemptions + 1, preempted=text, reason=text, exit_code=None)
+
     # -- admission -------------------------------------------------------------------------
     def start(self) -> None:
-        """Re-attach runs that survived a restart, then start admitting."""
-        self.recover()
+        """Re-attach runs that survived a restart (when leading), then start admitting."""
+        if self._leading.is_set():
+            self._recover_once()
         self._thread = threading.Thread(target=self._loop, name="wml-scheduler", daemon=True)
         self._thread.start()
+
+    def lead(self) -> None:
+        """This replica has become the leader: recover the runs, then admit."""
+        self._recovered = False
+        self._leading.set()
+        self._wake.set()
+
+    def follow(self) -> None:
+        """Another replica leads: stop admitting and keeping timers (runs go on)."""
+        self._leading.clear()
 
     def shutdown(self) -> None:
         """Stop admitting (running runs go on)."""
@@ -156,12 +203,30 @@ class Lifecycle:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=1.0)
+            self._wake.wait(timeout=PASS_EVERY_S)
             self._wake.clear()
+            if not self._leading.is_set():
+                continue
             try:
+                self._recover_once()
+                self.expire_pending()
                 self.admit()
+                self._prune()
             except Exception:  # keep scheduling whatever one bad run did
                 log.exception("admission failed")
+            self._stop.wait(PASS_GAP_S)
+
+    def _recover_once(self) -> None:
+        """Recover the runs once per time this replica becomes the leader."""
+        if not self._recovered:
+            self.recover()
+            self._recovered = True
+
+    def _prune(self) -> None:
+        """Forget events older than the retention, once in a while."""
+        if time.monotonic() - self._pruned > PRUNE_EVERY_S:
+            self._pruned = time.monotonic()
+            self.store.prune_events(time.time() - EVENT_RETENTION_S)
 
     def admit(self) -> None:
         """Start every queued run that fits now."""
@@ -170,10 +235,45 @@ class Lifecycle:
             capacity = self.executor.capacity()
             if len(active) >= capacity.slots:
                 return  # nothing can start: the queue, however long, need not be read
-            queued = self.store.runs(states=[RunState.QUEUED], transitions="none")
-            quotas = {a.name: a.gpu_quota for a in self.store.accounts()}
-            for admission in plan_admissions(queued, active, quotas, capacity):
+            limits = {a.name: limits_of(a, self.settings) for a in self.store.accounts() if not a.disabled}
+            queued = self._within_limits(self.store.runs(states=[RunState.QUEUED], transitions="none"), limits)
+            for admission in plan_admissions(queued, active, limits, capacity):
                 self._launch(admission.run, admission.gpu_ids)
+
+    def _within_limits(self, queued: list[RunRow], limits: dict[str, Limits]) -> list[RunRow]:
+        """The queued runs that could ever start; the others (their account's limits were lowered
+        since they were queued) fail, saying why."""
+        fit = []
+        for run in queued:
+            why = over_limits(run, limits[run.account]) if run.account in limits else None
+            if why is None:
+                fit.append(run)
+                continue
+            try:
+                self.move(run.id, RunState.FAILED, reason=f"it can never start: {why}")
+            except Conflict:
+                pass  # cancelled meanwhile
+        return fit
+
+    def expire_pending(self, now: Optional[float] = None) -> None:
+        """Fail the runs that have waited PENDING (started, not placed: no node has what they ask
+        for, an image that never pulls...) longer than the pending timeout, and stop what is left of them."""
+        limit = self.settings.pending_timeout_s
+        if not limit:
+            return
+        now = time.time() if now is None else now
+        for run in self.store.runs(states=[RunState.PENDING], transitions="live"):
+            if run.transitions and now - run.transitions[-1].time.timestamp() > limit:
+                self._expire(run, limit)
+
+    def _expire(self, run: RunRow, limit: float) -> None:
+        """End a run that was not placed within ``limit`` seconds as FAILED, then stop its runner."""
+        why = f"it was not placed within the pending timeout ({limit:g} s)" + (f": {run.reason}" if run.reason else "")
+        try:
+            self.move(run.id, RunState.FAILED, reason=why)
+        except Conflict:
+            return  # it started, or ended, meanwhile
+        self._stop_now(run)
 
     def _launch(self, run: RunRow, gpu_ids: tuple[int, ...]) -> None:
         token, now = secrets.token_urlsafe(24), time.time()
@@ -190,11 +290,27 @@ class Lifecycle:
             **store_credentials(self.store.secret(run.experiment_id), self.settings.store_config)})
         try:
             handle = self.executor.start(launch)
-        except Exception as exc:  # the executor could not start it: say why on the run
-            log.exception("could not start %s", run.id)
-            self.fail(row, f"could not start the run: {exc}")
+        except Exception as exc:  # the executor could not start it: say why on the run (or end it as asked)
+            self.executor_errors += 1
+            log.exception("could not start %s", run.id, extra=run_fields(run))
+            self._end_lost(self.store.run(run.id) or row, None, f"could not start the run: {exc}")
             return
         self.store.update_run(run.id, handle=handle)
+        self._stop_if_asked(run.id)
+
+    def _stop_if_asked(self, run_id: str) -> None:
+        """Carry out what was decided while the run's start was in flight (its runner had no handle
+        to be stopped by): a stop asked is asked now; a run ended meanwhile is stopped at once."""
+        run = self.store.run(run_id)
+        if run is not None and run.state.terminal:
+            self._stop_now(run)
+        elif run is not None and run.stop_state is not None:
+            self._ask_to_stop(run)
+
+    def _stop_now(self, run: RunRow) -> None:
+        """Stop the runner of a run that has ended already, with no grace."""
+        self.executor.cancel(run.id, run.handle)
+        self.executor.kill(run.id, run.handle)
 
     # -- cancellation and early stopping ------------------------------------------------------
     def cancel(self, run: RunRow) -> None:
@@ -202,8 +318,12 @@ class Lifecycle:
         self.stop(run, RunState.HALTED, "cancelled by the user")
 
     def stop(self, run: RunRow, state: RunState, reason: str) -> None:
-        """End a run as ``state`` (HALTED or STOPPED): at once if queued, else through its runner."""
-        if run.state.terminal or run.id in self._stopping:
+        """End a run as ``state`` (HALTED or STOPPED): at once if queued, else through its runner.
+
+        The end is recorded in the run store before the runner is told (``request_stop``), so a
+        backend that restarts meanwhile still ends the run so (``recover``). The first end asked
+        for a run is the one it gets."""
+        if run.state.terminal:
             return
         if run.state is RunState.QUEUED:
             try:
@@ -211,21 +331,29 @@ class Lifecycle:
                 return
             except Conflict:  # admitted meanwhile: stop it as a running run
                 run = self.store.run(run.id)
-        self._stopping[run.id] = (state, reason)
-        self.executor.cancel(run.id, run.handle)
-        grace = getattr(self.executor, "cancel_grace_s", CANCEL_GRACE_S)  # Kubernetes: the pods' grace
-        threading.Timer(grace, self._force_stop, args=(run.id,)).start()
+        if self.store.request_stop(run.id, state, reason):
+            self._ask_to_stop(self.store.run(run.id))  # its handle as of now: a start may just have returned
 
-    def stopped_as(self, run_id: str) -> Optional[tuple[RunState, str]]:
-        """The state and reason a run asked to stop ends with, if it was asked."""
-        return self._stopping.get(run_id)
+    def stopped_by_cluster(self, run_id: str, attempt: int, reason: str) -> None:
+        """The cluster stops the run's ``attempt`` (its time limit): it ends FAILED for ``reason``,
+        not as its runner, told to stop, reports it (HALTED), and is not retried."""
+        run = self.store.run(run_id)
+        if run is not None and run.attempt == attempt and not run.state.terminal:
+            self.store.request_stop(run_id, RunState.FAILED, reason)
+
+    def _ask_to_stop(self, run: RunRow) -> None:
+        """Tell the executor to stop the run's runner; kill it if it still runs after the grace."""
+        self.executor.cancel(run.id, run.handle)
+        timer = threading.Timer(self.executor.cancel_grace_s, self._force_stop, args=(run.id,))
+        timer.daemon = True
+        timer.start()
 
     def _force_stop(self, run_id: str) -> None:
+        """Kill a runner that has not ended within the grace, and end its run as asked. A run with no
+        handle yet is left to its start, which asks it to stop when it returns (``_stop_if_asked``)."""
         run = self.store.run(run_id)
-        if run and not run.state.terminal:
-            kill = getattr(self.executor, "kill", None)
-            if kill:
-                kill(run_id, run.handle)
+        if run and not run.state.terminal and run.handle:
+            self.executor.kill(run_id, run.handle)
             self._end_lost(run, None)
 
     # -- runner reports and exits -------------------------------------------------------------
@@ -235,38 +363,103 @@ class Lifecycle:
         if run is not None and run.state.active:
             self.store.update_run(run_id, reason=text)
             row = self.store.run(run_id)
-            self.events.publish(row.account, {"type": "run", "run": run_view(row).model_dump(mode="json")})
+            self.store.add_event(row.account, run_event(row))
+            self.events.poke()
+
+    def reported_end(self, run: RunRow, state: RunState, exit_code: Optional[int] = None,
+                     reason: Optional[str] = None, log_tail: Optional[list[str]] = None) -> None:
+        """Its runner says the run ended as ``state``: recorded now, and the run ends so when the
+        executor says the runner has exited (until then it holds its GPUs and is billed, by the
+        backend's clock); a runner still alive after the grace is killed."""
+        if run.reported_state is not None or run.state.terminal:
+            return  # a resent report
+        self.store.update_run(run.id, reported_state=state.value, exit_code=exit_code, reason=reason,
+                              log_tail=log_tail or [])
+        self._end_after_grace(run)
+
+    def _end_after_grace(self, run: RunRow) -> None:
+        """Kill the runner of ``run``'s attempt if it has not exited within the grace after reporting its end."""
+        timer = threading.Timer(self.executor.cancel_grace_s, self._end_overdue, args=(run.id, run.attempt))
+        timer.daemon = True
+        timer.start()
+
+    def _end_overdue(self, run_id: str, attempt: int) -> None:
+        """Kill a runner still alive a grace after it reported its end, and end the run as reported."""
+        run = self.store.run(run_id)
+        if run and run.attempt == attempt and not run.state.terminal and run.handle:
+            log.warning("run %s: its runner still runs %g s after reporting its end; killed", run_id,
+                        self.executor.cancel_grace_s, extra=run_fields(run))
+            self.executor.kill(run_id, run.handle)
+            self._end_lost(run, None)
 
     def runner_exited(self, run_id: str, attempt: int, exit_code: Optional[int],
-                      reason: Optional[str] = None, log_tail: Optional[list[str]] = None) -> None:
+                      reason: Optional[str] = None, log_tail: Optional[list[str]] = None,
+                      disruption: Optional[str] = None) -> None:
         """The runner ended: if it did not report an end, the run failed (or halted).
 
-        ``reason`` and ``log_tail`` are what the executor knows of why (out of memory, evicted...).
+        ``reason`` and ``log_tail`` are what the executor knows of why (out of memory, evicted...);
+        ``disruption``: the cluster stopped it for reasons of its own (evicted from node X...).
         """
         run = self.store.run(run_id)
         current = run is not None and run.attempt == attempt  # not a retry's earlier runner
         if current and not run.state.terminal and run.state is not RunState.QUEUED:
-            self._end_lost(run, exit_code, reason, log_tail)
+            self._end_lost(run, exit_code, reason, log_tail, disruption)
         self._wake.set()
 
     def _end_lost(self, run: RunRow, exit_code: Optional[int], reason: Optional[str] = None,
-                  log_tail: Optional[list[str]] = None) -> None:
+                  log_tail: Optional[list[str]] = None, disruption: Optional[str] = None) -> None:
+        """End a run whose runner is gone: as it reported, else as asked if it was asked to stop,
+        else queued again if a disruption stopped it, else failed."""
+        if run.reported_state is not None:
+            self._end_reported(run, disruption)
+            return
         try:
-            if run.id in self._stopping:
-                state, why = self._stopping[run.id]
-                self.move(run.id, state, reason=why)
+            if run.stop_state is not None:
+                self.move(run.id, run.stop_state, reason=run.stop_reason)
+            elif disruption is not None:
+                self.preempt(run, disruption)
             else:
                 self.fail(run, reason or f"the runner ended without reporting (exit code {exit_code})",
                           exit_code, log_tail)
         except Conflict:
             pass  # it reported an end meanwhile
 
+    def _end_reported(self, run: RunRow, disruption: Optional[str] = None) -> None:
+        """End a run as its runner reported, now that the runner has exited: a failure may be
+        retried; a HALTED runner ends its run as it was asked to stop (STOPPED by its search...),
+        and one that nobody here asked to stop (no stop recorded: a SIGTERM of a node drain, of
+        Kueue, of a ``backend stop --drain``) was preempted: it is queued again."""
+        state = run.reported_state
+        try:
+            if state is RunState.FAILED:
+                self.fail(run, run.reason or "the command failed", run.exit_code, run.log_tail)
+            elif state is RunState.HALTED and run.stop_state is not None:
+                self.move(run.id, run.stop_state, reason=run.stop_reason)
+            elif state is RunState.HALTED:
+                self.preempt(run, disruption)
+            else:
+                self.move(run.id, state)
+        except Conflict:
+            pass  # ended meanwhile
+
     def recover(self) -> None:
-        """After a restart: watch runs whose runners still live; fail or requeue the others."""
+        """After a restart: watch runs whose runners still live (asking again those asked to
+        stop: the runner may never have been told); requeue, end as asked, or fail the others."""
         for run in self.store.runs(states=ACTIVE):
             if run.handle and self.executor.reattach(run.id, run.handle):
-                continue
-            if not run.handle:  # admitted but never started: it simply waits again
+                if run.reported_state is not None:
+                    self._end_after_grace(run)
+                elif run.stop_state is not None:
+                    self._ask_to_stop(run)
+            elif not run.handle and run.stop_state is None:  # admitted but never started: it waits again
+                # (a runner its dead leader forked gets no spec: it has no handle, and its token is forgotten)
                 self.move(run.id, RunState.QUEUED, gpu_ids=[], reason="requeued after a backend restart")
             else:
-                self.fail(run, "the run's process was lost while the backend was down")
+                self._end_lost(run, None, "the run's process was lost while the backend was down")
+        self.executor.reconcile(self._attempt_live)
+
+    def _attempt_live(self, run_id: str, attempt: int) -> bool:
+        """Whether ``attempt`` of the run is still on (a run the store does not know counts as on:
+        what is not ours is not deleted)."""
+        run = self.store.run(run_id)
+        return run is None or (run.attempt == attempt and run.state.active)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import hmac
 from typing import Optional
 
-from .errors import Conflict, NotFound, Unauthorized
-from .lifecycle import token_hash
-from .models import LogAppend, MetricPoint, RunSpec, StateReport
-from .service import Service
-from .states import RunState
-from .store import RunRow
+from wml_core.errors import BackendUnavailable, Conflict, Unauthorized
+from wml_backend.lifecycle import token_hash
+from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport
+from wml_backend.service import Service
+from wml_core.states import RunState
+from wml_backend.rundb import RunRow
+
+
+#: What a runner may report: its run's progress and its end. Never QUEUED or PENDING (the
+#: backend's to decide: a run that said QUEUED was started again), nor STOPPED (its search's).
+RUNNER_STATES = frozenset({RunState.DOWNLOADING, RunState.PROCESSING, RunState.STORING,
+                           RunState.COMPLETED, RunState.FAILED, RunState.HALTED})
 
 
 class RunnerReports:
@@ -21,31 +27,33 @@ class RunnerReports:
         self.store = service.store
 
     def authenticate(self, run_id: str, token: Optional[str]) -> RunRow:
-        """The run whose runner presents ``token``."""
-        run = self.store.run(run_id)
-        if run is None:
-            raise NotFound(f"no run {run_id!r}")
-        if not token or not run.runner_token_hash or not hmac.compare_digest(
+        """The run whose runner presents ``token``; an unknown run is refused as a wrong token is,
+        so that a caller without one learns nothing (not even which runs exist)."""
+        run = self.store.run(run_id) if token else None
+        if run is None or not run.runner_token_hash or not hmac.compare_digest(
                 token_hash(token), run.runner_token_hash):
             raise Unauthorized("missing or unknown runner token")
         return run
 
     def spec(self, run: RunRow) -> RunSpec:
-        """The run's command, hyperparameters, store and buckets."""
+        """The run's command, hyperparameters, store and buckets; not before its start is recorded
+        (its handle), which the runner waits for: the runner of a start its leader died before
+        recording never gets it (the run is queued again, and its token forgotten)."""
+        if not run.handle:
+            raise BackendUnavailable(f"the start of run {run.id} is not recorded yet; try again")
         definition = self.store.experiment(run.experiment_id).definition
         secret = self.store.secret(run.experiment_id)
         store = secret or {**self.service.settings.store_config.public(),
                            "access_key": self.service.settings.store_config.access_key,
                            "secret_key": self.service.settings.store_config.secret_key}
-        ds = definition.get("data_store") or {}
-        data = ds.get("training_data") or {}
+        data = definition.data_store.training_data if definition.data_store else None
+        metrics = definition.evaluation_metrics
         bucket, _, prefix = run.results.partition("/")
         return RunSpec(run_id=run.id, experiment_id=run.experiment_id, attempt=run.attempt,
-                       command=definition["command"], hparams=run.hparams, gpus=run.gpus,
-                       learners=run.learners, cpus=definition.get("cpus", 1.0),
-                       framework=definition.get("framework", "custom"),
-                       evaluation_metrics=definition.get("evaluation_metrics"), store=store,
-                       data_bucket=data.get("bucket"), data_prefix=data.get("prefix", ""),
+                       command=definition.command, hparams=run.hparams, gpus=run.gpus,
+                       learners=run.learners, cpus=definition.cpus, framework=definition.framework,
+                       evaluation_metrics=metrics.model_dump() if metrics else None, store=store,
+                       data_bucket=data.bucket if data else None, data_prefix=data.prefix if data else "",
                        results_bucket=bucket, results_prefix=prefix)
 
     def code(self, run: RunRow) -> bytes:
@@ -53,30 +61,29 @@ class RunnerReports:
         return self.store.code(run.experiment_id)
 
     def state(self, run: RunRow, report: StateReport) -> None:
-        """Record the state a runner reports; a FAILED one may be retried."""
+        """Record the progress a runner reports (forward only); its end is recorded as reported and
+        the run ends so once the executor says the runner has exited (``Lifecycle.reported_end``)."""
+        if report.state not in RUNNER_STATES:
+            raise Conflict(f"run {run.id}: a runner reports DOWNLOADING, PROCESSING, STORING or how its run "
+                           f"ended, never {report.state.value}")
         if run.state is report.state:
             return  # a resent report
         life = self.service.lifecycle
-        stopping = life.stopped_as(run.id)
-        if report.state is RunState.HALTED and stopping:  # e.g. stopped early by the search
-            report = report.model_copy(update={"state": stopping[0], "reason": stopping[1]})
+        if report.state.terminal:
+            life.reported_end(run, report.state, report.exit_code, report.reason, report.log_tail)
+            return
         try:
-            if report.state is RunState.FAILED:
-                life.fail(run, report.reason or "the command failed", report.exit_code, report.log_tail)
-            else:
-                life.move(run.id, report.state, exit_code=report.exit_code, reason=report.reason,
-                          log_tail=report.log_tail)
+            life.move(run.id, report.state, exit_code=report.exit_code, reason=report.reason,
+                      log_tail=report.log_tail)
         except Conflict:
             if not self.store.run(run.id).state.terminal:
                 raise
 
     def metrics(self, run: RunRow, points: list[MetricPoint]) -> int:
-        """Store points and publish the new ones; return how many were new."""
+        """Store points (with their event); return how many were new."""
         new = self.store.add_metrics(run.id, points)
         if new:
-            self.service.events.publish(run.account, {
-                "type": "metrics", "run_id": run.id, "experiment_id": run.experiment_id,
-                "points": [p.model_dump() for p in new]})
+            self.service.events.poke()
             self.service.sweeps.on_metrics(run, new)
         return len(new)
 

@@ -12,23 +12,26 @@ from typing import Optional
 
 from cachetools import LRUCache
 
-from .errors import Forbidden, InvalidInput, NotFound, Unauthorized, quoted
-from .events import EventBus
-from .executors import Executor
-from .lifecycle import Lifecycle, token_hash
-from .models import (AccountCreated, Experiment, ExperimentRequest, LogChunk, MetricPoint, Run, Usage)
-from .private import write_private
-from .settings import Settings
-from .states import ACTIVE, RunState
-from .store import Account, RunRow, RunStore
-from .submit import build_experiment, rerun_of
-from .sweeps import SweepDriver
-from .views import experiment_view, run_view, step_seconds, usage_view
+from wml_core.errors import Conflict, InvalidInput, NotFound, Unauthorized, quoted
+from wml_backend.accounts import ADMIN_ACCOUNT, Accounts
+from wml_backend.eventbus import EventBus
+from wml_backend.executors import Executor
+from wml_backend.leadership import Leadership, this_replica
+from wml_backend.lifecycle import Lifecycle, token_hash
+from wml_backend.metrics import Metrics
+from wml_backend.ownership import DataOwnership
+from wml_core.models import (DataClaim, Experiment, ExperimentRequest, LogChunk, MetricPoint, Run, Usage)
+from wml_core.private_files import write_private
+from wml_backend.settings import Settings
+from wml_core.states import ACTIVE, RunState
+from wml_backend.rundb import Account, RunRow, RunStore
+from wml_backend.rundb.base import Replica
+from wml_backend.submit import NewExperiment, build_experiment, rerun_of
+from wml_backend.search.driver import SweepDriver
+from wml_backend.views import experiment_view, run_view, step_seconds, usage_view
 
 log = logging.getLogger("wml_backend")
 
-#: The embedded backend's first account, its administrator.
-ADMIN_ACCOUNT = "local"
 #: Experiments one listing returns (the newest).
 EXPERIMENTS_PAGE = 200
 #: Summaries of ended experiments kept in memory (they never change), the last used.
@@ -42,24 +45,40 @@ class Service:
 
     def __init__(self, settings: Settings, store: RunStore, executor: Executor):
         self.settings, self.store, self.executor = settings, store, executor
-        self.events = EventBus()
+        self.events = EventBus(store)
         self.lifecycle = Lifecycle(settings, store, executor, self.events)
+        self.lifecycle.follow()  # until the leader's lease is this replica's
+        self.events.listeners.append(self.lifecycle.wake)  # runs queued or freed by any replica
+        self.leadership = Leadership(store, this_replica(settings.listen_url), self.lifecycle.lead,
+                                     self.lifecycle.follow)
         self.sweeps = SweepDriver(store, self.lifecycle)
+        self.accounts = Accounts(settings, store, self.lifecycle.stop, executor.isolation_gap)
+        self.data = DataOwnership(settings, store)
         self._ended_cache: LRUCache[str, Experiment] = LRUCache(ENDED_CACHE)
         self._summarising = threading.Lock()
         self._cache_lock = threading.Lock()  # an LRU cache reorders itself on reads too
         self.lifecycle.on_end.append(self.sweeps.on_end)
+        self.telemetry = Metrics(store, self.lifecycle, self.events, self.leadership)
 
     def start(self) -> None:
-        """Create the admin account on first start, recover runs, start admitting."""
+        """Create the admin account on first start, join the replicas; as their leader, recover
+        runs and start admitting."""
         self.bootstrap_admin()
+        self.events.start()
+        self.leadership.start()
         self.lifecycle.start()
         # Importing Optuna takes ~0.5 s: do it now, not in the first submission.
         threading.Thread(target=importlib.import_module, args=("optuna",), daemon=True).start()
 
     def stop(self) -> None:
-        """Stop admitting runs."""
+        """Leave the replicas (another takes the lead at once) and stop admitting runs."""
+        self.leadership.stop()
         self.lifecycle.shutdown()
+        self.events.close()
+
+    def replicas(self) -> list[Replica]:
+        """The replicas serving this store, and which one leads."""
+        return self.store.replicas()
 
     # -- accounts ---------------------------------------------------------------------------
     def bootstrap_admin(self) -> None:
@@ -70,28 +89,38 @@ class Service:
         token = secrets.token_urlsafe(32)
         quota = max(len(self.executor.capacity().gpu_ids), 1)
         if not self.store.accounts():
-            self.store.create_account(Account(name=ADMIN_ACCOUNT, gpu_quota=quota, admin=True), token_hash(token))
+            try:
+                self.store.create_account(Account(name=ADMIN_ACCOUNT, gpu_quota=quota, admin=True),
+                                          token_hash(token))
+            except Conflict:
+                return  # a replica starting at the same time created it: its token is in its home
             write_private(token_file, token)
 
     def authenticate(self, token: Optional[str]) -> Account:
-        """The account a bearer token belongs to."""
+        """The account a bearer token belongs to, unless it is disabled."""
         account = self.store.account_by_token(token_hash(token)) if token else None
         if account is None:
             raise Unauthorized("missing or unknown token")
+        if account.disabled:
+            raise Unauthorized(f"account {account.name!r} is disabled; ask an administrator")
         return account
 
-    def create_account(self, caller: Account, name: str, gpus: int) -> AccountCreated:
-        """A new account with a GPU quota (administrators only); its token is shown once."""
-        if not caller.admin:
-            raise Forbidden("only an administrator may create accounts")
-        token = secrets.token_urlsafe(32)
-        self.store.create_account(Account(name=name, gpu_quota=gpus), token_hash(token))
-        return AccountCreated(name=name, gpu_quota=gpus, token=token)
+    # -- data ---------------------------------------------------------------------------------
+    def claim_data(self, account: Account, claim: DataClaim) -> DataClaim:
+        """Make a bucket or prefix of the default store the account's, before ``wml upload`` fills it."""
+        return self.data.claim(account, claim)
 
     # -- experiments ------------------------------------------------------------------------
     def submit(self, account: Account, request: ExperimentRequest) -> Experiment:
         """Validate and store an experiment; its runs wait in the queue."""
-        new = build_experiment(account, request, self.settings.store_config, self.settings.default_results)
+        new = build_experiment(account, request, self.settings,
+                               check_data=lambda definition: self.data.check(account, definition))
+        return self._queue(account, new)
+
+    def _queue(self, account: Account, new: NewExperiment) -> Experiment:
+        """Store a new experiment whose runs fit the account's limits and queue; wake the scheduler."""
+        total = max(len(new.runs), new.experiment.definition.search.runs or 0)  # a sequential search adds later
+        self.accounts.check_submission(account, new.runs, total)
         self.store.insert_experiment(new.experiment, new.runs, new.code, new.secret)
         self.lifecycle.wake()
         return self.experiment(account, new.experiment.id)
@@ -152,7 +181,7 @@ class Service:
         for row in rows:
             runs = by_exp.get(row.id, [])
             summaries[row.id] = experiment_view(row, runs, self._step_times(runs))
-        ended = {i: s for i, s in summaries.items() if s.state not in ("QUEUED", "RUNNING")}
+        ended = {i: s for i, s in summaries.items() if s.state.terminal}
         self.store.save_summaries({i: s.model_dump(mode="json") for i, s in ended.items()})
         self._keep(ended)
         return summaries
@@ -175,7 +204,7 @@ class Service:
         """One run, with queue position, GPU time and what reproduces it."""
         row = self._row(account, run_id)
         run = run_view(row)
-        origin = self.store.experiment(row.experiment_id).definition.get("provenance") or {}
+        origin = self.store.experiment(row.experiment_id).definition.provenance
         run.provenance = {**origin, "hparams": row.hparams}
         return run
 
@@ -185,9 +214,7 @@ class Service:
         experiment = self.store.experiment(row.experiment_id)
         new = rerun_of(account, experiment, row.hparams, self.store.code(experiment.id),
                        self.store.secret(experiment.id))
-        self.store.insert_experiment(new.experiment, new.runs, new.code, new.secret)
-        self.lifecycle.wake()
-        return self.experiment(account, new.experiment.id)
+        return self._queue(account, new)
 
     def runs(self, account: Account, experiment: Optional[str] = None,
              state: Optional[str] = None) -> list[Run]:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .storage import StoreConfig
+from wml_core.objectstore import StoreConfig
+from wml_core.objectstore.resolve import parse_storage_url, store_config_for, wml_home
 
 #: Port of the embedded backend when none is configured.
 DEFAULT_PORT = 8642
@@ -15,20 +16,18 @@ DEFAULT_PORT = 8642
 DEFAULT_RESULTS_BUCKET = "wml-results"
 #: Largest code zip a client may submit.
 MAX_CODE_BYTES = 64 * 1024 * 1024
+#: Most runs an account may have waiting, unless the operator or the account says otherwise:
+#: ten of the largest searches, far more than a person queues, far less than fills a database.
+DEFAULT_MAX_QUEUED = 10_000
+#: Seconds a started run may wait to be placed (an image pulled, a node found) before it fails.
+DEFAULT_PENDING_TIMEOUT_S = 1800
+#: The variable naming the host folders manifests may use as data stores, colon-separated.
+HOST_PATHS_ENV = "WML_HOST_PATHS"
 
 
-def parse_storage_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/prefix`` as (bucket, prefix); ``InvalidInput`` for anything else."""
-    from .errors import InvalidInput
-    if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
-        raise InvalidInput(f"storage: {url!r} is not an s3://bucket[/prefix] URL")
-    bucket, _, prefix = url[5:].partition("/")
-    return bucket, prefix.strip("/")
-
-
-def wml_home() -> Path:
-    """``$WML_HOME`` or ``~/.wml``: configuration and the embedded backend's state."""
-    return Path(os.environ.get("WML_HOME") or Path.home() / ".wml")
+def host_paths_from(value: Optional[str]) -> tuple[str, ...]:
+    """The folders of a ``WML_HOST_PATHS`` value (``/data:/scratch/shared``), resolved; none for none."""
+    return tuple(os.path.realpath(p) for p in (value or "").split(":") if p.strip())
 
 
 @dataclass(frozen=True)
@@ -55,13 +54,39 @@ class Settings:
     tls_key: Optional[str] = None
     #: Allow plain HTTP on an address other than loopback (behind a trusted proxy or network).
     insecure: bool = False
+    #: Let accounts be made although runs cannot be kept apart from each other here (the local
+    #: executor not run by root): all accounts trust each other.
+    trusted_accounts: bool = False
     #: Where the run store lives: a ``postgresql://`` URL, or None for SQLite under ``home``.
     database_url: Optional[str] = field(default_factory=lambda: os.environ.get("WML_DATABASE") or None)
+    #: What an account may hold at once when it has no limit of its own (None: only the
+    #: executor's capacity and the account's GPU quota bound it).
+    account_slots: Optional[int] = None
+    account_cpus: Optional[float] = None
+    account_memory_bytes: Optional[int] = None
+    #: Most runs an account may have queued when it has no limit of its own (None: no limit).
+    account_max_queued: Optional[int] = DEFAULT_MAX_QUEUED
+    #: Seconds a started run may stay PENDING (not placed) before it fails; 0: no limit.
+    pending_timeout_s: int = DEFAULT_PENDING_TIMEOUT_S
+    #: The key file that encrypts the credentials kept in the run store (None: beside the SQLite
+    #: file, or under ``home`` for PostgreSQL; replicas of a shared install must share it).
+    secrets_key_path: Optional[str] = field(default_factory=lambda: os.environ.get("WML_SECRETS_KEY_FILE") or None)
+    #: How the log is written: ``text`` lines, or ``json`` (one object a line, with run and experiment ids).
+    log_format: str = "text"
+    #: Host folders (and what lies below them) that a manifest's data store may name as its path
+    #: (``mount_volume``, ``host_mount``, a ``file`` store): the operator's allow-list,
+    #: ``WML_HOST_PATHS``. Empty: a manifest may name no host path.
+    host_paths: tuple[str, ...] = field(default_factory=lambda: host_paths_from(os.environ.get(HOST_PATHS_ENV)))
 
     @property
     def database(self) -> str:
         """The run store's location: the PostgreSQL URL, or the SQLite file."""
         return self.database_url or str(self.home / "backend" / "wml.db")
+
+    @property
+    def secrets_key_file(self) -> Path:
+        """The file holding the key of the credentials kept in the run store (0600)."""
+        return Path(self.secrets_key_path) if self.secrets_key_path else self.home / "backend" / "secrets.key"
 
     @property
     def work_dir(self) -> Path:
@@ -71,10 +96,7 @@ class Settings:
     @property
     def store_config(self) -> StoreConfig:
         """The default object store: S3 when configured, else the embedded file store."""
-        if self.storage_url:
-            parse_storage_url(self.storage_url)
-            return StoreConfig(kind="s3", endpoint=self.endpoint)
-        return StoreConfig(kind="file", root=str(self.home / "storage"))
+        return store_config_for(self.storage_url, self.endpoint, self.home)
 
     @property
     def default_results(self) -> tuple[str, str]:
@@ -83,14 +105,20 @@ class Settings:
 
     @property
     def url(self) -> str:
-        """Where runners and clients reach this backend."""
+        """Where runners and clients reach this backend (all replicas of a shared install: the
+        address in front of them)."""
+        return self.public_url or self.listen_url
+
+    @property
+    def listen_url(self) -> str:
+        """Where this process itself answers."""
         scheme = "https" if self.tls_cert else "http"
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return self.public_url or f"{scheme}://{host}:{self.port}"
+        return f"{scheme}://{host}:{self.port}"
 
     def check_exposure(self) -> None:
         """Refuse to serve plain HTTP beyond loopback unless told ``insecure``: tokens would travel in clear."""
-        from .errors import InvalidInput
+        from wml_core.errors import InvalidInput
         if self.tls_cert and not self.tls_key:
             raise InvalidInput("tls: --tls-cert needs --tls-key")
         loopback = self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")

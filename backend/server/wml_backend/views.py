@@ -6,40 +6,28 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Optional
 
-from .billing import run_gpu_seconds
-from .models import BestRun, Experiment, ExperimentUsage, Run, Usage
-from .states import RunState
-from .store import Account, ExperimentRow, RunRow
+from wml_core.models import Experiment, ExperimentUsage, Run, Usage
+from wml_core.ranking import best_run
+from wml_core.states import ExperimentState, RunState
+from wml_backend.rundb import Account, ExperimentRow, RunRow
 
 
 def run_view(row: RunRow, now: Optional[float] = None) -> Run:
     """The public ``Run`` with its GPU time filled in (its queue position comes with the row)."""
-    run = row.wire()
-    if not (row.state.terminal and not row.transitions):  # ended runs keep their GPU time stored
-        run.gpu_seconds = round(run_gpu_seconds(row, now), 3)
-    return run
+    return row.view(now)
 
 
-def best_run(runs: list[Run], metric: Optional[str], mode: str) -> Optional[BestRun]:
-    """The run with the best latest value of ``metric`` (max or min), if any logged it."""
-    scored = [r for r in runs if metric and metric in r.metrics]
-    if not scored:
-        return None
-    pick = (max if mode == "max" else min)(scored, key=lambda r: r.metrics[metric])
-    return BestRun(run_id=pick.id, metric=metric, value=pick.metrics[metric])
-
-
-def summary_state(counts: Counter) -> str:
+def summary_state(counts: Counter) -> ExperimentState:
     """One word for an experiment: RUNNING while any run lives, else how it ended."""
     live = sum(counts[s.value] for s in RunState if not s.terminal)
     if live:
         queued_only = counts[RunState.QUEUED.value] == live
-        return "QUEUED" if queued_only else "RUNNING"
+        return ExperimentState.QUEUED if queued_only else ExperimentState.RUNNING
     if counts[RunState.FAILED.value]:
-        return "FAILED"
+        return ExperimentState.FAILED
     if counts[RunState.HALTED.value]:
-        return "HALTED"
-    return "COMPLETED"
+        return ExperimentState.HALTED
+    return ExperimentState.COMPLETED
 
 
 def gpu_seconds_saved(runs: list[Run], step_seconds: Optional[dict[str, float]] = None) -> float:
@@ -75,15 +63,15 @@ def experiment_view(row: ExperimentRow, runs: list[Run], step_times: Optional[di
     """
     counts = Counter(counts or (r.state.value for r in runs))
     state = summary_state(counts)
-    search = row.definition.get("search") or {}
-    if search.get("algorithm") == "tpe" and counts.total() < (search.get("runs") or 0) and state == "COMPLETED":
-        state = "RUNNING"  # between a run's end and the next points TPE draws
+    search = row.definition.search
+    if search.algorithm == "tpe" and counts.total() < (search.runs or 0) and state is ExperimentState.COMPLETED:
+        state = ExperimentState.RUNNING  # between a run's end and the next points TPE draws
     return Experiment(
         id=row.id, account=row.account, name=row.name, state=state,
         runs=dict(counts), best=best_run(runs, row.metric, row.mode), metric=row.metric,
         mode=row.mode, gpu_seconds=round(sum(r.gpu_seconds for r in runs), 3),
         gpu_seconds_saved=round(gpu_seconds_saved(runs, step_times), 3),
-        created=datetime.fromtimestamp(row.created, timezone.utc), definition=row.definition)
+        created=datetime.fromtimestamp(row.created, timezone.utc), definition=row.definition.redacted())
 
 
 def usage_view(account: Account, experiments: list[ExperimentRow], runs: list[Run]) -> Usage:

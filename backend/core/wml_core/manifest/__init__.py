@@ -13,7 +13,7 @@ manifest_formats.py maps each format's layout, manifest_extensions.py the sectio
 from __future__ import annotations
 
 __all__ = ["ManifestError", "Problem", "load_manifest", "load_manifest_file", "manifest_format",
-           "parse_memory", "read_manifest_text"]
+           "parse_duration", "parse_memory", "read_manifest_text"]
 
 import os
 from collections.abc import Mapping
@@ -22,11 +22,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .definition import Definition
-from .manifest_extensions import read_extensions
-from .manifest_formats import read_ffdl, read_wml
-from .manifest_reader import Reader, parse_memory
-from .manifest_yaml import ManifestError, Problem, YamlTree
+from wml_core.definition import Definition
+from wml_core.manifest.extensions import read_extensions
+from wml_core.manifest.formats import read_ffdl, read_wml
+from wml_core.manifest.reader import Reader, parse_duration, parse_memory
+from wml_core.manifest.located_yaml import ManifestError, Problem, YamlTree
 
 
 def load_manifest(text: str, filename: str = "manifest.yml",

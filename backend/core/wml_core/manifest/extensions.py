@@ -1,4 +1,4 @@
-"""The extension sections, the same in both formats: hyperparameters, search and max_retries.
+"""The extension sections, the same in both formats: hyperparameters, search, max_retries, timeout.
 
 The hyperparameter space is parsed by space.py; here its problems are placed at their lines,
 and the search is checked against the space (a grid must be finite and fit the runs).
@@ -6,22 +6,22 @@ and the search is checked against the space (a grid must be finite and fit the r
 
 from __future__ import annotations
 
-from . import space
-from .definition import EarlyStopping, Search
-from .manifest_reader import Reader
+from wml_core import search_space as space
+from wml_core.definition import EarlyStopping, Search
+from wml_core.manifest.reader import Reader
 
 #: Top-level fields accepted in both formats, beside each format's own.
-EXTENSIONS = ("hyperparameters", "search", "max_retries")
+EXTENSIONS = ("hyperparameters", "search", "max_retries", "timeout")
 #: Fields inside the search section and its early_stopping.
 SEARCH_FIELDS = ("algorithm", "runs", "metric", "mode", "seed", "early_stopping")
 EARLY_STOPPING_FIELDS = ("type", "min_steps", "reduction_factor", "max_steps")
 
 
 def read_extensions(r: Reader) -> dict:
-    """hyperparameters, search and max_retries (the same in both formats)."""
+    """hyperparameters, search, max_retries and timeout (the same in both formats)."""
     params = _hyperparameters(r)
     return dict(hyperparameters=params, search=_search(r, params),
-                max_retries=r.whole(("max_retries",), 0, 0, 100))
+                max_retries=r.whole(("max_retries",), 0, 0, 100), timeout_s=r.duration(("timeout",)))
 
 
 def _hyperparameters(r: Reader) -> dict:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 
-from .definition import Connection, DataStore, EvaluationMetrics, Location
-from .manifest_extensions import EXTENSIONS
-from .manifest_reader import Reader
+from wml_core.definition import Connection, DataStore, EvaluationMetrics, Location
+from wml_core.manifest.extensions import EXTENSIONS
+from wml_core.manifest.reader import Reader
 
 #: Upper bounds of resources, far above any real machine, so that a typo (or a hostile
 #: manifest) is an error rather than a number too big to store.

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from .errors import InvalidInput
+from wml_core.errors import InvalidInput
 
 #: Limits that keep a hostile manifest cheap to read: aliases, nesting, values after aliases
 #: are expanded, and characters. Real manifests are a few dozen lines.

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .manifest_yaml import Problem, YamlTree, field_name
+from wml_core.manifest.located_yaml import Problem, YamlTree, field_name
 
 #: Above any real machine's memory: a typo (or a hostile manifest) is an error, not a number.
 MAX_MEMORY_BYTES = 2**60
@@ -23,6 +23,12 @@ MEMORY_UNITS = {"k": 10**3, "kb": 10**3, "ki": 2**10, "kib": 2**10,
                 "g": 10**9, "gb": 10**9, "gi": 2**30, "gib": 2**30,
                 "t": 10**12, "tb": 10**12, "ti": 2**40, "tib": 2**40}
 _MEMORY = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*\Z")
+#: Duration units: seconds, minutes, hours, days.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: The longest duration accepted (a year): anything longer is a typo.
+MAX_DURATION_S = 365 * 86400
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd])")
+_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)[smhd])+\Z")
 _NAME = re.compile(r"[A-Za-z0-9 ._-]+\Z")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -46,6 +52,24 @@ def parse_memory(value: Any) -> int:
     if int(size) <= 0:
         raise ValueError(f"must be positive (got {text!r})")
     return int(size)
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in a duration: ``90s``, ``30m``, ``2h``, ``1h30m``, ``1.5d``; a bare number is
+    seconds. ValueError says what is wrong."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("must be a duration such as 90m, 2h or 1h30m")
+    text = str(value).strip().lower()
+    try:
+        seconds = float(text)
+    except ValueError:
+        if not _DURATION.match(text):
+            raise ValueError(f"{_shown(value)} is not a duration: write 90m, 2h or 1h30m "
+                             "(units s, m, h, d; a bare number is seconds)") from None
+        seconds = sum(float(n) * DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise ValueError(f"must be above 0 and at most 365d (got {_shown(value)})")
+    return seconds
 
 
 def _shown(value: Any) -> str:
@@ -171,6 +195,17 @@ class Reader:
             return None
         try:
             return parse_memory(value)
+        except ValueError as err:
+            self.problem(path, str(err))
+            return None
+
+    def duration(self, path: tuple) -> float | None:
+        """A duration in seconds (see parse_duration)."""
+        value = self.get(path)
+        if value is None:
+            return None
+        try:
+            return parse_duration(value)
         except ValueError as err:
             self.problem(path, str(err))
             return None

@@ -1,6 +1,6 @@
 """Object storage: one small interface (``ObjectStore``), a file store and an S3 store."""
 
-from .base import ObjectInfo, ObjectStore, StoreConfig, SyncSummary
-from .factory import open_store
+from wml_core.objectstore.base import ObjectInfo, ObjectStore, StoreConfig, SyncSummary
+from wml_core.objectstore.factory import open_store
 
 __all__ = ["ObjectInfo", "ObjectStore", "StoreConfig", "SyncSummary", "open_store"]

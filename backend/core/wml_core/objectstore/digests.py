@@ -12,13 +12,14 @@ import hashlib
 import math
 import os
 import sqlite3
+import stat
 import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..private import private_dir, private_open
+from wml_core.private_files import private_dir, private_open
 
 _CHUNK = 1 << 20
 
@@ -37,9 +38,34 @@ def _md5_of(f, length: int) -> hashlib._Hash:
     return digest
 
 
+class NotRegularFile(OSError):
+    """A path to hash names a FIFO, a device or a socket: reading it could wait for ever."""
+
+
+def open_regular(path: Path):
+    """``path`` opened for reading in binary, if it is a regular file; else ``NotRegularFile`` at
+    once (the open itself does not wait for a FIFO's writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def span_md5(path: Path, offset: int, length: int) -> hashlib._Hash:
+    """The MD5 of ``length`` bytes of ``path`` from ``offset`` (one part of a multipart upload)."""
+    with open_regular(path) as f:
+        f.seek(offset)
+        return _md5_of(f, length)
+
+
 def file_etag(path: Path, part_size: int = 0) -> str:
     """The ETag S3 gives ``path`` stored in one PUT (``part_size`` 0) or in parts of that size."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         if not part_size:
             return _md5_of(f, size).hexdigest()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import StorageError
-from ..private import private_dir, private_open
-from .base import ObjectInfo, ObjectStore, Progress, StoreConfig
-from .digests import DigestCache, file_stat, user_cache_path
+from wml_core.errors import StorageError
+from wml_core.private_files import private_dir, private_open
+from wml_core.objectstore.base import ObjectInfo, ObjectStore, Progress, StoreConfig
+from wml_core.objectstore.digests import DigestCache, NotRegularFile, file_stat, user_cache_path
 
 _CHUNK = 1 << 20
 #: The store's digest cache (and its journal), in the root beside the buckets: no bucket name
@@ -67,7 +68,10 @@ class FileStore(ObjectStore):
 
     def check_bucket(self, bucket: str) -> None:
         if not self.bucket_exists(bucket):
-            raise StorageError(f"bucket {bucket!r} does not exist in the file store at {self.root}")
+            raise self.missing(bucket)
+
+    def missing(self, bucket: str) -> StorageError:
+        return StorageError(f"bucket {bucket!r} does not exist in the file store at {self.root}")
 
     def put_file(self, bucket: str, key: str, path: Path, progress: Progress = None) -> None:
         self.create_bucket(bucket)
@@ -80,14 +84,34 @@ class FileStore(ObjectStore):
         _copy(src, Path(path), progress)
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
+        yield from self._hashed(bucket, prefix, self._keys(bucket, prefix))
+
+    def holds_objects(self, bucket: str, prefix: str = "") -> bool:
+        return self.bucket_exists(bucket) and next(self._keys(bucket, prefix), None) is not None
+
+    def checksums(self, bucket: str, prefix: str, max_objects: int, max_bytes: int) -> tuple[dict[str, str], bool]:
+        """As the base class says; it stops before a file that would take the bytes hashed past
+        ``max_bytes`` (sizes are read first, contents only within the bounds)."""
+        bounded = _Bounded(self._keys(bucket, prefix), max_objects, max_bytes)
+        etags = {info.key: info.etag for info in self._hashed(bucket, prefix, bounded)}
+        return etags, bounded.complete
+
+    def _keys(self, bucket: str, prefix: str) -> Iterator[tuple[Path, str]]:
+        """(file, key) of every object whose key starts with ``prefix``, none of them read."""
         base = self._bucket(bucket).absolute()
         if not base.is_dir():
-            raise StorageError(f"bucket {bucket!r} does not exist in the file store at {self.root}")
-        cache = DigestCache(self._digests(), base / prefix.rpartition("/")[0], _SETTLE_S)
+            raise self.missing(bucket)
+        for full in _files(base):
+            key = full.relative_to(base).as_posix()
+            if key.startswith(prefix):
+                yield full, key
+
+    def _hashed(self, bucket: str, prefix: str, files: Iterator[tuple[Path, str]]) -> Iterator[ObjectInfo]:
+        """The objects ``files`` with their ETags, hashed unless the digest cache knows them."""
+        cache = DigestCache(self._digests(), self._bucket(bucket).absolute() / prefix.rpartition("/")[0], _SETTLE_S)
         try:
-            for full in _files(base):
-                key = full.relative_to(base).as_posix()
-                if key.startswith(prefix) and (info := _info(full, key, cache)):
+            for full, key in files:
+                if info := _info(full, key, cache):
                     yield info
         finally:  # also when the caller stops early: what was hashed is kept
             cache.save()
@@ -106,16 +130,53 @@ class FileStore(ObjectStore):
 
 
 def _files(base: Path) -> Iterator[Path]:
-    """Every object file under the bucket folder ``base``, folder by folder, sorted by name."""
+    """Every object file under the bucket folder ``base``, folder by folder, sorted by name: regular
+    files only. A link, a FIFO or a device is no object: reading one could leave the store (a link
+    to /etc) or wait for ever (a FIFO); links to folders are not followed either."""
     for dirpath, dirnames, filenames in os.walk(base):
         dirnames.sort()
-        yield from (Path(dirpath) / name for name in sorted(filenames) if not _hidden(name))
+        yield from (Path(dirpath) / name for name in sorted(filenames)
+                    if not _hidden(name) and _regular(Path(dirpath) / name))
+
+
+def _regular(path: Path) -> bool:
+    """Whether ``path`` itself (not what a link names) is a regular file."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+class _Bounded:
+    """(file, key) pairs passed on while they are at most ``max_objects`` files of at most
+    ``max_bytes`` in all; ``complete`` says whether every pair was."""
+
+    def __init__(self, files: Iterator[tuple[Path, str]], max_objects: int, max_bytes: int):
+        self.files, self.objects_left, self.bytes_left, self.complete = files, max_objects, max_bytes, True
+
+    def __iter__(self) -> Iterator[tuple[Path, str]]:
+        for full, key in self.files:
+            size = _size(full)
+            if self.objects_left == 0 or size > self.bytes_left:
+                self.complete = False
+                return
+            self.objects_left, self.bytes_left = self.objects_left - 1, self.bytes_left - size
+            yield full, key
+
+
+def _size(path: Path) -> int:
+    """The size of the file ``path`` (0 if it is gone)."""
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
 
 
 def _info(path: Path, key: str, cache: DigestCache) -> ObjectInfo | None:
-    """The object ``key`` stored at ``path``; None if it was deleted while being listed."""
+    """The object ``key`` stored at ``path``; None if it was deleted, or replaced by something that is
+    not a regular file, while being listed."""
     try:
         stat = file_stat(path)
         return ObjectInfo(key, stat.size, cache.etag(path, stat, 0))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotRegularFile):
         return None

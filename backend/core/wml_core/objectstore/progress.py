@@ -5,6 +5,16 @@ from __future__ import annotations
 import threading
 
 
+def format_bytes(n: float) -> str:
+    """A size for people, in SI units as every bar and summary counts them: ``512 B``, ``150.0 KB``,
+    ``1.4 MB``, ``2.1 GB``."""
+    for unit in ("B", "KB", "MB"):
+        if n < 999.95:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
 class SyncProgress:
     """Receives a sync's progress; the base class ignores it. Calls never overlap."""
 
@@ -16,6 +26,11 @@ class SyncProgress:
 
     def file_done(self, skipped: bool) -> None:
         """One more file was transferred, or skipped as unchanged."""
+
+    def skip(self, nbytes: int) -> None:
+        """A file of ``nbytes`` was found unchanged: its bytes are done, none moved."""
+        self.advance(nbytes)
+        self.file_done(True)
 
     def close(self) -> None:
         """The sync ended (successfully or not)."""
@@ -39,6 +54,10 @@ class SerializedProgress(SyncProgress):
         with self._lock:
             self._inner.file_done(skipped)
 
+    def skip(self, nbytes: int) -> None:
+        with self._lock:
+            self._inner.skip(nbytes)
+
     def close(self) -> None:
         with self._lock:
             self._inner.close()
@@ -55,7 +74,7 @@ class _TqdmProgress(SyncProgress):
     def start(self, total_files: int, total_bytes: int) -> None:
         from tqdm import tqdm
         self._bytes = tqdm(total=total_bytes, desc=self._desc, unit="B", unit_scale=True,
-                           unit_divisor=1024, position=0, **self._options)
+                           unit_divisor=1000, position=0, **self._options)  # SI, as the summary
         self._files = tqdm(total=total_files, desc="files", unit="file", position=1,
                            **self._options)
 

@@ -25,14 +25,17 @@ from pathlib import Path
 import boto3
 import botocore.session
 from boto3.s3.transfer import TransferConfig
+from botocore import UNSIGNED
 from botocore import exceptions as bex
 from botocore.config import Config
+from botocore.handlers import add_expect_header
+from botocore.utils import determine_content_length
 from s3transfer.manager import TransferManager
 from s3transfer.subscribers import BaseSubscriber
 
-from ..errors import StorageError
-from .base import ObjectInfo, ObjectStore, Progress, StoreConfig
-from .digests import multipart_etag
+from wml_core.errors import StorageError
+from wml_core.objectstore.base import ObjectInfo, ObjectStore, Progress, StoreConfig
+from wml_core.objectstore.digests import multipart_etag, span_md5
 
 #: Seconds to wait for a TCP connection: a dead endpoint fails fast.
 CONNECT_TIMEOUT_S = 2
@@ -48,6 +51,9 @@ MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
 #: HTTP connections kept per client: sync workers plus part uploads run at once.
 POOL_CONNECTIONS = 50
+#: Bodies from this size on ask ``Expect: 100-continue`` first (as the AWS SDK for Go v2 does, at
+#: 2 MB): for a small PUT, waiting for the server's go-ahead is a round trip that saves nothing.
+EXPECT_CONTINUE_MIN_BYTES = 2 * 1024 * 1024
 
 DEFAULT_TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024,
                                   multipart_chunksize=8 * 1024 * 1024, max_concurrency=8,
@@ -64,6 +70,43 @@ _UNREACHABLE = (bex.EndpointConnectionError, bex.ConnectTimeoutError,
 
 def _md5(data: bytes) -> hashlib._Hash:
     return hashlib.md5(data, usedforsecurity=False)
+
+
+def _expect_continue_if_large(model, params, **kwargs) -> None:
+    """botocore's ``Expect: 100-continue``, for bodies of ``EXPECT_CONTINUE_MIN_BYTES`` or more."""
+    size = determine_content_length(params.get("body"))
+    if size is None or size >= EXPECT_CONTINUE_MIN_BYTES:
+        add_expect_header(model, params, **kwargs)
+
+
+class _FileSpan:
+    """``length`` bytes of a file from ``offset``, read like a file of their own: a part is sent
+    from disk, not held in memory, and can be re-read (signing, retries seek back to 0)."""
+
+    def __init__(self, path: Path, offset: int, length: int):
+        self._file, self._offset, self._length, self._pos = open(path, "rb"), offset, length, 0
+        self._file.seek(offset)
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._length - self._pos
+        data = self._file.read(left if size is None or size < 0 else min(size, left))
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(self._length, base + pos))
+        self._file.seek(self._offset + self._pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return self._length
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class _ProgressSubscriber(BaseSubscriber):
@@ -105,12 +148,15 @@ class S3Store(ObjectStore):
                 connect_timeout=connect_timeout, read_timeout=READ_TIMEOUT_S,
                 retries={"mode": "standard", "max_attempts": attempts},
                 max_pool_connections=POOL_CONNECTIONS, s3={"addressing_style": style},
+                **({"signature_version": UNSIGNED} if self.config.anonymous else {}),
                 # We send Content-MD5 ourselves; newer default checksums break MinIO/Ceph/COS.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required"))
         client = make("path" if self.config.endpoint else "auto")
         if not self.config.endpoint and "amazonaws.com" not in client.meta.endpoint_url:
             client = make("path")  # AWS_ENDPOINT_URL or a profile named a non-AWS service
+        client.meta.events.unregister("before-call.s3", add_expect_header)
+        client.meta.events.register("before-call.s3", _expect_continue_if_large)
         return client
 
     def _probe_client(self):
@@ -202,17 +248,21 @@ class S3Store(ObjectStore):
         with self._errors(bucket):
             self._probe_client().list_objects_v2(Bucket=bucket, MaxKeys=1)
 
+    def missing(self, bucket: str) -> StorageError:
+        return StorageError(_missing(bucket, self.endpoint))
+
     # -- objects ----------------------------------------------------------------------------
 
     def list(self, bucket: str, prefix: str = "") -> Iterator[ObjectInfo]:
         return self.list_range(bucket, prefix)
 
+    #: A listing starts at a key (``StartAfter``): disjoint ranges are listed in parallel.
+    ranged_listing = True
+
     def list_range(self, bucket: str, prefix: str = "", after: str | None = None,
                    until: str | None = None, page_size: int = 1000) -> Iterator[ObjectInfo]:
-        """Objects under ``prefix`` with ``after < key <= until`` (None: no bound), in key order.
-
-        Lets a caller list disjoint key ranges of one prefix in parallel.
-        """
+        """Objects under ``prefix`` with ``after < key <= until`` (None: no bound), in key order,
+        reading only that range: one LIST from ``after``, in pages of ``page_size``."""
         start = {"StartAfter": after} if after else {}
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}, **start)
@@ -298,17 +348,19 @@ class S3Store(ObjectStore):
     def _send_part(self, bucket: str, key: str, upload_id: str, path: Path,
                    span: tuple[int, int, int], existing: tuple[int, str] | None
                    ) -> tuple[bytes, str]:
-        """Upload one part unless the open upload already holds these exact bytes."""
+        """Upload one part, streamed from the file, unless the open upload already holds these
+        exact bytes. The part is read twice (its MD5 goes first, in a header) but never held."""
         number, offset, length = span
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(length)
-        digest = _md5(data)
+        digest = span_md5(path, offset, length)
         if existing == (length, digest.hexdigest()):
             return digest.digest(), f'"{existing[1]}"'
-        answer = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
-                                         PartNumber=number, Body=data,
-                                         ContentMD5=base64.b64encode(digest.digest()).decode())
+        body = _FileSpan(path, offset, length)
+        try:
+            answer = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                             PartNumber=number, Body=body,
+                                             ContentMD5=base64.b64encode(digest.digest()).decode())
+        finally:
+            body.close()
         return digest.digest(), answer["ETag"]
 
     def delete_prefix(self, bucket: str, prefix: str) -> None:
@@ -324,7 +376,7 @@ def _refusal(exc: bex.ClientError, bucket: str, endpoint: str, key: str | None) 
     """The message for an error answer of the S3 service at ``endpoint``."""
     code, where = _code(exc), f"bucket {bucket!r} at {endpoint}"
     if code in _MISSING:
-        return f"bucket {bucket!r} does not exist at {endpoint}"
+        return _missing(bucket, endpoint)
     if key is not None and code in _NO_OBJECT:
         return f"no object {key!r} in {where}"
     if code in _BAD_CREDENTIALS:
@@ -333,6 +385,11 @@ def _refusal(exc: bex.ClientError, bucket: str, endpoint: str, key: str | None) 
         return f"access denied to {where} for these credentials"
     detail = exc.response.get("Error", {}).get("Message", "")
     return f"S3 error {code} for {where}: {detail}".rstrip(": ")
+
+
+def _missing(bucket: str, endpoint: str) -> str:
+    """What a missing bucket is said to be."""
+    return f"bucket {bucket!r} does not exist at {endpoint}"
 
 
 def _code(exc: Exception) -> str:

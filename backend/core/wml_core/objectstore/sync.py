@@ -5,12 +5,10 @@ MD5, or for multipart objects the MD5 of the part MD5s followed by ``-N``) with 
 Local digests are remembered by ``digests.DigestCache``, so an unchanged file is hashed
 once, not on every sync. Files move in parallel on a thread pool.
 
-Stores may offer optional methods, used when present:
-``put_file_etag(bucket, key, path, progress) -> str`` (a put that returns the ETag it
-computed, so a sent file need not be hashed again), ``part_size(size) -> int`` (the
-multipart part size the store uses for a file of ``size`` bytes, 0 for a single PUT) and
-``list_range(bucket, prefix, after, until, page_size)`` (objects with ``after < key <= until``,
-so a big prefix is listed as key ranges in parallel).
+Sync uses what ``ObjectStore`` declares for it: ``put_file_etag`` (a put that returns the ETag
+it computed, so a sent file need not be hashed again), ``part_size`` (which multipart ETag the
+store gives a file), ``list_range`` with ``ranged_listing`` (a big prefix listed as key ranges
+in parallel) and ``cache_dir`` (where the local digests are kept).
 """
 
 from __future__ import annotations
@@ -23,10 +21,10 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import StorageError
-from .base import ObjectInfo, ObjectStore, SyncSummary
-from .digests import DigestCache, FileStat, file_stat, user_cache_path
-from .progress import SerializedProgress, SyncProgress, tqdm_progress
+from wml_core.errors import StorageError
+from wml_core.objectstore.base import ObjectInfo, ObjectStore, SyncSummary
+from wml_core.objectstore.digests import DigestCache, FileStat, file_stat, user_cache_path
+from wml_core.objectstore.progress import SerializedProgress, SyncProgress, tqdm_progress
 
 #: The sync API; the progress classes live in ``.progress`` and are imported from here too.
 __all__ = ["SyncProgress", "download", "tqdm_progress", "upload"]
@@ -42,7 +40,7 @@ _COMMON_PART = 8 * _MIB
 
 def _store_part(store: ObjectStore, size: int) -> int:
     """The part size ``store`` uploads ``size`` bytes with (0: one PUT, or no parts at all)."""
-    return getattr(store, "part_size", lambda n: 0)(size)
+    return store.part_size(size)
 
 
 def _part_sizes(store: ObjectStore, size: int, etag: str) -> list[int]:
@@ -61,11 +59,11 @@ def _part_sizes(store: ObjectStore, size: int, etag: str) -> list[int]:
 
 def cache_path(store: ObjectStore) -> Path:
     """Where digests are cached: the store's ``cache_dir`` if it has one, else ``$WML_HOME/cache``."""
-    base = getattr(store, "cache_dir", None)
+    base = store.cache_dir()
     return Path(base) / "digests.sqlite" if base else user_cache_path()
 
 
-def _matches(store: ObjectStore, item: _Item, digest: Callable[..., str | None]) -> bool:
+def _matches(store: ObjectStore, item: _Item, digest: Callable[[Path, FileStat, int], str | None]) -> bool:
     """Whether the local file has the remote object's size and ETag, per ``digest``
 
     (``DigestCache.known`` to ask the cache only, ``DigestCache.etag`` to hash if need be).
@@ -93,15 +91,14 @@ class _Item:
 def _remote_index(store: ObjectStore, bucket: str, prefix: str, keys: list[str],
                   workers: int) -> dict[str, ObjectInfo]:
     """The objects under ``prefix``: one LIST, or ranges split at our own keys, in parallel."""
-    ranged = getattr(store, "list_range", None)
     size = max(_LIST_CHUNK, math.ceil(len(keys) / max(1, workers)))
-    if ranged is None or len(keys) <= size:
+    if not store.ranged_listing or len(keys) <= size:
         return {o.key: o for o in store.list(bucket, prefix)}
     ends = sorted(keys)[size - 1::size]  # code-point order is S3's UTF-8 byte order
     spans = list(zip([None] + ends, ends + [None]))
     page = min(1000, size + 16)
     with ThreadPoolExecutor(min(workers, len(spans)), thread_name_prefix="wml-list") as pool:
-        found = pool.map(lambda span: list(ranged(bucket, prefix, *span, page)), spans)
+        found = pool.map(lambda span: list(store.list_range(bucket, prefix, *span, page)), spans)
         return {o.key: o for objects in found for o in objects}
 
 
@@ -161,7 +158,8 @@ def _parallel(task: Callable[[_Item], tuple[bool, int]], items: list[_Item], wor
         sent, nbytes = future.result()
         summary.sent += sent
         summary.skipped += not sent
-        summary.bytes += nbytes
+        summary.bytes += nbytes if sent else 0
+        summary.skipped_bytes += 0 if sent else nbytes
 
 
 def _sync(store: ObjectStore, items: list[_Item], scope: Path, task, progress, workers,
@@ -177,6 +175,7 @@ def _sync(store: ObjectStore, items: list[_Item], scope: Path, task, progress, w
             if _matches(store, item, cache.known):
                 _skipped(report, item.size)
                 summary.skipped += 1
+                summary.skipped_bytes += item.size
             else:
                 pending.append(item)
         _parallel(lambda item: task(item, cache, report), pending, workers, summary)
@@ -204,12 +203,9 @@ def upload(store: ObjectStore, local_path, bucket: str, prefix: str = "",
     def send(item: _Item, cache: DigestCache, report: SyncProgress) -> tuple[bool, int]:
         if _matches(store, item, cache.etag):
             return _skipped(report, item.size)
-        put_etag = getattr(store, "put_file_etag", None)
-        if put_etag:
-            etag = put_etag(bucket, item.key, item.path, report.advance)
+        etag = store.put_file_etag(bucket, item.key, item.path, report.advance)
+        if etag:
             cache.remember(item.path, item.stat, _store_part(store, item.stat.size), etag)
-        else:
-            store.put_file(bucket, item.key, item.path, report.advance)
         report.file_done(False)
         return True, item.stat.size
 
@@ -241,7 +237,6 @@ def download(store: ObjectStore, bucket: str, prefix: str, dest,
 
 
 def _skipped(report: SyncProgress, size: int) -> tuple[bool, int]:
-    """Report a file found unchanged; the task result of a skip."""
-    report.advance(size)
-    report.file_done(True)
-    return False, 0
+    """Report a file found unchanged; the task result of a skip (not sent, ``size`` bytes)."""
+    report.skip(size)
+    return False, size

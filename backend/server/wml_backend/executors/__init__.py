@@ -1,5 +1,5 @@
 """Executors run admitted runs' runners somewhere: on this host or on Kubernetes."""
 
-from .base import Capacity, Executor, Launch
+from wml_backend.executors.base import Capacity, Executor, Launch
 
 __all__ = ["Capacity", "Executor", "Launch"]

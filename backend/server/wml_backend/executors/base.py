@@ -1,13 +1,35 @@
-"""The executor seam: start, cancel, re-attach. Every executor runs the same runner."""
+"""The executor seam: start, cancel, kill, re-attach. Every executor runs the same runner."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
-#: Called with (run_id, attempt, exit_code or None) when a run's runner has ended, however it ended.
-ExitCallback = Callable[[str, int, Optional[int]], None]
+#: Seconds a cancelled runner has, unless its executor says otherwise, to store partial results
+#: and report before it is killed.
+CANCEL_GRACE_S = 10.0
+
+
+class ExitCallback(Protocol):
+    """Called when a run's runner has ended, however it ended."""
+
+    def __call__(self, run_id: str, attempt: int, exit_code: Optional[int], reason: Optional[str] = None,
+                 log_tail: Optional[list[str]] = None, disruption: Optional[str] = None) -> None:
+        """``exit_code`` None: unknown (not our child, or never started). ``reason`` and
+        ``log_tail``: what the executor knows of why it ended (out of memory, evicted...).
+        ``disruption``: the cluster stopped it for a reason of its own, which the backend did
+        not ask for (evicted from node X, its Job suspended by Kueue...): unless a stop was
+        recorded for the run, it is queued again (``Lifecycle.preempt``)."""
+
+
+#: Called with (run_id, text) when the executor learns why a started run still waits.
+NoteCallback = Callable[[str, str], None]
+#: Called with (run_id, attempt, UNIX time) when the cluster has bound a started run's GPUs.
+BoundCallback = Callable[[str, int, float], None]
+#: Called with (run_id, attempt, reason) when the cluster itself stops a started run (its time
+#: limit): the run ends FAILED with ``reason``, whatever its runner, told to stop, then reports.
+StoppingCallback = Callable[[str, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,11 @@ class Launch:
     framework: str = "custom"
     framework_version: Optional[str] = None
     gpu_type: Optional[str] = None
+    #: Seconds the run may take before it is stopped as timed out; None: no limit.
+    timeout_s: Optional[float] = None
+    #: A ``mount_volume`` data store's directory (its ``connection.path``), read and written in
+    #: place; None: the run's store is object storage (or the backend's default store).
+    volume_path: Optional[str] = None
 
 
 class Executor(ABC):
@@ -47,13 +74,17 @@ class Executor(ABC):
     #: False: a run's GPUs are its own from admission. True: the cluster binds them later
     #: (``on_bound``), and the run is billed from then.
     binds_gpus_later: bool = False
+    #: Seconds after ``cancel`` before the caller may ``kill`` a runner that has not ended.
+    cancel_grace_s: float = CANCEL_GRACE_S
+    #: Why the runs of different accounts are not kept apart here (their commands could read each
+    #: other's files, or the backend's); None: they are (a user of their own, a pod of their own).
+    isolation_gap: Optional[str] = None
 
     def __init__(self) -> None:
-        self.on_exit: ExitCallback = lambda run_id, attempt, code, reason=None, log_tail=None: None
-        #: Called with (run_id, text) when the executor learns why a started run still waits.
-        self.on_note: Callable[[str, str], None] = lambda run_id, note: None
-        #: Called with (run_id, attempt, time) when the cluster has bound a started run's GPUs.
-        self.on_bound: Callable[[str, int, float], None] = lambda run_id, attempt, at: None
+        self.on_exit: ExitCallback = lambda run_id, attempt, code, reason=None, log_tail=None, disruption=None: None
+        self.on_note: NoteCallback = lambda run_id, note: None
+        self.on_bound: BoundCallback = lambda run_id, attempt, at: None
+        self.on_stopping: StoppingCallback = lambda run_id, attempt, reason: None
 
     @abstractmethod
     def capacity(self) -> Capacity:
@@ -65,11 +96,23 @@ class Executor(ABC):
 
     @abstractmethod
     def cancel(self, run_id: str, handle: dict[str, Any]) -> None:
-        """Ask the run's runner to stop (it stores partial results and reports HALTED)."""
+        """Ask the run's runner to stop (it stores partial results and reports HALTED).
+
+        Asking again is harmless: a backend that restarted mid-stop asks again."""
+
+    @abstractmethod
+    def kill(self, run_id: str, handle: dict[str, Any]) -> None:
+        """Stop the run's runner and all it started at once, with no grace (a runner that did
+        not end within ``cancel_grace_s`` of ``cancel``); ``on_exit`` follows."""
 
     @abstractmethod
     def reattach(self, run_id: str, handle: dict[str, Any]) -> bool:
         """After a backend restart: watch the run again; False if it is gone."""
+
+    def reconcile(self, live: Callable[[str, int], bool]) -> None:  # noqa: B027 - optional hook
+        """After a backend restart, once every live run is re-attached: remove what earlier
+        attempts left behind (a Kubernetes Job of a run that ended while no backend watched it).
+        ``live(run_id, attempt)`` says whether that attempt of the run is still on."""
 
     def close(self) -> None:  # noqa: B027 - optional hook; most executors hold nothing
         """Stop watching runs (runners themselves keep running)."""

@@ -12,12 +12,14 @@ import logging
 import os
 from typing import Any, Optional
 
-from ..errors import InvalidInput, WmlError
+from wml_core.errors import InvalidInput, WmlError
 
 log = logging.getLogger("wml_backend.kubernetes")
 
 #: Where a pod finds its own namespace when the backend runs in the cluster.
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+#: Seconds to connect to the API server, and to get the answer of one call (create, delete, read).
+CONNECT_TIMEOUT_S, CALL_TIMEOUT_S = 10, 30
 
 
 class ClusterError(WmlError):
@@ -28,12 +30,16 @@ class ClusterError(WmlError):
 
 
 def connect(context: Optional[str] = None) -> tuple[Any, str]:
-    """An API client and the default namespace: kubeconfig, or in-cluster config inside a pod."""
+    """An API client and the default namespace: kubeconfig, or in-cluster config inside a pod.
+
+    Its connections send TCP keepalives, so that a watch on a connection that died is noticed.
+    """
     from kubernetes import client, config
     in_pod = os.environ.get("KUBERNETES_SERVICE_HOST") and not context and not os.environ.get("KUBECONFIG")
+    configuration = client.Configuration()
+    configuration.keep_alive = True
     try:
         if in_pod:
-            configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
             with open(SERVICE_ACCOUNT_NAMESPACE) as f:
                 return client.ApiClient(configuration), f.read().strip()
@@ -44,7 +50,9 @@ def connect(context: Optional[str] = None) -> tuple[Any, str]:
             names = ", ".join(c["name"] for c in contexts)
             raise InvalidInput(f"WML_K8S_CONTEXT: no context {context!r} in the kubeconfig; it has: {names}")
         namespace = chosen.get("context", {}).get("namespace") or "default"
-        return config.new_client_from_config(config_file=files, context=chosen["name"]), namespace
+        config.load_kube_config(config_file=files, context=chosen["name"], client_configuration=configuration,
+                                persist_config=False)
+        return client.ApiClient(configuration), namespace
     except (config.ConfigException, OSError) as exc:
         raise InvalidInput(f"kubernetes: no usable configuration ({' '.join(str(exc).split())}); "
                            "set KUBECONFIG (and WML_K8S_CONTEXT) or run the backend in a pod") from None
@@ -53,7 +61,8 @@ def connect(context: Optional[str] = None) -> tuple[Any, str]:
 def call(method, *args, **kwargs) -> dict:
     """Call the API; a refusal becomes a one-line ``ClusterError``."""
     try:
-        return json.loads(method(*args, _preload_content=False, **kwargs).data)
+        return json.loads(method(*args, _preload_content=False, _request_timeout=(CONNECT_TIMEOUT_S, CALL_TIMEOUT_S),
+                                 **kwargs).data)
     except Exception as exc:
         raise ClusterError(f"kubernetes: {method.__name__} failed: {why(exc)}") from None
 
@@ -61,7 +70,7 @@ def call(method, *args, **kwargs) -> dict:
 def delete_quietly(method, *args, **kwargs) -> None:
     """A deletion that may find nothing left to delete."""
     try:
-        method(*args, _preload_content=False, **kwargs)
+        method(*args, _preload_content=False, _request_timeout=(CONNECT_TIMEOUT_S, CALL_TIMEOUT_S), **kwargs)
     except Exception as exc:
         if getattr(exc, "status", None) != 404:
             log.warning("kubernetes: %s failed: %s", method.__name__, why(exc))

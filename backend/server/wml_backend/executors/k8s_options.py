@@ -7,12 +7,15 @@ it cannot parse, is an ``InvalidInput`` of one line saying what was expected.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-from ..errors import InvalidInput
-from .k8s_names import GPU_RESOURCE
+from wml_core.errors import InvalidInput
+from wml_core.manifest import parse_memory
+from wml_core.objectstore import StoreConfig
+from wml_backend.executors.k8s_names import GPU_RESOURCE
 
 #: Images per framework (``name`` or ``name:version``); ``{version}`` is the manifest's version.
 DEFAULT_IMAGES = MappingProxyType({
@@ -22,6 +25,12 @@ DEFAULT_IMAGES = MappingProxyType({
 DEFAULT_VERSIONS = MappingProxyType({"pytorch": "2.4", "tensorflow": "2.16", "keras": "2.16"})
 #: GPU nodes are commonly tainted so that only GPU pods land there.
 DEFAULT_TOLERATIONS = ({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},)
+#: Where run pods reach the backend unless ``WML_PUBLIC_URL`` says otherwise: the Service of
+#: ``backend/deploy`` (service.yaml) in the executor's namespace, never this host's loopback.
+DEFAULT_PUBLIC_URL = "http://wml-backend.{namespace}.svc:8642"
+#: The user run containers run as (non-root, as Pod Security "restricted" requires); the runner
+#: image (backend/deploy/docker/runner.Dockerfile) has it, and so does the backend's.
+DEFAULT_RUN_AS_USER = 10001
 
 
 @dataclass(frozen=True)
@@ -40,12 +49,29 @@ class K8sOptions:
     service_account: Optional[str] = None
     #: Seconds a finished Job is kept for ``kubectl`` before Kubernetes deletes it.
     job_ttl_s: int = 3600
-    #: Runner's URL of the backend (the Service URL in a cluster); None: the backend's own URL.
+    #: Runner's URL of the backend (``WML_PUBLIC_URL``); None: ``DEFAULT_PUBLIC_URL`` (``backend_url``).
     public_url: Optional[str] = None
     #: Seconds a Pending run waits before its reason says why (no GPU free, Kueue queue...).
     pending_note_s: float = 30.0
     #: Seconds an image that cannot be pulled is retried before the run fails.
     image_pull_grace_s: float = 120.0
+    #: PersistentVolumeClaim holding the embedded file store, mounted in run pods at ``store_root``.
+    store_claim: Optional[str] = None
+    #: The embedded file store's directory (set by ``with_store``); None: the store is S3.
+    store_root: Optional[str] = None
+    #: ``mount_volume`` directories (a data store's ``connection.path``) and the claim of each.
+    volume_claims: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: Local disk a run pod may fill (its work directory, data copy, logs): its ephemeral-storage limit.
+    ephemeral_storage_bytes: int = 20 << 30
+    #: Size of a run pod's ``/dev/shm`` (memory-backed; never more than the pod's memory limit).
+    shm_bytes: int = 2 << 30
+    #: User id of run containers (non-root).
+    run_as_user: int = DEFAULT_RUN_AS_USER
+
+    @property
+    def backend_url(self) -> str:
+        """Where run pods reach the backend: the configured URL, else its Service in the namespace."""
+        return self.public_url or DEFAULT_PUBLIC_URL.format(namespace=self.namespace)
 
 
 #: ``WML_K8S_*`` variables and the option each sets (CONTEXT picks the kubeconfig context).
@@ -54,12 +80,15 @@ SETTINGS_ENV = MappingProxyType({
     "WML_K8S_GPU_LABEL": "gpu_label", "WML_K8S_TOLERATIONS": "tolerations", "WML_K8S_KUEUE_QUEUE": "kueue_queue",
     "WML_K8S_IMAGE_PULL_SECRETS": "image_pull_secrets", "WML_K8S_SERVICE_ACCOUNT": "service_account",
     "WML_K8S_JOB_TTL_S": "job_ttl_s", "WML_K8S_PENDING_NOTE_S": "pending_note_s",
-    "WML_K8S_IMAGE_PULL_GRACE_S": "image_pull_grace_s"})
+    "WML_K8S_IMAGE_PULL_GRACE_S": "image_pull_grace_s",
+    "WML_K8S_STORE_PVC": "store_claim", "WML_K8S_VOLUME_CLAIMS": "volume_claims",
+    "WML_K8S_EPHEMERAL_STORAGE": "ephemeral_storage_bytes", "WML_K8S_SHM_SIZE": "shm_bytes",
+    "WML_K8S_RUN_AS_USER": "run_as_user"})
 
 
 def load_options(env: Mapping[str, str], namespace: str, public_url: Optional[str] = None) -> K8sOptions:
     """``K8sOptions`` from ``WML_K8S_*`` variables; a bad one is an ``InvalidInput`` of one line."""
-    values: dict[str, Any] = {"namespace": namespace, "public_url": public_url or env.get("WML_PUBLIC_URL")}
+    values: dict[str, Any] = {"namespace": namespace}
     for name, text in env.items():
         if not name.startswith("WML_K8S_"):
             continue
@@ -68,7 +97,19 @@ def load_options(env: Mapping[str, str], namespace: str, public_url: Optional[st
         option = SETTINGS_ENV[name]
         if option:
             values[option] = _parse_option(name, option, text)
-    return K8sOptions(**values)
+    return K8sOptions(**values, public_url=public_url or env.get("WML_PUBLIC_URL") or None)
+
+
+def with_store(options: K8sOptions, store: StoreConfig) -> K8sOptions:
+    """``options`` for a backend whose default store is ``store``. Pods cannot read the backend's
+    disk: the embedded file store needs ``store_claim``, mounted in every run pod at its directory."""
+    if store.kind != "file":
+        return options
+    if not options.store_claim:
+        raise InvalidInput(f"kubernetes: the embedded file store ({store.root}) is on the backend's disk, which "
+                           "run pods cannot read; use S3-compatible storage (--storage s3://BUCKET --endpoint URL) "
+                           "or set WML_K8S_STORE_PVC to a PersistentVolumeClaim holding that directory")
+    return replace(options, store_root=str(store.root))
 
 
 def _parse_option(name: str, option: str, text: str) -> Any:
@@ -105,8 +146,31 @@ def _parse_scalar(default: Any):
     return parse
 
 
+def _parse_claims(text: str) -> Optional[Mapping[str, str]]:
+    """``/data=claim-a,/scratch=claim-b``: absolute directories and valid claim names."""
+    pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+    claims = {path.strip().rstrip("/") or "/": claim.strip() for path, _, claim in pairs}
+    ok = pairs and all(p.startswith("/") and _DNS_NAME.match(c) for p, c in claims.items())
+    return MappingProxyType(claims) if ok else None
+
+
+def _parse_claim(text: str) -> Optional[str]:
+    return text.strip() if _DNS_NAME.match(text.strip()) else None
+
+
+def _parse_size(text: str) -> Optional[int]:
+    """A size such as ``20Gi`` or ``512Mi`` (parse_memory's units), in bytes."""
+    return parse_memory(text.strip())
+
+
+#: A claim's name: a DNS-1123 subdomain.
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
 _OPTION_PARSERS = {"images": _parse_images, "tolerations": _parse_tolerations,
-                   "image_pull_secrets": lambda text: tuple(s.strip() for s in text.split(",") if s.strip())}
+                   "image_pull_secrets": lambda text: tuple(s.strip() for s in text.split(",") if s.strip()),
+                   "volume_claims": _parse_claims, "ephemeral_storage_bytes": _parse_size,
+                   "shm_bytes": _parse_size, "store_claim": _parse_claim,
+                   "run_as_user": lambda text: int(text) if int(text) > 0 else None}
 
 
 #: What each option's variable must hold, for error messages.
@@ -117,4 +181,8 @@ _EXPECTED = {
     "job_ttl_s": "a whole number of seconds ≥ 0", "pending_note_s": "a number of seconds ≥ 0",
     "image_pull_grace_s": "a number of seconds ≥ 0", "namespace": "a namespace name",
     "gpu_label": "a node label key", "kueue_queue": "a LocalQueue name (may contain {account})",
-    "service_account": "a service account name"}
+    "service_account": "a service account name",
+    "store_claim": "a PersistentVolumeClaim name",
+    "volume_claims": "a comma-separated list of /directory=claim-name",
+    "ephemeral_storage_bytes": "a size such as 20Gi", "shm_bytes": "a size such as 2Gi",
+    "run_as_user": "a user id above 0"}

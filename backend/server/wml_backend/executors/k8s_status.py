@@ -8,17 +8,21 @@ still waits (Kueue, no GPU).
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
-from .k8s_names import GPU_RESOURCE, INDEX_ANNOTATION, JOB_NAME_LABEL, KUEUE_LABEL
+from wml_backend.executors.k8s_names import GPU_RESOURCE, INDEX_ANNOTATION, JOB_NAME_LABEL, KUEUE_LABEL
 
 #: Waiting reasons of a container whose image cannot be pulled (retried by the kubelet, maybe forever).
 IMAGE_PULL_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 #: Waiting reasons of a container the kubelet cannot create (a missing Secret, a bad command...).
 CONTAINER_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+#: Words of a FailedCreate event that a later try may not meet (a ResourceQuota frees up as
+#: other pods end); any other refusal (Pod Security, a LimitRange...) will be met again.
+TRANSIENT_CREATE_ERRORS = ("exceeded quota",)
 #: What a pod's DisruptionTarget condition means, for the run's reason.
 DISRUPTIONS = MappingProxyType({
     "DeletionByTaintManager": "node lost (its node became unreachable or was tainted NoExecute)",
@@ -106,27 +110,60 @@ def learner_failure(pod: Mapping[str, Any]) -> str:
     return f"learner {pod_index(pod) + 1}: {why}"
 
 
-def stuck_reason(pod: Optional[Mapping[str, Any]]) -> Optional[str]:
-    """Why the runner container cannot start (image pull, container config), if so."""
+def stuck_reason(pod: Optional[Mapping[str, Any]], secret: Optional[str] = None) -> Optional[str]:
+    """Why the runner container cannot start (image pull, container config), if so. A missing
+    ``secret`` (the run's own, made just after its Job) is a wait, not a reason: the kubelet
+    tries again, and finds it."""
     waiting = container_state(pod).get("waiting") or {}
     reason, message = waiting.get("reason"), waiting.get("message") or ""
     if reason in IMAGE_PULL_ERRORS:
         image = pod["spec"]["containers"][0]["image"]
         return f"cannot pull image {image} ({reason}): {message}".rstrip(": ")
-    if reason in CONTAINER_ERRORS:
+    if reason in CONTAINER_ERRORS and not (secret and re.search(rf'secrets? "{re.escape(secret)}" not found', message)):
         return f"cannot start the runner container ({reason}): {message}".rstrip(": ")
     return None
 
 
-def waiting_note(job: Mapping[str, Any], pod: Optional[Mapping[str, Any]]) -> Optional[str]:
-    """Why a started run is still waiting for a node: Kueue's queue, or the scheduler's words."""
-    if (job.get("spec") or {}).get("suspend"):
+def waiting_note(job: Mapping[str, Any], pod: Optional[Mapping[str, Any]],
+                 create_error: Optional[str] = None) -> Optional[str]:
+    """Why a started run is still waiting for a node: Kueue's queue, the API's refusal to create
+    its pod (a quota), or the scheduler's words."""
+    if suspended(job):
         queue = job["metadata"].get("labels", {}).get(KUEUE_LABEL, "?")
         return f"waiting for Kueue to admit it (LocalQueue {queue})"
+    if pod is None and create_error:
+        return f"waiting for its pod to be created: {_created_words(create_error)}"
     for cond in ((pod or {}).get("status") or {}).get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
             what = "free GPUs" if f"Insufficient {GPU_RESOURCE}" in cond.get("message", "") else "a node"
             return f"waiting for {what}: {cond.get('message', '')}".rstrip(": ")
+    return None
+
+
+def suspended(job: Optional[Mapping[str, Any]]) -> bool:
+    """Whether the Job waits suspended (for Kueue to admit it)."""
+    return bool(((job or {}).get("spec") or {}).get("suspend"))
+
+
+def create_failure(create_error: Optional[str]) -> Optional[str]:
+    """The run's reason when the API refused its pod for good (a FailedCreate event's message:
+    Pod Security, a LimitRange...); None for none, or for a refusal a later try may not meet."""
+    if not create_error or any(words in create_error for words in TRANSIENT_CREATE_ERRORS):
+        return None
+    return f"cannot create the run's pod: {_created_words(create_error)}"
+
+
+def _created_words(create_error: str) -> str:
+    """A FailedCreate message without the Job controller's ``Error creating:`` prefix."""
+    return create_error.removeprefix("Error creating:").strip()
+
+
+def deadline_reason(job: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """The run's reason once its Job ran past ``activeDeadlineSeconds`` (the Job controller says so
+    with FailureTarget as it starts stopping the pods, then Failed), else None."""
+    ended = condition(job, "FailureTarget") or condition(job, "Failed")
+    if ended and ended.get("reason") == "DeadlineExceeded":
+        return f"timed out after {job['spec'].get('activeDeadlineSeconds')} s (activeDeadlineSeconds)"
     return None
 
 
@@ -136,15 +173,40 @@ def failure_reason(job: Optional[Mapping[str, Any]], pod: Optional[Mapping[str, 
     if terminated.get("reason") == "OOMKilled":
         limit = pod["spec"]["containers"][0].get("resources", {}).get("limits", {}).get("memory")
         return "out of memory: raise memory" + (f" (the limit was {limit})" if limit else "")
+    timed_out = deadline_reason(job)
+    if timed_out:  # however its pods were then stopped
+        return timed_out
     status = (pod or {}).get("status") or {}
     if status.get("reason") == "Evicted":
         return f"evicted from its node: {status.get('message', '')}".rstrip(": ")
     disrupted = condition(pod, "DisruptionTarget")
     if disrupted:
         return DISRUPTIONS.get(disrupted.get("reason"), f"disrupted ({disrupted.get('reason')})")
-    failed = condition(job, "Failed")
-    if failed and failed.get("reason") == "DeadlineExceeded":
-        return f"timed out after {job['spec'].get('activeDeadlineSeconds')} s (activeDeadlineSeconds)"
     if pod is None or not terminated:
         return "the run's Job or pod was deleted before the runner ended"
+    return None
+
+
+def disruption_reason(job: Optional[Mapping[str, Any]], pod: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """Why the cluster stopped a run's pod for a reason of its own, which the backend did not ask
+    for: its DisruptionTarget condition (the eviction API of a node drain, a lost node...), Kueue
+    suspending its admitted Job again (preemption by a higher-priority workload), or its deletion
+    (a ``deletionTimestamp``) by someone; None for none (or for a time limit: that is a failure).
+    The backend ignores it when it had asked the run to stop itself."""
+    if deadline_reason(job):
+        return None
+    node = ((pod or {}).get("spec") or {}).get("nodeName")
+    on = f" from node {node}" if node else ""
+    disrupted = condition(pod, "DisruptionTarget")
+    if disrupted and disrupted.get("reason") == "EvictionByEvictionAPI":
+        return f"evicted{on} (the eviction API: a node drain)"
+    if disrupted:
+        return DISRUPTIONS.get(disrupted.get("reason"), f"disrupted ({disrupted.get('reason')})") + \
+            (f" (node {node})" if node else "")
+    if suspended(job):
+        return "its Job was suspended by Kueue (preempted by a higher-priority workload, or its queue's quota shrank)"
+    if ((pod or {}).get("status") or {}).get("reason") == "Evicted":
+        return f"evicted{on}: {pod['status'].get('message', '')}".rstrip(": ")
+    if ((pod or {}).get("metadata") or {}).get("deletionTimestamp"):
+        return f"its pod was deleted{on} (not by the backend)"
     return None

@@ -1,8 +1,9 @@
 """One started run as the watches last saw it, and what that means now: end, fail, stop, note, or wait.
 
-The executor records each Job and pod event in the run's ``WatchedRun`` and asks ``decide`` what
-to do; the answer depends on those events and on time (a pod's last state that lags behind its
-Job's, an image that cannot be pulled for too long, a run pending long enough to say why).
+The executor records each Job, pod and FailedCreate event in the run's ``WatchedRun`` and asks
+``decide`` what to do; the answer depends on those events and on time (a pod's last state that
+lags behind its Job's, an image that cannot be pulled for too long, a pod the API refuses to
+create, a Job past its deadline, a run pending long enough to say why).
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from .k8s_options import K8sOptions
-from .k8s_status import (
+from wml_backend.executors.k8s_options import K8sOptions
+from wml_backend.executors.k8s_status import (
+    create_failure,
+    deadline_reason,
     job_finished,
     learner_failure,
     pod_failed,
@@ -20,6 +23,7 @@ from .k8s_status import (
     pod_over,
     scheduled_at,
     stuck_reason,
+    suspended,
     waiting_note,
 )
 
@@ -52,6 +56,10 @@ class WatchedRun:
     failed_pod: Optional[dict] = None
     #: Whether the executor has said that the run's GPUs are bound.
     bound: bool = False
+    #: The last FailedCreate message of the Job (the API refused to create a pod), if any.
+    create_error: Optional[str] = None
+    #: Why the cluster is stopping the run (its deadline), once said (``"stopping"``).
+    stopping: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.pods = {} if self.pods is None else self.pods
@@ -89,39 +97,58 @@ class WatchedRun:
         return at
 
     def decide(self, options: K8sOptions) -> Optional[str]:
-        """What to do now: ``"end"``, ``"fail"`` (a learner failed), ``"stop"`` (stuck), ``"note"``, or None."""
+        """What to do now: ``"end"``, ``"fail"`` (a learner failed), ``"stopping"`` (the cluster
+        stops it: ``stopping`` says why), ``"stop"`` (stuck), ``"note"``, or None."""
         if self.job is None and not self.job_gone:
             return None  # created, not yet seen
+        if self.stopping is None and deadline_reason(self.job):  # before its runner hears of it
+            self.stopping = deadline_reason(self.job)
+            return "stopping"
         if self.failed_pod is not None and self.failure is None:  # one learner failed: the run did
             self.failure = learner_failure(self.failed_pod)
             return "fail"
         if self._over():
             return "end"
-        if self._stuck_too_long(options.image_pull_grace_s):
+        if self._stuck_too_long(options.image_pull_grace_s) or self._refused():
             return "stop"
         return "note" if self._new_note(options.pending_note_s) else None
 
     def _over(self) -> bool:
         """Whether the Job and its pod are both over (the pod's last state given ``POD_LAG_S``)."""
-        job_over = self.job_gone or job_finished(self.job) or self.failure is not None
+        job_over = self.job_gone or job_finished(self.job) or self.failure is not None or self.suspended_again
         self.over_since = (self.over_since or time.monotonic()) if job_over else None
         unseen = self.pod is None and not self.pod_gone and time.monotonic() - (self.over_since or 0) < POD_LAG_S
         return job_over and pod_over(self.live_pod) and not unseen
 
+    @property
+    def suspended_again(self) -> bool:
+        """Whether Kueue suspended the Job again after its pod had been bound (it preempted the
+        run, or its quota shrank): the Job controller deletes its pods; the run ends, disrupted."""
+        return self.bound and suspended(self.job)
+
     def _stuck_too_long(self, grace_s: float) -> bool:
         """Whether the runner container has not been able to start for ``grace_s`` (sets ``failure``)."""
-        stuck = stuck_reason(self.live_pod)
+        stuck = stuck_reason(self.live_pod, secret=self.job_name)  # the Secret has the Job's name
         self.stuck_since = (self.stuck_since or time.monotonic()) if stuck else None
         if stuck and self.failure is None and time.monotonic() - self.stuck_since >= grace_s:
             self.failure = stuck
             return True
         return False
 
+    def _refused(self) -> bool:
+        """Whether the API refuses the run's pods for good: a FailedCreate it will repeat (Pod
+        Security, a LimitRange), with no pod made since (sets ``failure``). A quota that may free
+        up is only a note, until the lifecycle's pending timeout."""
+        if self.failure is not None or self.live_pods() or self.job_gone:
+            return False
+        self.failure = create_failure(self.create_error)
+        return self.failure is not None
+
     def _new_note(self, pending_s: float) -> bool:
         """Whether, pending ``pending_s`` or more, the run waits for a new reason (sets ``note``)."""
         waited = time.monotonic() - self.started >= pending_s
         pods = [self.pod] + [p for i, p in sorted(self.pods.items()) if i] if self.learners > 1 else [self.pod]
-        notes = [waiting_note(self.job, p) for p in pods] if waited and not self.job_gone else []
+        notes = [waiting_note(self.job, p, self.create_error) for p in pods] if waited and not self.job_gone else []
         note = next((n for n in notes if n), None)
         if note and note != self.note:
             self.note = note

@@ -1,35 +1,53 @@
-"""The Kubernetes executor: each run one batch/v1 Job, followed by a watch of Jobs and Pods.
+"""The Kubernetes executor: each run one batch/v1 Job, followed by watches of Jobs, Pods and events.
 
-A run's start is three writes at most on the happy path: its Secret (runner token, store
-credentials), its Job, and the Secret's deletion once the Job is over. A run of N learners is an
-Indexed Job of N pods plus a headless Service (owned by the Job, so it goes with it): four
-writes. The first learner pod that fails fails the run, naming the learner, and the Job's
-deletion stops the others. Its state comes from
-two list-then-watch streams (Jobs and Pods with our labels), never from polling a run.
-Jobs have no owner, so they run on while the backend restarts; ``reattach`` finds them again.
+A run's start is three writes at most on the happy path: its Job, its Secret (runner token,
+store credentials; owned by the Job, so the garbage collector deletes it if the backend does
+not) and the Secret's deletion once the Job is over. The pod waits for its Secret, made just
+after the Job. A run of N learners is an Indexed Job of N pods plus a headless Service (owned by
+the Job too): four writes. The first learner pod that fails fails the run, naming the learner,
+and the Job's deletion stops the others. Its state comes from three list-then-watch streams (Jobs
+and Pods with our labels, and the Jobs' FailedCreate events), never from polling a run; nothing
+lists Secrets. Jobs have no owner, so they run on while the backend restarts; ``reattach`` finds
+them again and ``reconcile`` deletes those of runs that ended meanwhile.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from .base import Capacity, Executor, Launch
-from .k8s_client import ClusterError, call, connect, delete_quietly, why
-from .k8s_names import RUN_LABEL, SELECTOR, label_value
-from .k8s_objects import TERMINATION_GRACE_S, fresh_name, owned_by, run_objects
-from .k8s_options import K8sOptions, load_options
-from .k8s_watched_run import WatchedRun
-from .k8s_status import condition, exit_code, failure_reason, job_finished, job_of
-from .k8s_watch import Informer
+from wml_backend.executors.base import Capacity, Executor, Launch
+from wml_backend.executors.k8s_client import (
+    CALL_TIMEOUT_S,
+    CONNECT_TIMEOUT_S,
+    ClusterError,
+    call,
+    connect,
+    delete_quietly,
+    log,
+    why,
+)
+from wml_backend.executors.k8s_names import ATTEMPT_LABEL, RUN_LABEL, label_value
+from wml_backend.executors.k8s_objects import fresh_name, owned_by, run_objects
+from wml_backend.executors.k8s_options import K8sOptions, load_options, with_store
+from wml_backend.executors.k8s_pod import TERMINATION_GRACE_S
+from wml_backend.executors.k8s_watched_run import WatchedRun
+from wml_backend.executors.k8s_status import (
+    condition,
+    disruption_reason,
+    exit_code,
+    failure_reason,
+    job_finished,
+    job_of,
+)
+from wml_backend.executors.k8s_watch import Informer
 
-#: How often time-based checks run (pending notes, stuck image pulls, orphan Secrets): no API calls.
+#: How often time-based checks run (pending notes, stuck image pulls): no API calls.
 SWEEP_S = 0.5
-#: A Secret whose Job does not exist this long after it was made is an orphan (its start failed).
-ORPHAN_SECRET_S = 60.0
+#: The events that say the Job controller could not create a Job's pod (Pod Security, a quota...).
+FAILED_CREATE = "involvedObject.kind=Job,reason=FailedCreate"
 #: GPUs and run slots the backend admits into the cluster when ``--gpus``/``--slots`` are not given.
 DEFAULT_GPUS, DEFAULT_SLOTS = 8, 100
 #: Lines of the pod's log kept with a run whose runner died without reporting.
@@ -42,8 +60,8 @@ class KubernetesExecutor(Executor):
     name = "kubernetes"
     binds_gpus_later = True  # Kueue admits the Job, the scheduler binds its pod: billing starts then
     #: Seconds a cancelled runner may take to store partial results before ``kill``: the pods'
-    #: termination grace period (the lifecycle is asked to wait this long, not its local 10 s).
-    cancel_grace_s = TERMINATION_GRACE_S
+    #: termination grace period, after which the kubelet kills them anyway.
+    cancel_grace_s = float(TERMINATION_GRACE_S)
 
     def __init__(self, api: Any, options: K8sOptions, capacity: Capacity):
         super().__init__()
@@ -53,33 +71,31 @@ class KubernetesExecutor(Executor):
         self._lock = threading.RLock()
         self._runs: dict[str, WatchedRun] = {}
         self._by_job: dict[str, str] = {}
-        self._secrets: dict[str, float] = {}
         self._stop = threading.Event()
         self.jobs = Informer(self._batch.list_namespaced_job, self.ns, self._on_job, self._lock)
         self.pods = Informer(self._core.list_namespaced_pod, self.ns, self._on_pod, self._lock)
+        self.events = Informer(self._core.list_namespaced_event, self.ns, self._on_event, self._lock,
+                               label_selector=None, field_selector=FAILED_CREATE)
         self._first_sync()
-        for target in (self.jobs.run, self.pods.run, self._sweep):
+        for target in (self.jobs.run, self.pods.run, self.events.run, self._sweep):
             threading.Thread(target=target, args=(self._stop,), daemon=True, name="wml-k8s").start()
 
     @classmethod
     def from_settings(cls, settings) -> "KubernetesExecutor":
         """Connect with kubeconfig (``KUBECONFIG``, ``WML_K8S_CONTEXT``) or in-cluster config."""
+        check_settings(settings)  # before connecting: a bad setting is said first
         api, namespace = connect(os.environ.get("WML_K8S_CONTEXT"))
-        options = load_options(os.environ, namespace, settings.public_url)
+        options = with_store(load_options(os.environ, namespace, settings.public_url), settings.store_config)
         gpus = DEFAULT_GPUS if settings.gpus is None else settings.gpus
         return cls(api, options, Capacity(gpu_ids=tuple(range(gpus)), slots=settings.slots or DEFAULT_SLOTS))
 
     def _first_sync(self) -> None:
         try:
-            self.jobs.sync()
-            self.pods.sync()
-            listed = self._core.list_namespaced_secret(self.ns, label_selector=SELECTOR,
-                                                       _preload_content=False)
+            for informer in (self.jobs, self.pods, self.events):
+                informer.sync()
         except Exception as exc:
-            raise ClusterError(f"kubernetes: cannot list Jobs, Pods and Secrets in namespace {self.ns!r}: "
+            raise ClusterError(f"kubernetes: cannot list Jobs, Pods and events in namespace {self.ns!r}: "
                                f"{why(exc)}") from None
-        for item in json.loads(listed.data)["items"]:
-            self._secrets[item["metadata"]["name"]] = time.time()
 
     # -- the executor seam ----------------------------------------------------------------------
     def capacity(self) -> Capacity:
@@ -87,9 +103,11 @@ class KubernetesExecutor(Executor):
         return self._capacity
 
     def start(self, launch: Launch) -> dict[str, Any]:
-        """Create the run's Secret, Job (and headless Service); the handle names the Job."""
+        """Create the run's Job, then its Secret (and headless Service) owned by the Job; the
+        handle names the Job. A run the cluster cannot hold (a data volume with no claim) is
+        an ``InvalidInput`` before any write."""
         name = fresh_name(launch)
-        secret, job, *service = run_objects(launch, self.options, name)
+        job, secret, *service = run_objects(launch, self.options, name)
         self._supersede(launch.run_id)
         learners = max(launch.learners or 1, 1)
         with self._lock:
@@ -98,18 +116,15 @@ class KubernetesExecutor(Executor):
             self._by_job[name] = launch.run_id
         created = None
         try:
-            call(self._core.create_namespaced_secret, self.ns, secret)
-            with self._lock:
-                self._secrets[name] = time.time()
             created = call(self._batch.create_namespaced_job, self.ns, job)
-            for headless in service:  # a multi-learner run's: owned by the Job, deleted with it
-                owned = owned_by(headless, name, created["metadata"]["uid"])
-                call(self._core.create_namespaced_service, self.ns, owned)
+            uid = created["metadata"]["uid"]
+            call(self._core.create_namespaced_secret, self.ns, owned_by(secret, name, uid))
+            for headless in service:  # a multi-learner run's
+                call(self._core.create_namespaced_service, self.ns, owned_by(headless, name, uid))
         except ClusterError:
             self._forget(launch.run_id)
             if created is not None:
-                self._delete_job(name, "Background")
-            self._delete_secret(name)  # if it was made
+                self._delete_job(name, "Background")  # its Secret and Service, if made, with it
             raise
         handle = {"namespace": self.ns, "job": name, "uid": created["metadata"]["uid"], "attempt": launch.attempt}
         if learners > 1:
@@ -145,11 +160,27 @@ class KubernetesExecutor(Executor):
             self._by_job[name] = run_id
         return True  # the next sweep sees whether it ended while we were away
 
+    def reconcile(self, live: Callable[[str, int], bool]) -> None:
+        """After ``reattach``: delete the Jobs (their Secrets and Services with them) of run
+        attempts that ``live`` says are over, and those of a run that another Job now runs.
+        A Job of a run the backend does not know is left alone."""
+        with self._lock:
+            followed = {run_id: run.job_name for run_id, run in self._runs.items()}
+            jobs = [(n, j["metadata"].get("labels") or {}) for n, j in self.jobs.objects.items()]
+        for name, labels in jobs:
+            run_id, attempt = labels.get(RUN_LABEL), labels.get(ATTEMPT_LABEL, "")
+            if name in self._by_job or not run_id or not attempt.isdigit():
+                continue
+            if run_id in followed or not live(run_id, int(attempt)):
+                log.info("kubernetes: deleting Job %s, left by run %s (attempt %s), which is over",
+                         name, run_id, attempt)
+                self._delete_job(name, "Background")
+
     def close(self) -> None:
         """Stop the watches and the sweep; the runs' Jobs run on."""
         self._stop.set()
-        self.jobs.stop()
-        self.pods.stop()
+        for informer in (self.jobs, self.pods, self.events):
+            informer.stop()
 
     # -- what the watches say -----------------------------------------------------------------------
     def _on_job(self, kind: str, job: dict) -> None:
@@ -157,6 +188,11 @@ class KubernetesExecutor(Executor):
 
     def _on_pod(self, kind: str, pod: dict) -> None:
         self._observe(job_of(pod), pod=pod, pod_gone=kind == "DELETED")
+
+    def _on_event(self, kind: str, event: dict) -> None:
+        """A FailedCreate event of a Job: the API refused to create its pod, and says why."""
+        if kind != "DELETED":  # an event that expired says nothing new
+            self._observe((event.get("involvedObject") or {}).get("name"), create_error=event.get("message"))
 
     def _observe(self, job_name: Optional[str], **seen: Any) -> None:
         """Record what a watch said about a run's Job or pod, then evaluate the run."""
@@ -188,6 +224,8 @@ class KubernetesExecutor(Executor):
             self._fail(run_id, run)
         elif action == "stop":
             self._delete_job(run.job_name, "Foreground")
+        elif action == "stopping":
+            self.on_stopping(run_id, run.attempt, run.stopping)
         elif action == "note":
             self.on_note(run_id, run.note)
 
@@ -197,8 +235,11 @@ class KubernetesExecutor(Executor):
         if reason is None and not (run.job and condition(run.job, "Complete")):
             reason = failure_reason(run.job, run.pod)
         tail = self._log_tail(run.pod) if code not in (0, None) and not run.pod_gone else []
-        self._delete_secret(run.job_name)
-        self.on_exit(run_id, run.attempt, code, reason=reason, log_tail=tail)
+        disruption = None if run.failure is not None else disruption_reason(run.job, run.pod)
+        self._delete_secret(run.job_name)  # now: its credentials need not wait for the Job's TTL
+        if run.suspended_again:  # Kueue would admit it again later, with a token that is no more
+            self._delete_job(run.job_name, "Background")
+        self.on_exit(run_id, run.attempt, code, reason=reason, log_tail=tail, disruption=disruption)
 
     def _fail(self, run_id: str, run: WatchedRun) -> None:
         """A learner of a multi-learner run failed: the run fails now, and the Job's deletion
@@ -210,18 +251,10 @@ class KubernetesExecutor(Executor):
 
     # -- housekeeping ---------------------------------------------------------------------------
     def _sweep(self, stop: threading.Event) -> None:
-        """Re-check time-based conditions and delete orphan Secrets, from the cache only."""
+        """Re-check time-based conditions, from the cache only."""
         while not stop.wait(SWEEP_S):
             for run_id in list(self._runs):
                 self._evaluate(run_id)
-            for name in self._orphan_secrets():
-                self._delete_secret(name)
-
-    def _orphan_secrets(self) -> list[str]:
-        with self._lock:
-            live = {n for n, j in self.jobs.objects.items() if not job_finished(j)} | set(self._by_job)
-            return [n for n, made in self._secrets.items()
-                    if n not in live and (n in self.jobs.objects or time.time() - made > ORPHAN_SECRET_S)]
 
     def _supersede(self, run_id: str) -> None:
         """Delete a live Job left by an earlier start of this run (a crash between start and handle)."""
@@ -242,17 +275,23 @@ class KubernetesExecutor(Executor):
             delete_quietly(self._batch.delete_namespaced_job, name, self.ns, propagation_policy=propagation)
 
     def _delete_secret(self, name: str) -> None:
-        with self._lock:
-            known = self._secrets.pop(name, None) is not None
-        if known:
-            delete_quietly(self._core.delete_namespaced_secret, name, self.ns)
+        """Delete the run's Secret (named as its Job); one made by an earlier backend too."""
+        delete_quietly(self._core.delete_namespaced_secret, name, self.ns)
 
     def _log_tail(self, pod: Optional[dict]) -> list[str]:
         if pod is None:
             return []
         try:
             resp = self._core.read_namespaced_pod_log(pod["metadata"]["name"], self.ns, tail_lines=LOG_TAIL_LINES,
-                                                      _preload_content=False)
+                                                      _preload_content=False,
+                                                      _request_timeout=(CONNECT_TIMEOUT_S, CALL_TIMEOUT_S))
             return resp.data.decode("utf-8", "replace").splitlines()
         except Exception:
             return []
+
+
+def check_settings(settings, env=os.environ) -> None:
+    """Refuse, before connecting, a configuration the executor cannot run with: a bad
+    ``WML_K8S_*`` setting, or the embedded file store with no claim (pods cannot read the
+    backend's disk). ``wml backend start`` asks this before it starts the daemon."""
+    with_store(load_options(env, "default", settings.public_url), settings.store_config)

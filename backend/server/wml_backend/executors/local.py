@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import multiprocessing
 import os
 import shutil
@@ -11,14 +13,22 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import psutil
 
-from .base import Capacity, Executor, Launch
+from wml_core.private_files import write_private
+from wml_backend.executors.base import Capacity, Executor, Launch
+from wml_runner.isolation import POOL, RUN_USER_ENV, isolation_gap
+
+log = logging.getLogger("wml_backend")
 
 #: How often a re-attached runner (not our child) is checked for exit.
 REATTACH_POLL_S = 0.2
+#: The folder (in the work folder) where each runner started is noted, ``<run id>.json`` holding
+#: its handle, until it ends: a backend started later finds there the runners of runs that ended
+#: while it was down (``reconcile``).
+RUNNERS = ".runners"
 
 
 def detect_gpus() -> int:
@@ -35,10 +45,15 @@ def detect_gpus() -> int:
 #: Runners are forked from a server that has already imported the runner, so starting one
 #: costs milliseconds instead of a Python start-up and its imports.
 _FORKSERVER = multiprocessing.get_context("forkserver")
-_FORKSERVER.set_forkserver_preload(["wml_backend.runner.preload", "wml_backend.daemon"])
+_FORKSERVER.set_forkserver_preload(["wml_runner.preload", "wml_backend.daemon"])
 
 
-def _run_runner(env: dict[str, str], run_dir: str) -> None:
+#: The launch variable holding the runner's token: handed to the forked runner in the process
+#: (it reaches no environment, so no ``/proc/<pid>/environ``).
+TOKEN_ENV = "WML_RUNNER_TOKEN"
+
+
+def _run_runner(env: dict[str, str], run_dir: str, token: str) -> None:
     """Body of a forked runner: its own session, environment, directory and log file."""
     os.setsid()
     os.chdir(run_dir)
@@ -49,12 +64,15 @@ def _run_runner(env: dict[str, str], run_dir: str) -> None:
     os.dup2(null, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    from wml_backend.runner.main import main
-    sys.exit(main())
+    from wml_runner.main import main
+    sys.exit(main(token))
 
 
 class LocalExecutor(Executor):
-    """Runs each runner as a process group of its own, pinned to GPUs by CUDA_VISIBLE_DEVICES."""
+    """Runs each runner as a process group of its own, pinned to GPUs by CUDA_VISIBLE_DEVICES.
+
+    When this host allows it (``isolation_gap`` is None: the backend is root...), each run's
+    command runs as a user of its own that its runner leases (``wml_runner.isolation``)."""
 
     name = "local"
 
@@ -68,6 +86,7 @@ class LocalExecutor(Executor):
             count = os.cpu_count() or 1  # counted slots on a machine without GPUs
         self._capacity = Capacity(gpu_ids=tuple(range(count)),
                                   slots=slots or max(count, os.cpu_count() or 1), real_gpus=self._real)
+        self.isolation_gap = isolation_gap(self.work_dir)
 
     def capacity(self) -> Capacity:
         return self._capacity
@@ -75,18 +94,46 @@ class LocalExecutor(Executor):
     def start(self, launch: Launch) -> dict[str, Any]:
         run_dir = self.work_dir / launch.run_id
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        env = {**os.environ, **launch.env, "WML_WORK_DIR": str(run_dir),
+        env = {**os.environ, **{k: v for k, v in launch.env.items() if k != TOKEN_ENV}, "WML_WORK_DIR": str(run_dir),
                "CUDA_VISIBLE_DEVICES": ",".join(map(str, launch.gpu_ids))}
         if not self._real:
             env["WML_VIRTUAL_GPUS"] = "1"
-        proc = _FORKSERVER.Process(target=_run_runner, args=(env, str(run_dir)), daemon=False)
+        if self.isolation_gap is None:
+            env[RUN_USER_ENV] = POOL
+        proc = _FORKSERVER.Process(target=_run_runner, args=(env, str(run_dir), launch.env[TOKEN_ENV]), daemon=False)
         proc.start()
+        handle = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "attempt": launch.attempt}
+        write_private(self._note(launch.run_id), json.dumps(handle))
         threading.Thread(target=self._wait_child, args=(launch.run_id, launch.attempt, proc), daemon=True).start()
-        return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "attempt": launch.attempt}
+        return handle
 
     def _wait_child(self, run_id: str, attempt: int, proc: multiprocessing.Process) -> None:
         proc.join()
+        self._forget(run_id, proc.pid)
         self.on_exit(run_id, attempt, proc.exitcode)
+
+    def _note(self, run_id: str) -> Path:
+        """Where the runner of ``run_id`` is noted while it runs."""
+        return self.work_dir / RUNNERS / f"{run_id}.json"
+
+    def _forget(self, run_id: str, pid: int) -> None:
+        """Drop the note of the run's runner ``pid`` once it ended (not a later attempt's)."""
+        if _noted(self._note(run_id)).get("pid") == pid:
+            self._note(run_id).unlink(missing_ok=True)
+
+    def reconcile(self, live: Callable[[str, int], bool]) -> None:
+        """Kill the runners (and all they started) of run attempts that ``live`` says are over: runs
+        that ended, or were queued again, while no backend watched them; forget those that are gone."""
+        for note in sorted((self.work_dir / RUNNERS).glob("*.json")):
+            run_id, handle = note.stem, _noted(note)
+            runner = self._process(handle)
+            if runner is not None and live(run_id, handle.get("attempt", 1)):
+                continue
+            if runner is not None:
+                log.info("local: killing the runner (pid %s) of run %s (attempt %s), which is over",
+                         handle["pid"], run_id, handle.get("attempt", 1))
+                self.kill(run_id, handle)
+            note.unlink(missing_ok=True)
 
     def cancel(self, run_id: str, handle: dict[str, Any]) -> None:
         process = self._process(handle)
@@ -125,6 +172,7 @@ class LocalExecutor(Executor):
                 time.sleep(REATTACH_POLL_S)
         except psutil.NoSuchProcess:
             pass
+        self._forget(run_id, process.pid)
         self.on_exit(run_id, attempt, None)
 
     @staticmethod
@@ -138,3 +186,11 @@ class LocalExecutor(Executor):
         except (KeyError, psutil.Error):
             pass
         return None
+
+
+def _noted(note: Path) -> dict[str, Any]:
+    """The handle a runner's note holds ({} if there is none, or it is unreadable)."""
+    try:
+        return json.loads(note.read_text())
+    except (OSError, ValueError):
+        return {}

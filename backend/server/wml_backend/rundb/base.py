@@ -12,25 +12,39 @@ from typing import Any, ContextManager, Iterable, Optional
 
 from pydantic import BaseModel, Field
 
-from ..models import MetricPoint, Run, Transition
-from ..states import RunState
+from wml_core.billing import run_gpu_seconds
+from wml_core.definition import StoredDefinition
+from wml_core.models import MetricPoint, Run, Transition
+from wml_core.states import RunState
 
 
 class Account(BaseModel):
-    """An account: its name, GPU quota and whether it may administer others."""
+    """An account: its name, GPU quota, whether it may administer others, and its own limits
+    (None: the operator's default holds; ``wml_backend.accounts.limits_of``)."""
 
     name: str
     gpu_quota: int
     admin: bool = False
+    #: Most runs it may hold at once.
+    slots: Optional[int] = None
+    #: Most CPUs (summed over learners) its runs may hold at once.
+    cpus: Optional[float] = None
+    #: Most memory its runs may hold at once, in bytes.
+    memory_bytes: Optional[int] = None
+    #: Most runs it may have QUEUED.
+    max_queued: Optional[int] = None
+    #: A disabled account's tokens are refused and its runs are not admitted.
+    disabled: bool = False
 
 
 class ExperimentRow(BaseModel):
-    """An experiment as stored: the redacted definition and its search settings."""
+    """An experiment as stored: the redacted definition (typed, read back with its defaults)
+    and its search settings."""
 
     id: str
     account: str
     name: str
-    definition: dict[str, Any]
+    definition: StoredDefinition
     metric: Optional[str] = None
     mode: str = "max"
     created: float
@@ -45,10 +59,61 @@ class RunRow(Run):
     handle: dict[str, Any] = Field(default_factory=dict)
     runner_token_hash: Optional[str] = None
     max_retries: int = 0
+    #: CPUs and memory (bytes; None: not said) each learner asks for: they count against its account's limits.
+    cpus: float = 1.0
+    memory_bytes: Optional[int] = None
+    #: The end that was decided for the run while it ran (e.g. HALTED: a user's cancel; STOPPED:
+    #: its search stopped it early), recorded before its runner was told to stop, and why
+    #: (``request_stop``): the runner's HALTED report, or its loss, ends the run so.
+    stop_state: Optional[RunState] = None
+    stop_reason: Optional[str] = None
+    #: The end its runner reported (its exit code, reason and log tail stored with it): the run
+    #: ends so when the executor says the runner has exited, not before (its GPUs are held and
+    #: billed until then).
+    reported_state: Optional[RunState] = None
 
     def wire(self) -> Run:
         """The public view of this run (its fields are validated already: no second validation)."""
         return Run.model_construct(**{name: getattr(self, name) for name in Run.model_fields})
+
+    def view(self, now: Optional[float] = None) -> Run:
+        """What users see of this run: ``wire`` with its GPU time as of ``now`` (ended runs keep
+        the GPU time stored with their end)."""
+        run = self.wire()
+        if not (self.state.terminal and not self.transitions):
+            run.gpu_seconds = round(run_gpu_seconds(self, now), 3)
+        return run
+
+
+def run_event(row: RunRow, now: Optional[float] = None) -> dict[str, Any]:
+    """The event that says what a run became (``type: run``, the run as users see it)."""
+    return {"type": "run", "run": row.view(now).model_dump(mode="json")}
+
+
+class Replica(BaseModel):
+    """One backend process serving a store, as it last said it was alive (``heartbeat``)."""
+
+    id: str
+    url: str
+    host: str
+    pid: int
+    version: str
+    #: When it started and when it was last heard of (UNIX seconds, the database's clock).
+    started: float = 0.0
+    seen: float = 0.0
+    #: Whether it holds the leader's lease now.
+    leader: bool = False
+
+
+class StateCount(BaseModel):
+    """How many of an account's runs are in a state, the GPUs they hold (gpus x learners), and for
+    QUEUED runs since when the longest waiting one waits (UNIX seconds)."""
+
+    account: str
+    state: RunState
+    runs: int
+    gpus: int = 0
+    oldest: Optional[float] = None
 
 
 class RunStore(ABC):
@@ -64,8 +129,28 @@ class RunStore(ABC):
         """The account whose token hashes to ``token_hash``, if any."""
 
     @abstractmethod
+    def account(self, name: str) -> Optional[Account]:
+        """The account called ``name``, if any."""
+
+    @abstractmethod
     def accounts(self) -> list[Account]:
         """Every account, by name."""
+
+    @abstractmethod
+    def update_account(self, name: str, **fields: Any) -> Account:
+        """Set fields of an account (``gpu_quota``, ``slots``, ``disabled``...); return it as now stored.
+
+        ``NotFound`` for an unknown account; ``ValueError`` for a name that is not an account field.
+        """
+
+    @abstractmethod
+    def set_token(self, name: str, token_hash: str) -> None:
+        """Give an account a new token: from this call on, the old one finds no account.
+        ``NotFound`` for an unknown account."""
+
+    @abstractmethod
+    def count_runs(self, account: str, states: Iterable[RunState]) -> int:
+        """How many runs of ``account`` are in one of ``states``."""
 
     # -- experiments and runs ------------------------------------------------------------
     @abstractmethod
@@ -144,6 +229,16 @@ class RunStore(ABC):
         """
 
     @abstractmethod
+    def request_stop(self, run_id: str, state: RunState, reason: str) -> bool:
+        """Record that run ``run_id`` is to end as ``state`` with ``reason`` once its runner stops
+        (its ``stop_state`` and ``stop_reason``); whether this call recorded it.
+
+        A compare-and-set, as ``transition``: only a run that has not ended and has no stop
+        recorded yet gets one, so of any number of callers racing to stop a run (a user's cancel,
+        the search, backend replicas) exactly one records its end and the others get False.
+        """
+
+    @abstractmethod
     def admission_lock(self) -> ContextManager[None]:
         """Hold the store-wide admission lock for a block, waiting while anyone else holds it.
 
@@ -189,7 +284,73 @@ class RunStore(ABC):
     # -- secrets ----------------------------------------------------------------------------
     @abstractmethod
     def secret(self, experiment_id: str) -> Optional[dict]:
-        """The credentials stored with an experiment, if any."""
+        """The credentials stored with an experiment, if any. They are stored encrypted
+        (``secretbox``): the database alone, a dump or a backup of it, holds none in clear."""
+
+    # -- data ownership ---------------------------------------------------------------------
+    # An account owns the keys of a bucket of the default store that start with a prefix when it
+    # claimed them (``wml upload`` claims its destination first) or when they are its runs'
+    # results (``RunRow.results``). Prefixes are plain text: ``data/`` owns ``data/x``, not ``data2``.
+    @abstractmethod
+    def claim_data(self, account: str, bucket: str, prefix: str) -> set[str]:
+        """Record that ``account`` owns the keys of ``bucket`` that start with ``prefix``, unless another
+        account owns any of them: then the accounts that do, and nothing is recorded (an empty set:
+        recorded, or already its own). A compare-and-set, as ``transition``: of accounts racing to
+        claim overlapping prefixes, one gets its claim."""
+
+    @abstractmethod
+    def data_owners(self, bucket: str, prefix: str, inside: bool = False) -> set[str]:
+        """The accounts that own any key of ``bucket`` starting with ``prefix``, or a key that ``prefix``
+        starts with (a claim or a run's results that overlaps it either way); ``inside``: only those
+        whose claim or run's results ``prefix`` lies inside (starts with)."""
+
+    # -- events ----------------------------------------------------------------------------
+    # What ``GET /v1/events`` streams, on every replica: each transition and each new run
+    # records a ``run`` event (``run_event``) and each batch of new metric points a ``metrics``
+    # event, in the transaction that makes the change, so no change is ever without its event.
+    @abstractmethod
+    def add_event(self, account: str, event: dict) -> int:
+        """Record an event of ``account`` that no write records by itself (a note on a run); its seq."""
+
+    @abstractmethod
+    def events(self, after: int, account: Optional[str] = None, limit: int = 500) -> list[tuple[int, dict]]:
+        """Up to ``limit`` events (of ``account``, when given) with ``seq > after``, as (seq, event), by seq.
+
+        Seqs grow in commit order: once an event is readable, no event with a lower seq becomes
+        readable later, so a reader that resumes after the last seq it read misses nothing.
+        """
+
+    @abstractmethod
+    def latest_event(self) -> int:
+        """The highest seq recorded (0 before the first event)."""
+
+    @abstractmethod
+    def prune_events(self, before: float) -> int:
+        """Delete the events recorded before ``before`` (UNIX seconds); how many."""
+
+    # -- replicas and their leader --------------------------------------------------------------
+    @abstractmethod
+    def heartbeat(self, replica: Replica, ttl_s: float) -> bool:
+        """Say that ``replica`` is alive, and renew or take the leader's lease for ``ttl_s``
+        seconds; whether it leads now.
+
+        A compare-and-set, as ``transition``: at most one replica holds an unexpired lease. The
+        lease is free when nobody holds it, when it expired, or when its holder is known dead:
+        its database session (PostgreSQL) or its process (SQLite) is gone, so a replica killed
+        outright is replaced at the next heartbeat of another, not only after ``ttl_s``.
+        """
+
+    @abstractmethod
+    def leave(self, replica_id: str) -> None:
+        """Forget a replica that stops, and free its lease if it held it (another takes it at once)."""
+
+    @abstractmethod
+    def replicas(self) -> list[Replica]:
+        """The live replicas (their session still lives), oldest first, with which one leads."""
+
+    @abstractmethod
+    def census(self) -> list[StateCount]:
+        """Runs by account and state, the GPUs they hold, and each account's longest queued wait."""
 
     @staticmethod
     def transitions_of(rows: list[tuple[str, str, float, int]]) -> dict[str, list[Transition]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 try:
@@ -16,8 +17,9 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the PostgreSQL run store needs psycopg: "
                       "pip install 'wml-backend[postgres]'") from exc
 
-from ..errors import BackendFull
-from .sql import SqlRunStore, schema, upgrades
+from wml_core.errors import BackendFull
+from wml_backend.rundb.secretbox import SecretBox
+from wml_backend.rundb.sql import SqlRunStore
 
 #: PostgreSQL's column types for the shared schema. JSON keeps the text as written (key order
 #: included), as SQLite does; ``rowid`` orders rows by insertion, as SQLite's implicit one.
@@ -30,6 +32,11 @@ TYPES = {"json": "JSON", "real": "DOUBLE PRECISION", "blob": "BYTEA", "bigint": 
 SCHEMA_LOCK = 0x776D6C5F736368  # "wml_sch"
 #: The advisory lock that the replica admitting runs holds (``admission_lock``).
 ADMISSION_LOCK = 0x776D6C5F61646D  # "wml_adm"
+#: The advisory lock that event writers hold from drawing a seq to their commit, so that seqs
+#: become visible in order (``SqlCoordination._serialize_events``).
+EVENTS_LOCK = 0x776D6C5F657674  # "wml_evt"
+#: The advisory lock a data claim holds from looking for other owners to its commit.
+CLAIMS_LOCK = 0x776D6C5F636C6D  # "wml_clm"
 
 
 def _pg(sql: str) -> str:
@@ -64,21 +71,21 @@ class PostgresRunStore(SqlRunStore):
 
     LOCK_ROW = " FOR UPDATE"
 
-    def __init__(self, conninfo: str):
-        """Connect with a libpq connection string or URL (``postgresql://user@host/db``)."""
+    def __init__(self, conninfo: str, key_file: Path):
+        """Connect with a libpq connection string or URL (``postgresql://user@host/db``); stored
+        credentials are sealed with the key in ``key_file``, which every replica must share."""
         self.conninfo = conninfo
+        self.box = SecretBox(Path(key_file))
         self._lock = threading.RLock()
         self._admitting = threading.Lock()
+        self._admitter: "psycopg.Connection | None" = None
         self._closed = False
         self._db = psycopg.connect(conninfo, autocommit=True)
         with self._tx() as db:
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
-            for statement in schema(TYPES):
-                db.execute(statement)
-            for statement in upgrades(TYPES, lambda table: {row[0] for row in db.execute(
-                    "SELECT column_name FROM information_schema.columns WHERE table_name=? "
-                    "AND table_schema=current_schema()", (table,)).fetchall()}):
-                db.execute(statement)
+            self.migrate(db, TYPES, lambda table: {row[0] for row in db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name=? "
+                "AND table_schema=current_schema()", (table,)).fetchall()})
 
     def _conn(self) -> "psycopg.Connection":
         """The connection, reopened if it broke."""
@@ -101,16 +108,47 @@ class PostgresRunStore(SqlRunStore):
         with self._lock:
             return self._conn().execute(_pg(sql), tuple(args)).fetchall()
 
+    def _clock(self, db: _Tx) -> float:
+        """The database server's clock, which every replica shares whatever its host's says."""
+        return float(db.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())").fetchone()[0])
+
+    def _session(self) -> str:
+        """The server process of this store's connection: it ends when the connection does."""
+        return str(self._conn().info.backend_pid)
+
+    def _session_alive(self, db: _Tx, session: str) -> bool:
+        """Whether the server still has the session ``_session`` named (a replica killed outright
+        closes its connection, and its server process ends with it)."""
+        return db.execute("SELECT 1 FROM pg_stat_activity WHERE pid=?", (int(session),)).fetchone() is not None
+
+    def _serialize_events(self, db: _Tx) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(?)", (EVENTS_LOCK,))
+
+    def _serialize_claims(self, db: _Tx) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(?)", (CLAIMS_LOCK,))
+
     @contextmanager
     def admission_lock(self) -> Iterator[None]:
         """This store's threads wait on a lock; replicas on a session advisory lock, taken on a
-        connection of its own that closes with the block (or dies with its holder)."""
-        with self._admitting, psycopg.connect(self.conninfo, autocommit=True) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (ADMISSION_LOCK,))
-            yield
+        connection of its own (kept for the next pass) and given back when the block ends, or
+        when that connection dies with its holder."""
+        with self._admitting:
+            if self._admitter is None or self._admitter.broken:
+                self._admitter = psycopg.connect(self.conninfo, autocommit=True)
+            self._admitter.execute("SELECT pg_advisory_lock(%s)", (ADMISSION_LOCK,))
+            try:
+                yield
+            finally:
+                try:
+                    self._admitter.execute("SELECT pg_advisory_unlock(%s)", (ADMISSION_LOCK,))
+                except psycopg.Error:  # the connection broke: the server has let the lock go with it
+                    self._admitter.close()
 
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
             self._closed = True
             self._db.close()
+        with self._admitting:
+            if self._admitter is not None:
+                self._admitter.close()

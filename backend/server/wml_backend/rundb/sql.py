@@ -15,15 +15,20 @@ from abc import abstractmethod
 from datetime import datetime, timezone
 from typing import Any, Callable, ContextManager, Iterable, Optional, Protocol, Sequence
 
-from ..errors import Conflict, NotFound
-from ..models import MetricPoint
-from ..states import RunState, can_move
-from .base import Account, ExperimentRow, RunRow, RunStore
+from wml_core.errors import BackendUnavailable, Conflict, NotFound
+from wml_core.models import MetricPoint, Transition
+from wml_core.states import TERMINAL, RunState, can_move
+from wml_backend.rundb.base import Account, ExperimentRow, RunRow, RunStore, run_event
+from wml_backend.rundb.claims import TABLES as CLAIM_TABLES
+from wml_backend.rundb.claims import SqlDataClaims
+from wml_backend.rundb.coordination import TABLES, SqlCoordination
+from wml_backend.rundb.secretbox import SecretBox
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
   name TEXT PRIMARY KEY, token_hash TEXT UNIQUE NOT NULL, gpu_quota INTEGER NOT NULL,
-  admin INTEGER NOT NULL DEFAULT 0);
+  admin INTEGER NOT NULL DEFAULT 0, slots INTEGER, cpus {real}, memory_bytes {bigint}, max_queued INTEGER,
+  disabled INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS experiments (
   {rowid}id TEXT PRIMARY KEY, account TEXT NOT NULL, name TEXT NOT NULL, definition {json} NOT NULL,
   metric TEXT, mode TEXT NOT NULL, created {real} NOT NULL);
@@ -35,7 +40,9 @@ CREATE TABLE IF NOT EXISTS runs (
   log_tail {json} NOT NULL DEFAULT '[]', metrics {json} NOT NULL DEFAULT '{{}}', results TEXT,
   attempt INTEGER NOT NULL DEFAULT 1, created {real} NOT NULL, gpu_ids {json} NOT NULL DEFAULT '[]',
   handle {json} NOT NULL DEFAULT '{{}}', runner_token_hash TEXT, max_retries INTEGER NOT NULL DEFAULT 0,
-  gpu_seconds {real} NOT NULL DEFAULT 0, gpu_wait_seconds {real} NOT NULL DEFAULT 0, waiting_since {real});
+  gpu_seconds {real} NOT NULL DEFAULT 0, gpu_wait_seconds {real} NOT NULL DEFAULT 0, waiting_since {real},
+  stop_state TEXT, stop_reason TEXT, cpus {real} NOT NULL DEFAULT 1, memory_bytes {bigint}, reported_state TEXT,
+  preemptions INTEGER NOT NULL DEFAULT 0, preempted TEXT);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
 CREATE INDEX IF NOT EXISTS runs_queue ON runs(state, account, seq);
 CREATE TABLE IF NOT EXISTS transitions (
@@ -56,11 +63,17 @@ _JSON_FIELDS = {"hparams", "log_tail", "metrics", "gpu_ids", "handle"}
 _RUN_COLUMNS = ("seq", "id", "experiment_id", "account", "name", "state", "hparams", "gpus",
                 "learners", "exit_code", "reason", "log_tail", "metrics", "results", "attempt",
                 "created", "gpu_ids", "handle", "runner_token_hash", "max_retries", "gpu_seconds",
-                "gpu_wait_seconds", "waiting_since")
+                "gpu_wait_seconds", "waiting_since", "stop_state", "stop_reason", "cpus", "memory_bytes",
+                "reported_state", "preemptions", "preempted")
+#: The one key of a stored secret's payload: the credentials' JSON, encrypted (``secretbox``).
+SEALED = "sealed"
+#: An account's columns, in ``Account``'s terms (``admin`` and ``disabled`` are 0 or 1).
+_ACCOUNT_COLUMNS = ("name", "gpu_quota", "admin", "slots", "cpus", "memory_bytes", "max_queued", "disabled")
 _EXPERIMENT_COLUMNS = ("id", "account", "name", "definition", "metric", "mode", "created")
 _TRANSITION_COLUMNS = ("run_id", "state", "time", "attempt")
 #: A QUEUED run's place in its account's queue, in the statement that reads the run: one snapshot.
-_QUEUE_POSITION = ("CASE WHEN state='QUEUED' THEN (SELECT COUNT(*) FROM runs ahead WHERE ahead.state='QUEUED' "
+_QUEUE_POSITION = (f"CASE WHEN state='{RunState.QUEUED.value}' THEN (SELECT COUNT(*) FROM runs ahead "
+                   f"WHERE ahead.state='{RunState.QUEUED.value}' "
                    "AND ahead.account=runs.account AND ahead.seq<=runs.seq) END")
 
 
@@ -68,7 +81,28 @@ _QUEUE_POSITION = ("CASE WHEN state='QUEUED' THEN (SELECT COUNT(*) FROM runs ahe
 #: version wrote gains them when it is opened.
 ADDED_COLUMNS = (("runs", "gpu_seconds", "{real} NOT NULL DEFAULT 0"),
                  ("runs", "gpu_wait_seconds", "{real} NOT NULL DEFAULT 0"),
-                 ("runs", "waiting_since", "{real}"))
+                 ("runs", "waiting_since", "{real}"),
+                 ("runs", "stop_state", "TEXT"),
+                 ("runs", "stop_reason", "TEXT"),
+                 ("runs", "cpus", "{real} NOT NULL DEFAULT 1"),
+                 ("runs", "memory_bytes", "{bigint}"),
+                 ("accounts", "slots", "INTEGER"),
+                 ("accounts", "cpus", "{real}"),
+                 ("accounts", "memory_bytes", "{bigint}"),
+                 ("accounts", "max_queued", "INTEGER"),
+                 ("accounts", "disabled", "INTEGER NOT NULL DEFAULT 0"),
+                 ("runs", "reported_state", "TEXT"),
+                 ("runs", "preemptions", "INTEGER NOT NULL DEFAULT 0"),
+                 ("runs", "preempted", "TEXT"))
+
+
+#: Tables added since the first schema, by name (each created when missing at open).
+ADDED_TABLES = {**TABLES, **CLAIM_TABLES}
+#: The schema's version: the first schema's, plus one per added column and table (so each entry of
+#: ``ADDED_COLUMNS`` and ``ADDED_TABLES`` is a version). A database records the highest version
+#: that opened it (``schema_version``); a backend older than its database refuses to open it.
+SCHEMA_VERSION = 1 + len(ADDED_COLUMNS) + len(ADDED_TABLES)
+_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)"
 
 
 def upgrades(types: dict[str, str], columns_of: Callable[[str], set[str]]) -> list[str]:
@@ -79,11 +113,24 @@ def upgrades(types: dict[str, str], columns_of: Callable[[str], set[str]]) -> li
 
 def schema(types: dict[str, str]) -> list[str]:
     """The schema's statements with a database's column types filled in."""
-    return [s.strip() for s in SCHEMA.format(**types).split(";") if s.strip()]
+    text = ";".join([SCHEMA, *ADDED_TABLES.values()]).format(**types)
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def check_version(found: Optional[int]) -> None:
+    """Refuse, in one line, a database that a newer backend has opened (``found``: its version)."""
+    if found is not None and found > SCHEMA_VERSION:
+        raise BackendUnavailable(f"the database's schema is version {found}, newer than this backend's "
+                                 f"{SCHEMA_VERSION}: upgrade this backend to the version that wrote it")
 
 
 def _insert(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+
+
+def _account_values(fields: dict[str, Any], columns: Iterable[str] = _ACCOUNT_COLUMNS) -> tuple:
+    """An account's ``fields`` as stored, in the order of ``columns`` (flags as 0 or 1)."""
+    return tuple(int(fields[c]) if c in ("admin", "disabled") else fields[c] for c in columns)
 
 
 def _load(value: Any) -> Any:
@@ -99,12 +146,14 @@ class Db(Protocol):
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Any: ...
 
 
-class SqlRunStore(RunStore):
+class SqlRunStore(SqlCoordination, SqlDataClaims, RunStore):
     """The ``RunStore`` contract over a SQL database; subclasses connect and run transactions."""
 
     #: Appended to the read that decides a write, to lock the row until the commit. Empty where
     #: a transaction already holds the whole database's write lock (SQLite's BEGIN IMMEDIATE).
     LOCK_ROW = ""
+    #: Encrypts the credentials kept with experiments (set by the subclass before its schema).
+    box: SecretBox
 
     @abstractmethod
     def _tx(self) -> ContextManager[Db]:
@@ -118,21 +167,75 @@ class SqlRunStore(RunStore):
     def close(self) -> None:
         """Close the connection."""
 
+    def migrate(self, db: Db, types: dict[str, str], columns_of: Callable[[str], set[str]]) -> None:
+        """Bring the database to this backend's schema in transaction ``db`` (opened by one replica at
+        a time): refuse a newer one, create what is missing, seal old secrets, record the version."""
+        db.execute(_VERSION_TABLE)
+        row = db.execute("SELECT version FROM schema_version WHERE id=1").fetchone()
+        check_version(row[0] if row else None)
+        for statement in schema(types):
+            db.execute(statement)
+        for statement in upgrades(types, columns_of):
+            db.execute(statement)
+        self.seal_plain_secrets(db)
+        db.execute("INSERT INTO schema_version (id, version) VALUES (1, ?) "
+                   "ON CONFLICT (id) DO UPDATE SET version=excluded.version", (SCHEMA_VERSION,))
+
+    def schema_version(self) -> int:
+        """The version of the schema the database holds."""
+        return self._query("SELECT version FROM schema_version WHERE id=1")[0][0]
+
     # -- accounts ---------------------------------------------------------------------------
     def create_account(self, account: Account, token_hash: str) -> None:
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM accounts WHERE name=?", (account.name,)).fetchone():
+        with self._tx() as db:  # one statement: of replicas creating the same account at once, one does
+            added = db.execute(_insert("accounts", ("token_hash", *_ACCOUNT_COLUMNS)) + " ON CONFLICT DO NOTHING",
+                               (token_hash, *_account_values(account.model_dump()))).rowcount
+            if not added:
                 raise Conflict(f"account {account.name!r} already exists")
-            db.execute(_insert("accounts", ("name", "token_hash", "gpu_quota", "admin")),
-                       (account.name, token_hash, account.gpu_quota, int(account.admin)))
+
+    def _accounts(self, where: str, args: Sequence[Any]) -> list[Account]:
+        rows = self._query(f"SELECT {','.join(_ACCOUNT_COLUMNS)} FROM accounts WHERE {where} ORDER BY name", args)
+        return [Account(**dict(zip(_ACCOUNT_COLUMNS, row))) for row in rows]
 
     def account_by_token(self, token_hash: str) -> Optional[Account]:
-        rows = self._query("SELECT name, gpu_quota, admin FROM accounts WHERE token_hash=?", (token_hash,))
-        return Account(name=rows[0][0], gpu_quota=rows[0][1], admin=bool(rows[0][2])) if rows else None
+        found = self._accounts("token_hash=?", (token_hash,))
+        return found[0] if found else None
+
+    def account(self, name: str) -> Optional[Account]:
+        found = self._accounts("name=?", (name,))
+        return found[0] if found else None
 
     def accounts(self) -> list[Account]:
-        rows = self._query("SELECT name, gpu_quota, admin FROM accounts ORDER BY name")
-        return [Account(name=n, gpu_quota=q, admin=bool(a)) for n, q, a in rows]
+        return self._accounts("1=1", ())
+
+    def update_account(self, name: str, **fields: Any) -> Account:
+        unknown = set(fields) - set(_ACCOUNT_COLUMNS[1:])
+        if unknown:
+            raise ValueError(f"unknown account fields {sorted(unknown)}")
+        self._update_account(name, fields)
+        return self.account(name)
+
+    def set_token(self, name: str, token_hash: str) -> None:
+        self._update_account(name, {"token_hash": token_hash})
+
+    def _update_account(self, name: str, fields: dict[str, Any]) -> None:
+        """Set ``fields`` of account ``name``; ``NotFound`` if there is none."""
+        with self._tx() as db:
+            if not fields:
+                found = db.execute("SELECT 1 FROM accounts WHERE name=?", (name,)).fetchone()
+            else:
+                found = db.execute(f"UPDATE accounts SET {','.join(f'{k}=?' for k in fields)} WHERE name=?",
+                                   (*_account_values(fields, fields), name)).rowcount
+            if not found:
+                raise NotFound(f"no account {name!r}")
+
+    def count_runs(self, account: str, states: Iterable[RunState]) -> int:
+        states = [RunState(s).value for s in states]
+        if not states:
+            return 0
+        rows = self._query(f"SELECT COUNT(*) FROM runs WHERE account=? AND state IN ({','.join('?' * len(states))})",
+                           (account, *states))
+        return rows[0][0]
 
     # -- experiments ------------------------------------------------------------------------
     def insert_experiment(self, experiment: ExperimentRow, runs: list[RunRow], code: bytes,
@@ -140,11 +243,11 @@ class SqlRunStore(RunStore):
         e = experiment
         with self._tx() as db:
             db.execute(_insert("experiments", _EXPERIMENT_COLUMNS),
-                       (e.id, e.account, e.name, json.dumps(e.definition), e.metric, e.mode, e.created))
-            self._insert_runs(db, runs, e.created)
+                       (e.id, e.account, e.name, json.dumps(e.definition.redacted()), e.metric, e.mode, e.created))
             db.execute(_insert("code", ("experiment_id", "zip")), (e.id, code))
             if secret:
-                db.execute(_insert("secrets", ("experiment_id", "payload")), (e.id, json.dumps(secret)))
+                db.execute(_insert("secrets", ("experiment_id", "payload")), (e.id, self._sealed(secret)))
+            self._insert_runs(db, runs, e.created)  # last: its events hold the event writers' turn to the commit
 
     def add_runs(self, runs: list[RunRow]) -> None:
         with self._tx() as db:
@@ -154,6 +257,9 @@ class SqlRunStore(RunStore):
         db.executemany(_insert("runs", _RUN_COLUMNS[1:]), [self._run_values(r) for r in runs])
         db.executemany(_insert("transitions", _TRANSITION_COLUMNS),
                        [(r.id, RunState.QUEUED.value, created, 1) for r in runs])
+        queued = [Transition(state=RunState.QUEUED, time=datetime.fromtimestamp(created, timezone.utc), attempt=1)]
+        self._record_events(db, [(r.account, run_event(r.model_copy(update={"transitions": queued}), created))
+                                 for r in runs])
 
     def code(self, experiment_id: str) -> bytes:
         rows = self._query("SELECT zip FROM code WHERE experiment_id=?", (experiment_id,))
@@ -193,16 +299,21 @@ class SqlRunStore(RunStore):
         return {row.id: row for row in rows}
 
     # -- runs -------------------------------------------------------------------------------
-    def _run_rows(self, where: str, args: list, transitions: str = "all", positions: bool = True) -> list[RunRow]:
+    def _read(self, db: Optional[Db], sql: str, args: Sequence[Any]) -> list[tuple]:
+        """The rows of one read: in transaction ``db`` (it sees the transaction's writes), else on its own."""
+        return db.execute(sql, tuple(args)).fetchall() if db is not None else self._query(sql, args)
+
+    def _run_rows(self, where: str, args: list, transitions: str = "all", positions: bool = True,
+                  db: Optional[Db] = None) -> list[RunRow]:
         position = _QUEUE_POSITION if positions else "NULL"
-        rows = self._query(f"SELECT {','.join(_RUN_COLUMNS)}, {position} FROM runs WHERE {where} ORDER BY seq", args)
+        rows = self._read(db, f"SELECT {','.join(_RUN_COLUMNS)}, {position} FROM runs WHERE {where} ORDER BY seq", args)
         if not rows:
             return []
         state = _RUN_COLUMNS.index("state")
         ids = [r[1] for r in rows if transitions == "all" or transitions == "live" and not RunState(r[state]).terminal]
-        trans = self.transitions_of(self._query(
-            f"SELECT run_id, state, time, attempt FROM transitions WHERE run_id IN ({','.join('?' * len(ids))}) "
-            "ORDER BY rowid", ids)) if ids else {}
+        trans = self.transitions_of(self._read(db, "SELECT run_id, state, time, attempt FROM transitions "
+                                               f"WHERE run_id IN ({','.join('?' * len(ids))}) ORDER BY rowid",
+                                               ids)) if ids else {}
         out = []
         for row in rows:
             data = dict(zip(_RUN_COLUMNS, row))
@@ -256,7 +367,9 @@ class SqlRunStore(RunStore):
             self._set(db, run_id, state=state.value, **fields)
             db.execute(_insert("transitions", _TRANSITION_COLUMNS),
                        (run_id, state.value, time, fields.get("attempt", row[1])))
-        return self.run(run_id)
+            run = self._run_rows("id=?", [run_id], db=db)[0]
+            self._record_event(db, run.account, run_event(run, time))
+        return run
 
     @staticmethod
     def _check_move(run_id: str, current: RunState, state: RunState) -> None:
@@ -267,6 +380,14 @@ class SqlRunStore(RunStore):
     def update_run(self, run_id: str, **fields: Any) -> None:
         with self._tx() as db:
             self._set(db, run_id, **fields)
+
+    def request_stop(self, run_id: str, state: RunState, reason: str) -> bool:
+        ended = [s.value for s in TERMINAL]
+        with self._tx() as db:  # one UPDATE that checks and writes: the row is locked meanwhile
+            cursor = db.execute("UPDATE runs SET stop_state=?, stop_reason=? WHERE id=? AND stop_state IS NULL "
+                                f"AND state NOT IN ({','.join('?' * len(ended))})",
+                                (state.value, reason, run_id, *ended))
+            return cursor.rowcount > 0
 
     @staticmethod
     def _set(db: Db, run_id: str, **fields: Any) -> None:
@@ -283,13 +404,17 @@ class SqlRunStore(RunStore):
         with self._tx() as db:
             new = [p for p in points if self._insert_point(db, run_id, p)]
             if new:
-                row = db.execute(f"SELECT metrics FROM runs WHERE id=?{self.LOCK_ROW}", (run_id,)).fetchone()
+                row = db.execute(f"SELECT metrics, account, experiment_id FROM runs WHERE id=?{self.LOCK_ROW}",
+                                 (run_id,)).fetchone()
                 latest = _load(row[0]) if row else {}
                 for p in new:
                     latest.update(p.values)
                     if p.step is not None:
                         latest["step"] = p.step
                 db.execute("UPDATE runs SET metrics=? WHERE id=?", (json.dumps(latest), run_id))
+                if row:
+                    self._record_event(db, row[1], {"type": "metrics", "run_id": run_id, "experiment_id": row[2],
+                                                    "points": [p.model_dump() for p in new]})
         return new
 
     @staticmethod
@@ -343,4 +468,19 @@ class SqlRunStore(RunStore):
     # -- secrets ----------------------------------------------------------------------------
     def secret(self, experiment_id: str) -> Optional[dict]:
         rows = self._query("SELECT payload FROM secrets WHERE experiment_id=?", (experiment_id,))
-        return _load(rows[0][0]) if rows else None
+        return self._unsealed(_load(rows[0][0])) if rows else None
+
+    def _sealed(self, secret: dict) -> str:
+        """A secret as stored: ``{"sealed": <the encrypted JSON>}``."""
+        return json.dumps({SEALED: self.box.seal(secret)})
+
+    def _unsealed(self, payload: dict) -> dict:
+        """A stored secret: sealed, or in clear as a version before sealing stored it."""
+        return self.box.open(payload[SEALED]) if set(payload) == {SEALED} else payload
+
+    def seal_plain_secrets(self, db: Db) -> None:
+        """Encrypt the secrets a version before sealing stored in clear (at open, in ``db``'s transaction)."""
+        for experiment_id, payload in db.execute("SELECT experiment_id, payload FROM secrets").fetchall():
+            if set(_load(payload)) != {SEALED}:
+                db.execute("UPDATE secrets SET payload=? WHERE experiment_id=?",
+                           (self._sealed(_load(payload)), experiment_id))

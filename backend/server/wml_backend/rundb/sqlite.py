@@ -5,21 +5,29 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
+
+import psutil
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: one process per database file anyway
     fcntl = None
 
-from ..errors import BackendFull
-from .sql import SqlRunStore, schema, upgrades
+from wml_core.errors import BackendFull
+from wml_core.private_files import private_open
+from wml_backend.rundb.secretbox import SecretBox
+from wml_backend.rundb.sql import SqlRunStore
 
 #: Idle reader connections kept warm for the next reads (about the API server's worker threads);
 #: a reader returned beyond these is closed.
 IDLE_READERS = 32
+
+#: The key file that seals stored credentials, beside the database unless told otherwise.
+KEY_FILE = "secrets.key"
 
 #: SQLite's column types for the shared schema (``rowid`` is SQLite's own).
 TYPES = {"json": "TEXT", "real": "REAL", "blob": "BLOB", "bigint": "INTEGER",
@@ -46,8 +54,12 @@ class SqliteRunStore(SqlRunStore):
     whether the other writer is a thread, another connection or another process.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, key_file: Optional[Path] = None):
+        """The database at ``path``; stored credentials are sealed with the key in ``key_file``
+        (default: ``secrets.key`` beside the database)."""
         self.path = str(path)
+        memory = self.path == ":memory:"
+        self.box = SecretBox(None if memory else Path(key_file or Path(self.path).parent / KEY_FILE))
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             Path(self.path).touch(mode=0o600, exist_ok=True)
@@ -61,11 +73,9 @@ class SqliteRunStore(SqlRunStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute("PRAGMA secure_delete=ON")  # what is overwritten (a secret sealed at open) is gone
         with self._tx() as db:
-            for statement in schema(TYPES):
-                db.execute(statement)
-            for statement in upgrades(TYPES, lambda table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")}):
-                db.execute(statement)
+            self.migrate(db, TYPES, lambda table: {row[1] for row in db.execute(f"PRAGMA table_info({table})")})
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -108,6 +118,23 @@ class SqliteRunStore(SqlRunStore):
             if not keep:
                 conn.close()
 
+    def _clock(self, db: sqlite3.Connection) -> float:
+        """This host's clock: every process on a SQLite file shares it."""
+        return time.time()
+
+    def _session(self) -> str:
+        """This process, as ``pid:start time`` (a pid alone may be reused)."""
+        return f"{os.getpid()}:{psutil.Process().create_time()!r}"
+
+    def _session_alive(self, db: sqlite3.Connection, session: str) -> bool:
+        """Whether the process ``_session`` named still runs (on this host, as the file is)."""
+        pid, _, started = session.partition(":")
+        try:
+            process = psutil.Process(int(pid))
+            return process.create_time() == float(started) and process.status() != psutil.STATUS_ZOMBIE
+        except (ValueError, psutil.Error):
+            return False
+
     @contextmanager
     def admission_lock(self) -> Iterator[None]:
         """This store's threads wait on a lock; other connections and processes on an
@@ -116,7 +143,7 @@ class SqliteRunStore(SqlRunStore):
             if fcntl is None or self.path == ":memory:":
                 yield
                 return
-            with open(self.path + ".admission", "a") as held:
+            with private_open(Path(self.path + ".admission"), "a") as held:
                 fcntl.flock(held, fcntl.LOCK_EX)
                 yield
 

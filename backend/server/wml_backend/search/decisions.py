@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .definition import ParamSpec, Search
-from .errors import InvalidInput
-from .space import DEFAULT_RUNS, MAX_RUNS, TPE_STARTUP, grid, grid_size, is_finite
-from .space import count_values
+from wml_core.definition import ParamSpec, Search
+from wml_core.errors import InvalidInput
+from wml_core.search_space import DEFAULT_RUNS, MAX_RUNS, TPE_STARTUP, grid, grid_size, is_finite
+from wml_core.search_space import count_values
 
 
 @dataclass

@@ -6,15 +6,15 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from .definition import ParamSpec, Search
-from .models import MetricPoint
-from .search import Trial, early_stop, next_points, rung_steps, startup_runs
-from .states import RunState
-from .store import ExperimentRow, RunRow, RunStore
-from .submit import run_rows
+from wml_core.definition import ParamSpec, Search
+from wml_core.models import MetricPoint
+from wml_backend.search.decisions import Trial, early_stop, next_points, rung_steps, startup_runs
+from wml_core.states import RunState
+from wml_backend.rundb import ExperimentRow, RunRow, RunStore
+from wml_backend.submit import run_rows
 
 if TYPE_CHECKING:
-    from .lifecycle import Lifecycle
+    from wml_backend.lifecycle import Lifecycle
 
 _TRIAL_STATES = {RunState.COMPLETED: "completed", RunState.STOPPED: "stopped",
                  RunState.FAILED: "failed", RunState.HALTED: "failed"}
@@ -22,9 +22,7 @@ _TRIAL_STATES = {RunState.COMPLETED: "completed", RunState.STOPPED: "stopped",
 
 def search_of(experiment: ExperimentRow) -> tuple[Search, dict[str, ParamSpec]]:
     """An experiment's search settings and hyperparameter space, as stored."""
-    definition = experiment.definition
-    space = {k: ParamSpec.model_validate(v) for k, v in (definition.get("hyperparameters") or {}).items()}
-    return Search.model_validate(definition.get("search") or {}), space
+    return experiment.definition.search, dict(experiment.definition.hyperparameters)
 
 
 def trials_of(store: RunStore, experiment_id: str, metric: str) -> dict[str, Trial]:

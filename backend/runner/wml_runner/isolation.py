@@ -1,0 +1,410 @@
+"""The training command apart from its runner: a user of its own, and its own view of the disk.
+
+The runner is made non-dumpable first (``harden_runner``): no process of its uid can read its
+memory or environment through ``/proc`` (on Kubernetes the pod's command shares its uid).
+
+On the local executor the runner is root and leases an unprivileged user for its run
+(``wml-run-<n>``, made with ``useradd`` on first need; a lock file per user makes the lease
+exclusive among every runner of the host). It hands the run's folders to that user and starts
+the command as it (``Sandbox``): no supplementary groups, umask 077, no new privileges, killed
+if the runner dies, and, where the interpreter or the run's folder lie under a folder others
+cannot pass (``/root``, a 0700 ``$WML_HOME``), in a mount namespace of its own in which a tmpfs
+covers that folder and shows only what the command needs. When the command has ended every
+process of the user is killed (``kill(-1)`` as the user: forking or leaving the process group
+escapes nothing) and the run's folders are taken back (``take_back``) before the runner reads
+them as root; while it runs, the runner reads its files without following links (``open_inside``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+#: Set to ``POOL`` by the executor: the runner runs the command as a user it leases for the run
+#: (unset: as itself).
+RUN_USER_ENV, POOL = "WML_RUN_USER", "pool"
+#: Names of the leased users: wml-run-0, wml-run-1, ...
+USER_PREFIX = "wml-run-"
+#: Most leased users (runs isolated at once on one host).
+MOST_USERS = 1000
+#: Where the leases' lock files are (root's alone).
+LEASE_DIR = Path("/run/wml-run-users")
+#: World-writable folders cleared of a leased user's files when its run ends.
+SHARED_TMP = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"))
+#: Seconds to wait for a killed user's processes to be gone.
+KILL_WAIT_S = 30.0
+
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+_CLONE_NEWNS = 0x20000
+_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class RunUser:
+    """The unprivileged user a run's command runs as."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def _check(result: int, what: str) -> None:
+    """Raise the C library's error when ``result`` says a call failed."""
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _prctl(option: int, value: int) -> None:
+    _check(_libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+           "prctl")
+
+
+def _mount(source: bytes, target: bytes, kind: Optional[bytes], flags: int, data: Optional[bytes] = None) -> None:
+    _check(_libc.mount(source, target, kind, ctypes.c_ulong(flags), data), f"mount {target.decode()}")
+
+
+def harden_runner() -> None:
+    """Make this process non-dumpable (its memory and environment unreadable through ``/proc``
+    by its own uid) and the reaper of the orphans of what it starts."""
+    _prctl(_PR_SET_DUMPABLE, 0)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def take_token(env=os.environ) -> Optional[str]:
+    """The runner's token, removed from ``env``: ``WML_RUNNER_TOKEN``, or the file
+    ``WML_RUNNER_TOKEN_FILE`` names (deleted when it can be)."""
+    token = env.pop("WML_RUNNER_TOKEN", None)
+    path = env.pop("WML_RUNNER_TOKEN_FILE", None)
+    if token or not path:
+        return token
+    token = Path(path).read_text().strip()
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # a read-only mount (a Kubernetes Secret)
+    return token
+
+
+# -- leased users --------------------------------------------------------------------------------
+def lease_user() -> tuple[RunUser, int]:
+    """A user no other run of this host holds, with nothing of it left running, and the lock
+    file that holds it (held until it is closed, or this process ends)."""
+    LEASE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for n in range(MOST_USERS):
+        name = f"{USER_PREFIX}{n}"
+        fd = os.open(LEASE_DIR / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        user = _ensure_user(name)
+        kill_user(user)  # what a runner that died left running, and in /tmp
+        clear_shared_tmp(user)
+        return user, fd
+    raise RuntimeError(f"all {MOST_USERS} run users ({USER_PREFIX}*) are in use on this host")
+
+
+def _ensure_user(name: str) -> RunUser:
+    """The user ``name``, made (a system user: no home, no login) if it does not exist."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        _useradd(name)
+        entry = pwd.getpwnam(name)
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise RuntimeError(f"run user {name} has uid or gid 0: it would be root")
+    return RunUser(name, entry.pw_uid, entry.pw_gid)
+
+
+def _useradd(name: str) -> None:
+    """``useradd`` a system user, retrying while another one holds the password file's lock."""
+    shell = next((s for s in ("/usr/sbin/nologin", "/sbin/nologin") if os.path.exists(s)), "/bin/false")
+    args = ["useradd", "--system", "--no-create-home", "--user-group", "--home-dir", "/nonexistent",
+            "--shell", shell, name]
+    for _ in range(50):
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode in (0, 9):  # 9: it exists (made meanwhile)
+            return
+        if done.returncode not in (1, 10):  # 1, 10: the password or group file is locked
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"useradd {name} failed: {done.stderr.strip() or done.returncode}")
+
+
+def kill_user(user: RunUser) -> None:
+    """Kill every process of ``user`` at once (``kill(-1)`` as that user) and wait until none is left."""
+    deadline = time.monotonic() + KILL_WAIT_S
+    while _pids_of(user.uid):
+        _kill_all_as(user)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes of {user.name} still run {KILL_WAIT_S:g} s after SIGKILL")
+        time.sleep(0.02)
+
+
+def _kill_all_as(user: RunUser) -> None:
+    """SIGKILL every process ``user`` may signal, from a child that is that user."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(user.gid)
+            os.setuid(user.uid)
+            os.kill(-1, signal.SIGKILL)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def _pids_of(uid: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is ``uid``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and _real_uid_alive(entry.path) == uid:
+            found.append(int(entry.name))
+    return found
+
+
+def _real_uid_alive(proc_dir: str) -> Optional[int]:
+    """The real uid of the process in ``/proc/<pid>``; None when it is gone or a zombie."""
+    try:
+        with open(f"{proc_dir}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+        return None
+    if fields.get("State", "").strip().startswith("Z"):
+        return None
+    return int(fields["Uid"].split()[0])
+
+
+def clear_shared_tmp(user: RunUser) -> None:
+    """Delete what ``user`` left in the host's world-writable folders (the next run of the user
+    may be another account's)."""
+    for top in SHARED_TMP:
+        _clear_owned(top, user.uid)
+
+
+def _clear_owned(folder: Path, uid: int) -> None:
+    """Delete what ``uid`` owns in ``folder``, looking into the folders anyone may write to (the
+    only others where it could have made something)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            info = entry.stat(follow_symlinks=False)
+            is_dir = stat.S_ISDIR(info.st_mode)
+            if info.st_uid == uid:
+                shutil.rmtree(entry.path) if is_dir else os.unlink(entry.path)
+            elif is_dir and info.st_mode & stat.S_IWOTH:
+                _clear_owned(Path(entry.path), uid)
+        except OSError:
+            pass
+
+
+# -- the run's folders ------------------------------------------------------------------------
+def hand_over(root: Path, folders: list[Path], user: RunUser) -> None:
+    """Give ``user`` the run's ``folders`` (and what is in them); ``root``, above them, stays the
+    runner's (0711: the user may pass through it, not list it or add to it)."""
+    os.chown(root, os.geteuid(), os.getegid())
+    os.chmod(root, 0o711)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        _chown_tree(folder, user.uid, user.gid)
+
+
+def take_back(root: Path, user: RunUser) -> None:
+    """Make everything under ``root`` the runner's again (``root`` 0700 again), once ``user`` runs
+    nothing: links, FIFOs, sockets and devices are deleted, and files another user owns that are
+    linked from elsewhere too (nothing there can lead the runner outside ``root``)."""
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            alien = stat.S_ISREG(info.st_mode) and info.st_nlink > 1 and info.st_uid != user.uid
+            if not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)) or alien:
+                os.unlink(path)
+                if name in dirs:  # a link to a folder: os.walk would not enter it anyway
+                    dirs.remove(name)
+    _chown_tree(root, os.geteuid(), os.getegid())
+    os.chmod(root, 0o700)
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    """``chown -hR``: links themselves, never what they point to."""
+    os.chown(top, uid, gid, follow_symlinks=False)
+    for folder, dirs, files in os.walk(top):
+        for name in dirs + files:
+            os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
+
+
+def open_inside(root: Path, path: Path, flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """Open ``path``, under ``root``, following no link below ``root`` (a folder the run's user
+    owns may hold links to anything the runner could read); only a regular file."""
+    parts = Path(path).relative_to(root).parts
+    if not parts or ".." in parts:
+        raise OSError(f"{path} is not a file under {root}")
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        opened = os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_NONBLOCK, mode, dir_fd=fd)
+    finally:
+        os.close(fd)
+    return _regular(opened, path)
+
+
+def open_run_file(path: Path, root: Optional[Path], flags: int = os.O_RDONLY, mode: int = 0o600) -> int:
+    """Open a file the command writes: under ``root`` following no link (``open_inside``) when
+    the command is another user, else as it is; only a regular file (never a FIFO that blocks)."""
+    if root is not None:
+        return open_inside(root, path, flags, mode)
+    return _regular(os.open(path, flags | os.O_NONBLOCK, mode), path)
+
+
+def read_run_file(path: Path, root: Optional[Path], offset: int = 0, limit: int = -1) -> bytes:
+    """Up to ``limit`` bytes (-1: all) of a file the command writes, from ``offset`` (``open_run_file``)."""
+    with os.fdopen(open_run_file(path, root), "rb") as f:
+        f.seek(offset)
+        return f.read(limit)
+
+
+def _regular(fd: int, path: Path) -> int:
+    """``fd`` if it is a regular file's; else closed, and an error."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
+
+
+# -- starting the command ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sandbox:
+    """How a command is started as ``user``, shown ``paths`` (what it needs of the disk)."""
+
+    user: RunUser
+    paths: tuple[Path, ...]
+
+    def preexec(self, cwd: Path) -> Callable[[], None]:
+        """The function the forked child runs before ``exec``: its mounts, then its user."""
+        covers, runner = _covers(self.paths, self.user), os.getpid()
+
+        def enter() -> None:
+            try:
+                if covers:
+                    _show_only(covers)
+                os.chdir(cwd)
+                _become(self.user, runner)
+            except BaseException as exc:  # said in the training log, which is the child's stderr
+                os.write(2, f"wml-runner: cannot start the command as {self.user.name}: {exc}\n".encode())
+                raise
+        return enter
+
+
+def _become(user: RunUser, runner: int) -> None:
+    """Drop to ``user`` for good: no groups, umask 077, no new privileges, killed with the runner."""
+    os.setgroups([])
+    os.setgid(user.gid)
+    os.setuid(user.uid)
+    os.umask(0o077)
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+    if os.getppid() != runner:  # the runner died before the line above
+        os._exit(137)
+
+
+def _covers(paths: tuple[Path, ...], user: Optional[RunUser]) -> dict[Path, list[Path]]:
+    """For each highest folder above one of ``paths`` that ``user`` (None: any other user)
+    cannot pass, the paths under it to show (none under another one)."""
+    covers: dict[Path, list[Path]] = {}
+    for path in _outermost(paths):
+        blocked = next((p for p in reversed(path.parents) if not _passable(p, user)), None)
+        if blocked is not None:
+            covers.setdefault(blocked, []).append(path)
+    return covers
+
+
+def _outermost(paths: tuple[Path, ...]) -> list[Path]:
+    """``paths`` less those under another of them."""
+    return [p for p in paths if not any(q != p and p.is_relative_to(q) for q in paths)]
+
+
+def _passable(folder: Path, user: Optional[RunUser]) -> bool:
+    """Whether ``user`` (with no supplementary group) may pass through ``folder``."""
+    info = os.stat(folder)
+    if user is not None and info.st_uid == user.uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if user is not None and info.st_gid == user.gid:
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
+
+
+def _show_only(covers: dict[Path, list[Path]]) -> None:
+    """In a mount namespace of this process's own: a tmpfs on each covered folder, showing only
+    its paths (bound from folders opened before the tmpfs hides them)."""
+    os.umask(0o022)
+    _check(_libc.unshare(_CLONE_NEWNS), "unshare")
+    _mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE)  # nothing mounted here reaches the host
+    held = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for paths in covers.values() for path in paths}
+    for folder, paths in covers.items():
+        _mount(b"tmpfs", bytes(folder), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0755,size=1m")
+        for path in paths:
+            os.makedirs(path, mode=0o755)
+            _mount(f"/proc/self/fd/{held[path]}".encode(), bytes(path), None, _MS_BIND | _MS_REC)
+    for fd in held.values():
+        os.close(fd)
+
+
+def runtime_paths() -> tuple[Path, ...]:
+    """What a command run with this Python needs to see: its installation, its environment's
+    packages, and where ``wml_core`` and ``wml_jupyter`` (``from wml_jupyter import run``) are."""
+    paths = {Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).resolve().parent}
+    for name in ("wml_core", "wml_jupyter"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            paths.add(Path(list(spec.submodule_search_locations)[0]).parent)
+    return tuple(sorted({p.resolve() for p in paths}))
+
+
+def isolation_gap(work_dir: Path) -> Optional[str]:
+    """Why this host cannot run commands as leased users with runners working under
+    ``work_dir`` (None: it can)."""
+    if os.geteuid() != 0:
+        return "the backend does not run as root, so it cannot run each run as a user of its own"
+    if not shutil.which("useradd") and not _some_user_exists():
+        return f"useradd is not installed and no {USER_PREFIX}* users exist"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if _covers((*runtime_paths(), work_dir.resolve()), None):
+        try:
+            subprocess.run(["true"], preexec_fn=_probe_namespace, check=True, capture_output=True)
+        except (OSError, subprocess.SubprocessError):
+            return ("Python or the runs' folder lie under a folder other users cannot pass, and this host "
+                    "does not allow mount namespaces to show runs only what they need")
+    return None
+
+
+def _probe_namespace() -> None:
+    _check(_libc.unshare(_CLONE_NEWNS), "unshare")
+    _mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE)
+
+
+def _some_user_exists() -> bool:
+    return any(entry.pw_name.startswith(USER_PREFIX) for entry in pwd.getpwall())

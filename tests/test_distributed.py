@@ -49,7 +49,7 @@ def test_a_failing_learner_fails_the_run_and_stops_its_peer(backend, tmp_path):
     run = backend.cli_json("show", run_id)
     assert run["state"] == "FAILED" and run["exit_code"] == 1
     assert run["reason"].startswith("learner 2:")
-    assert "FAILED {'fail_rank': 1} exit 1: learner 2:" in repr(backend.client().run(run_id))
+    assert "FAILED {'fail_rank': 1}: this learner fails (learner 2:" in repr(backend.client().run(run_id))
     assert "this learner fails" in run["log_tail"]
     assert time.monotonic() - started < 45, "the peer (sleeping 60 s) must have been stopped"
 

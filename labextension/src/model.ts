@@ -87,6 +87,10 @@ export interface Run {
   exit_code: number | null;
   /** Why it failed or was stopped. */
   reason: string | null;
+  /** Attempts that a disruption ended (a node drain, Kueue preemption...): not retries. */
+  preemptions: number;
+  /** Why its last disrupted attempt ended and where it resumed (`preempted: ...; resumed at step N`). */
+  preempted: string | null;
   /** The last lines of the training log, kept when a run fails. */
   log_tail: string[];
   /** Latest value of each metric the run logged (plus `step`). */

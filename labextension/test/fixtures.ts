@@ -17,6 +17,8 @@ export function makeRun(fields: Partial<Run> = {}): Run {
     waiting_since: null,
     exit_code: null,
     reason: null,
+    preemptions: 0,
+    preempted: null,
     log_tail: [],
     metrics: { step: 3, val_acc: 0.91 },
     transitions: [{ state: RunState.Queued, time: '2026-11-26T10:00:00Z', attempt: 1 }],

@@ -29,8 +29,8 @@ from wml_backend.settings import Settings
 from wml_core.objectstore import StoreConfig
 from wml_core.states import RunState
 
-sys.path.insert(0, str(Path(__file__).parent / "k8s"))  # the stand-in cluster lives beside its own tests
-from kubefake import calls_beyond_role, start_fake_kube, stop_fake_kube  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent / "k8s"))  # the test cluster's helpers live beside its tests
+from testcluster import backend_namespace, shared_cluster  # noqa: E402
 
 #: GPUs and run slots every world's executor is configured with.
 GPUS, SLOTS = 2, 3
@@ -143,24 +143,20 @@ def local_world(tmp_path: Path, monkeypatch, backend: RunnerBackend) -> Iterator
 
 @contextmanager
 def kubernetes_world(tmp_path: Path, monkeypatch, backend: RunnerBackend) -> Iterator[World]:
-    """The Kubernetes executor against the stand-in API server (tests/k8s/kubefake*.py), whose
-    kubelet runs each pod's command as a process of this host.
-
-    Moving to a real control plane changes this function only: its kubeconfig, and pods that
-    can reach the runner backend's URL and its S3 endpoint (the stand-in's pods are on this host).
+    """The Kubernetes executor on the test cluster (tests/k8s/testcluster.py), as the
+    ServiceAccount of backend/deploy in a namespace of its own: a call its Role refuses fails the
+    test. The cluster's node agent runs each pod's command as a process of this host, so runners
+    reach the runner backend's URL and its S3 endpoint on 127.0.0.1.
     """
     from wml_backend.executors.kubernetes import KubernetesExecutor
 
-    kube = start_fake_kube(tmp_path / "kube", gpus=GPUS)
-    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
-
     def make(backend_url: str) -> Executor:
         return KubernetesExecutor.from_settings(backend.settings(gpus=GPUS, slots=SLOTS, public_url=backend_url))
-    try:
+    with backend_namespace(shared_cluster(), tmp_path / "kube") as ns:
+        monkeypatch.setenv("KUBECONFIG", str(ns.kubeconfig))
         yield World("kubernetes", make, lambda handle: {**handle, "job": handle["job"] + "-gone"})
-    finally:
-        stop_fake_kube(kube)
-    assert not calls_beyond_role(kube), f"backend/deploy/rbac.yaml lacks {calls_beyond_role(kube)}"
+        refused = ns.refused()
+    assert not refused, f"backend/deploy/rbac.yaml lacks what the executor asked for: {refused}"
 
 
 #: The worlds by name: each is entered with (tmp_path, monkeypatch, runner backend).

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from s3server import MotoS3, running_moto
-from testcluster import BackendNamespace, Cluster, backend_namespace, test_cluster
+from testcluster import BackendNamespace, Cluster, backend_namespace, given_cluster, running_cluster, shared_cluster
 
 HERE = Path(__file__).parent
 
@@ -31,10 +31,12 @@ def real_cluster_asked(config) -> bool:
 
 
 @pytest.fixture(scope="session")
-def kube_cluster(request, tmp_path_factory) -> Iterator[Cluster]:
-    """The cluster of this session (see the module's docstring)."""
-    with test_cluster(tmp_path_factory.mktemp("kube-state"), real=real_cluster_asked(request.config)) as cluster:
-        yield cluster
+def kube_cluster(request) -> Cluster:
+    """The cluster of this session (see the module's docstring); one it starts is shared with
+    the tests outside tests/k8s that need it (``shared_cluster``) and stopped when pytest exits."""
+    if real_cluster_asked(request.config) and running_cluster() is None:
+        return given_cluster(os.environ["KUBECONFIG"])
+    return shared_cluster()
 
 
 @contextmanager

@@ -154,6 +154,26 @@ def test_indexed_job_completes(api, ns):
     assert logs == ["index 0", "index 1"]
 
 
+def test_the_pods_of_a_headless_service_resolve_each_other(api, ns):
+    """No cluster DNS here: the agent stands in for it, for the pods of a headless Service (its
+    ``subdomain``), through their hosts files: each learner of an Indexed Job finds the other."""
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    core.create_namespaced_service(ns, {"metadata": {"name": "peers"}, "spec": {
+        "clusterIP": "None", "selector": {"batch.kubernetes.io/job-name": "ddp"}, "ports": [{"port": 29500}]}})
+    code = ("import os, socket, time\n"
+            "peer = 'ddp-%d' % (1 - int(os.environ['JOB_COMPLETION_INDEX']))\n"
+            f"names = [peer + '.peers', peer + '.peers.{ns}.svc', peer + '.peers.{ns}.svc.cluster.local']\n"
+            "for _ in range(100):  # the peer's pod may start later\n"
+            "    try:\n        print(*[socket.gethostbyname(n) for n in names]); break\n"
+            "    except OSError:\n        time.sleep(0.1)\n")
+    spec = job("ddp", code, completions=2, parallelism=2, completionMode="Indexed")
+    spec["spec"]["template"]["spec"]["subdomain"] = "peers"
+    batch.create_namespaced_job(ns, spec)
+    assert wait_for("the Job to end", lambda: job_condition(batch, ns, "ddp")) == "Complete"
+    logs = [core.read_namespaced_pod_log(p.metadata.name, ns).strip() for p in job_pods(core, ns, "ddp")]
+    assert logs == ["127.0.0.1 127.0.0.1 127.0.0.1"] * 2
+
+
 @pytest.fixture
 def gpu_queue(api, ns) -> Iterator[str]:
     """A Kueue ClusterQueue with a nominal quota of 1 GPU, and its LocalQueue in ``ns``."""

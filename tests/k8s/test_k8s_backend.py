@@ -249,8 +249,9 @@ def test_an_image_that_cannot_be_pulled_fails_the_run_with_the_apis_words(k8s, t
     framework = {"name": "tensorflow", "version": "2.16", "command": "python3 train.py"}
     run = wait_run(k8s.backend, run_of(k8s, tmp_path, framework=framework))
     assert run["state"] == "FAILED"
-    assert re.match(r"cannot pull image registry\.invalid/wml-runner-tensorflow:2\.16 \((ErrImagePull|ImagePullBackOff)\): "
-                    r'(failed to pull|Back-off pulling image) .*"registry\.invalid/', run["reason"]), run["reason"]
+    pull = r"cannot pull image registry\.invalid/wml-runner-tensorflow:2\.16 \((ErrImagePull|ImagePullBackOff)\): "
+    said = r'(failed to pull|Back-off pulling image) .*"registry\.invalid/'  # the pod status' message
+    assert re.match(pull + said, run["reason"]), run["reason"]
 
 
 def test_a_run_waiting_for_gpus_says_so(k8s, tmp_path):

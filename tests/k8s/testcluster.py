@@ -19,11 +19,13 @@ from it, and ``refused()`` lists the calls its Role did not allow.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -98,7 +100,9 @@ def cluster_env(env_file: Path) -> dict[str, str]:
 def running_cluster(environ=os.environ) -> Optional[Cluster]:
     """The test cluster running in ``$WML_KUBE_STATE``, if one is."""
     state = environ.get("WML_KUBE_STATE")
-    if not state or not (Path(state) / "cluster.env").exists() or not _alive(Path(state) / "pids" / "kube-apiserver.pid"):
+    if not state or not (Path(state) / "cluster.env").exists():
+        return None
+    if not _alive(Path(state) / "pids" / "kube-apiserver.pid"):
         return None
     env = cluster_env(Path(state) / "cluster.env")
     return Cluster(Path(env["KUBECONFIG"]), env, Path(state))
@@ -152,6 +156,20 @@ def test_cluster(state: Path, real: bool = False) -> Iterator[Cluster]:
 
 
 test_cluster.__test__ = False  # not a test, whatever its name
+
+_SHARED: list[Cluster] = []
+
+
+def shared_cluster() -> Cluster:
+    """The running test cluster; else one started the first time this is called, for the rest
+    of this process (stopped when it exits): for tests outside tests/k8s (the executor contract)."""
+    if not _SHARED:
+        cluster = running_cluster()
+        if cluster is None:
+            cluster = start_cluster(Path(tempfile.mkdtemp(prefix="wml-kube-")))
+            atexit.register(stop_cluster, cluster)
+        _SHARED.append(cluster)
+    return _SHARED[0]
 
 
 # -- more nodes ------------------------------------------------------------------------------------

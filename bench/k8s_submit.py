@@ -4,7 +4,8 @@ lag, and nothing left after the TTL.
     python bench/k8s_submit.py [--quick] [--runs 1000] [--ddp-runs 100] [--nodes 100]
 
 Uses the test cluster running in ``$WML_KUBE_STATE`` (``eval "$(bash scripts/kube-up.sh)"``), or
-starts one for the run (tests/k8s/testcluster.py). Adds a node agent of ``--nodes`` pretend GPU
+starts one for the run (tests/k8s/testcluster.py: it needs the test cluster's node agent and
+audit log). Adds a node agent of ``--nodes`` pretend GPU
 nodes (8 GPUs each: they run no process, a pod there is Running at once and Succeeded after
 ``--run-s``), makes a namespace from backend/deploy and runs the executor in this process as its
 ServiceAccount, exactly as the deployed backend would. Runs go to the pretend nodes through the
@@ -44,9 +45,9 @@ from testcluster import (  # noqa: E402
     BackendNamespace,
     Cluster,
     backend_namespace,
+    shared_cluster,
     start_nodes,
     stop_nodes,
-    test_cluster,
 )
 
 GPUS_PER_NODE = 8
@@ -94,8 +95,8 @@ class JobsFinished:
 
     def _follow(self, namespace: str) -> None:
         with suppress(Exception):  # a stopped watch ends badly
-            for event in self._watch.stream(self._list, namespace, timeout_seconds=3600):
-                job = event["raw_object"]
+            for event in self._watch.stream(self._list, namespace, timeout_seconds=3600, deserialize=False):
+                job = event["object"]  # JSON only: no model objects, so as to take little of this process
                 conditions = (job.get("status") or {}).get("conditions") or []
                 if any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions):
                     self.at.setdefault(job["metadata"]["name"], time.time())
@@ -243,18 +244,16 @@ def main() -> int:
         args.runs, args.ddp_runs = 100, 10
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the nodes and namespace go too
-    with test_cluster(Path(tempfile.mkdtemp(prefix="wml-kube-bench-"))) as cluster:
-        if cluster.audit_log is None:
-            print("needs the test cluster (scripts/kube-up.sh): its node agent and audit log", file=sys.stderr)
-            return 2
-        say(f"starting {args.nodes} pretend nodes")
-        nodes = start_nodes(cluster, "bench-", args.nodes, options=[
-            "--gpus", str(GPUS_PER_NODE), "--pretend-run-s", str(args.run_s)])
-        try:
-            with backend_namespace(cluster, Path(tempfile.mkdtemp(prefix="wml-bench-")), "wml-bench") as ns:
-                result = measure(cluster, ns, args.runs, args.ddp_runs, args.ttl_s)
-        finally:
-            stop_nodes(cluster, nodes)
+    cluster = shared_cluster()  # the running test cluster, or one started until this process exits
+    say(f"starting {args.nodes} pretend nodes")
+    nodes = start_nodes(cluster, "bench-", args.nodes, options=[
+        "--gpus", str(GPUS_PER_NODE), "--pretend-run-s", str(args.run_s)])
+    try:
+        with tempfile.TemporaryDirectory(prefix="wml-bench-") as home, \
+                backend_namespace(cluster, Path(home), "wml-bench") as ns:
+            result = measure(cluster, ns, args.runs, args.ddp_runs, args.ttl_s)
+    finally:
+        stop_nodes(cluster, nodes)
     return 0 if report(result) else 1
 
 

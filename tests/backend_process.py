@@ -156,3 +156,17 @@ class BackendProcess:
                 return exp
             time.sleep(0.3)
         raise AssertionError(f"experiment {experiment_id} did not end in {timeout} s")
+
+
+#: The smallest training definition of the tests (a manifest and its train.py).
+TINY = Path(__file__).parent / "definitions" / "tiny"
+
+
+def tiny_manifest(folder: Path, **changes) -> Path:
+    """A copy of the tiny definition's manifest with top-level fields changed, in a file of its own."""
+    import yaml
+    data = yaml.safe_load((TINY / "manifest.yml").read_text())
+    data.update(changes)
+    path = folder / f"manifest-{len(list(folder.glob('manifest-*')))}.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -6,18 +6,9 @@ import json
 import time
 from pathlib import Path
 
-import yaml
+from backend_process import TINY, tiny_manifest
 
-TINY = Path(__file__).parent / "definitions" / "tiny"
-
-
-def definition(tmp_path: Path, **changes) -> Path:
-    """A copy of the tiny definition's manifest with top-level fields changed."""
-    manifest = yaml.safe_load((TINY / "manifest.yml").read_text())
-    manifest.update(changes)
-    path = tmp_path / f"manifest-{len(list(tmp_path.glob('manifest-*')))}.yml"
-    path.write_text(yaml.safe_dump(manifest))
-    return path
+definition = tiny_manifest
 
 
 def submit(backend, manifest: Path, *flags: str, token=None) -> str:

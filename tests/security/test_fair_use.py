@@ -14,11 +14,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import yaml
-from backend_process import BackendProcess
+from backend_process import TINY, BackendProcess, tiny_manifest
 from checks import assert_clear
 
-TINY = Path(__file__).parents[1] / "definitions" / "tiny"
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +27,7 @@ def shared(tmp_path_factory):
     proc.close()
 
 
-def manifest(folder: Path, **changes) -> Path:
-    """The tiny definition with top-level fields changed, in a file of its own."""
-    data = yaml.safe_load((TINY / "manifest.yml").read_text())
-    data.update(changes)
-    path = folder / f"manifest-{len(list(folder.glob('manifest-*')))}.yml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+manifest = tiny_manifest
 
 
 def create(proc: BackendProcess, name: str, *flags: str) -> str:

@@ -2,7 +2,11 @@
 through a plain ``concurrent.futures`` process pool (the baseline) and through Ray Tune (a peer, in
 its own environment: see peer_env.py), all in one run. Prints makespans and ratios; not a test.
 
-    python bench/sweep_overhead.py [--runs 100] [--slots 4] [--seconds 0.2 1] [--no-ray] [--quick]
+``--torch``: each trial is instead ``python3 trial.py SECONDS``, a script that imports torch and
+sleeps, of framework ``pytorch``: the pool starts a fresh Python per trial (as a cold run does), the
+backend forks each from its warm interpreter (``wml_runner.zygote``).
+
+    python bench/sweep_overhead.py [--runs 100] [--slots 4] [--seconds 0.2 1] [--no-ray] [--quick] [--torch]
 """
 
 from __future__ import annotations
@@ -29,17 +33,32 @@ from wml_core.states import TERMINAL as TERMINAL_STATES, RunState  # noqa: E402
 TERMINAL = {state.value for state in TERMINAL_STATES}
 
 
-def baseline(command: str, runs: int, slots: int) -> float:
+#: The trial of ``--torch``: what a PyTorch run does first, then its "training" (a sleep).
+TORCH_TRIAL = "import sys, time\nimport torch\ntime.sleep(float(sys.argv[1]))\n"
+
+
+def trial_code(folder: Path) -> Path:
+    """A code folder holding ``trial.py`` (``TORCH_TRIAL``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "trial.py").write_text(TORCH_TRIAL)
+    return folder
+
+
+def baseline(command: str, runs: int, slots: int, cwd: Path) -> float:
     """Makespan of the same commands through a process pool."""
     started = time.monotonic()
     with ProcessPoolExecutor(slots) as pool:
-        list(pool.map(subprocess.run, [["bash", "-c", command]] * runs))
+        list(pool.map(_run_in, [command] * runs, [cwd] * runs))
     return time.monotonic() - started
 
 
-def write_definition(folder: Path, command: str, runs: int) -> Path:
+def _run_in(command: str, cwd: Path) -> None:
+    subprocess.run(["bash", "-c", command], cwd=cwd, check=True)
+
+
+def write_definition(folder: Path, command: str, runs: int, framework: str = "custom") -> Path:
     """A definition of ``runs`` one-GPU runs of ``command``."""
-    manifest = {"name": "overhead", "gpus": 1, "framework": {"name": "custom", "command": command},
+    manifest = {"name": "overhead", "gpus": 1, "framework": {"name": framework, "command": command},
                 "hyperparameters": {"i": {"int": [1, 1_000_000]}},
                 "search": {"algorithm": "random", "runs": runs, "seed": 1}}
     (folder / "manifest.yml").write_text(yaml.safe_dump(manifest))
@@ -75,15 +94,17 @@ def time_in_states(runs: list) -> dict[str, float]:
     return {state: statistics.median(seconds) for state, seconds in spent.items() if state != RunState.QUEUED.value}
 
 
-def through_backend(command: str, runs: int, slots: int) -> tuple[float, float, list[float], dict[str, float]]:
+def through_backend(command: str, runs: int, slots: int, framework: str = "custom",
+                    ) -> tuple[float, float, list[float], dict[str, float]]:
     """Makespan, accept time, dispatch gaps and time in states of the same commands through the backend."""
     with tempfile.TemporaryDirectory() as tmp:
         backend = BackendProcess(Path(tmp) / "home", gpus=slots, slots=slots).start()
         try:
             client = backend.client()
-            manifest = write_definition(Path(tmp), command, runs)
+            code = trial_code(Path(tmp) / "code")
+            manifest = write_definition(Path(tmp), command, runs, framework)
             started = time.monotonic()
-            experiment = client.train(manifest, Path(tmp))
+            experiment = client.train(manifest, code)
             accepted = time.monotonic() - started
             experiment.wait()
             finished = time.monotonic()
@@ -107,22 +128,24 @@ def ray_tune(runs: int, slots: int, durations: list[float]) -> dict:
         return {"unavailable": str(exc)}
 
 
-def measure(durations: list[float], runs: int, slots: int) -> tuple[dict, dict]:
+def measure(durations: list[float], runs: int, slots: int, torch: bool = False) -> tuple[dict, dict]:
     """The pool's and the backend's figures per duration, printing progress."""
     pool, ours = {}, {}
-    for seconds in durations:
-        command = f"sleep {seconds}"
-        pool[seconds] = baseline(command, runs, slots)
-        print(f"  process pool, {runs} x {command}: {pool[seconds]:.2f} s", flush=True)
-        ours[seconds] = through_backend(command, runs, slots)
-        print(f"  backend,      {runs} x {command}: {ours[seconds][0]:.2f} s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        code = trial_code(Path(tmp))
+        for seconds in durations:
+            command = f"python3 trial.py {seconds}" if torch else f"sleep {seconds}"
+            pool[seconds] = baseline(command, runs, slots, code)
+            print(f"  process pool, {runs} x {command}: {pool[seconds]:.2f} s", flush=True)
+            ours[seconds] = through_backend(command, runs, slots, "pytorch" if torch else "custom")
+            print(f"  backend,      {runs} x {command}: {ours[seconds][0]:.2f} s", flush=True)
     return pool, ours
 
 
 def report(durations: list[float], runs: int, slots: int, pool: dict, ours: dict, ray: dict) -> None:
     """One table of makespans and ratios to the pool, then where the backend's overhead goes."""
     print(f"\n{runs} trials on {slots} slots: makespan (ratio to the process pool)")
-    print(f"  {'':30}" + "".join(f"{f'sleep {d}':>22}" for d in durations))
+    print(f"  {'':30}" + "".join(f"{f'{d} s trials':>22}" for d in durations))
     rows = [("process pool (baseline)", {d: pool[d] for d in durations}),
             ("wml backend", {d: ours[d][0] for d in durations})]
     if "unavailable" not in ray:
@@ -139,7 +162,7 @@ def report(durations: list[float], runs: int, slots: int, pool: dict, ours: dict
     print("  goals: backend <= 1.10x for 0.2 s trials, <= 1.03x for 1 s trials and below Ray Tune's")
     for d in durations:
         _, accepted, gaps, states = ours[d]
-        print(f"  sleep {d}: dispatch gap p50 {1000 * statistics.median(gaps):.1f} ms, "
+        print(f"  {d} s trials: dispatch gap p50 {1000 * statistics.median(gaps):.1f} ms, "
               f"p99 {1000 * percentile(gaps, 99):.1f} ms; accept {runs} runs {1000 * accepted:.0f} ms; "
               "median time in state " + ", ".join(f"{s} {1000 * t:.0f} ms" for s, t in states.items()))
 
@@ -152,12 +175,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, nargs="+", default=[0.2, 1.0], help="trial durations")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray Tune")
     parser.add_argument("--quick", action="store_true", help="20 trials per duration (about 2 minutes)")
+    parser.add_argument("--torch", action="store_true", help="trials import torch (warm starts vs a fresh Python)")
     args = parser.parse_args()
     runs = 20 if args.quick else args.runs
-    print(f"measuring {runs} trials of {', '.join(f'sleep {d}' for d in args.seconds)} on {args.slots} slots",
+    print(f"measuring {runs} trials of {', '.join(f'{d} s' for d in args.seconds)} on {args.slots} slots",
           flush=True)
-    pool, ours = measure(args.seconds, runs, args.slots)
-    ray = {"unavailable": "--no-ray"} if args.no_ray else ray_tune(runs, args.slots, args.seconds)
+    pool, ours = measure(args.seconds, runs, args.slots, args.torch)
+    no_ray = "--no-ray" if args.no_ray else "--torch: Ray Tune runs sleeps only" if args.torch else None
+    ray = {"unavailable": no_ray} if no_ray else ray_tune(runs, args.slots, args.seconds)
     report(args.seconds, runs, args.slots, pool, ours, ray)
 
 

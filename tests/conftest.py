@@ -7,6 +7,7 @@ import os
 import pytest
 
 from backend_process import BackendProcess
+from minioserver import running_minio
 
 
 @pytest.fixture
@@ -28,3 +29,11 @@ def backend(wml_home, monkeypatch):
     monkeypatch.setenv("WML_TOKEN", proc.token)
     yield proc
     proc.close()
+
+
+@pytest.fixture(scope="session")
+def minio():
+    """A MinIO server (real S3: signatures, policies, STS) for the session; skipped without the
+    binary unless WML_REQUIRE_MINIO is set."""
+    with running_minio() as server:
+        yield server

@@ -124,21 +124,43 @@ class World:
 
 
 @contextmanager
-def local_world(tmp_path: Path, monkeypatch, backend: RunnerBackend) -> Iterator[World]:
-    """The local executor: runners are processes of this host, working under ``tmp_path``."""
+def local_world(tmp_path: Path, monkeypatch, backend: RunnerBackend, warm: bool = False) -> Iterator[World]:
+    """The local executor: runners are processes of this host, working under ``tmp_path``.
+
+    ``warm``: the tiny definition's commands (``python3 train.py``, framework ``custom``) start
+    forked from a zygote (one that imports ``json``: the fork, not the import, is under test),
+    and every command that ran was so started; else every run starts cold."""
     from wml_backend.executors.local import LocalExecutor
 
     runs = tmp_path / "runs"
 
     def make(backend_url: str) -> Executor:  # each launch gives its runner the URL
-        return LocalExecutor(runs, gpus=GPUS, slots=SLOTS)
+        return LocalExecutor(runs, gpus=GPUS, slots=SLOTS, warm={"custom": ("json",)} if warm else {})
     try:  # the same pid started at another time is another process (the pid was reused)
-        yield World("local", make, lambda handle: {**handle, "create_time": handle["create_time"] - 1})
+        yield World("local-warm" if warm else "local", make,
+                    lambda handle: {**handle, "create_time": handle["create_time"] - 1})
+        if warm:
+            assert_all_warm(runs)
     finally:  # runners (and their commands) that a failed test left behind
         for proc in psutil.process_iter(["cwd"]):
             if (proc.info["cwd"] or "").startswith(str(runs)):
                 with suppress(psutil.Error):
                     proc.kill()
+
+
+def assert_all_warm(runs: Path) -> None:
+    """Every command that ran under ``runs`` was forked by a zygote, none started cold."""
+    ran = [log for log in runs.glob("*/learner-*/training-log.txt") if log.stat().st_size]
+    forks = sum(log.read_text().count("zygote: forked") for log in runs.glob(".zygotes/*.log"))
+    cold = [log for log in ran if "starts cold" in log.read_text()]
+    assert not cold and forks >= len(ran), f"{len(ran)} commands ran, {forks} forked warm, cold: {cold}"
+
+
+@contextmanager
+def local_warm_world(tmp_path: Path, monkeypatch, backend: RunnerBackend) -> Iterator[World]:
+    """The local executor with warm starts (``local_world``)."""
+    with local_world(tmp_path, monkeypatch, backend, warm=True) as world:
+        yield world
 
 
 @contextmanager
@@ -160,7 +182,7 @@ def kubernetes_world(tmp_path: Path, monkeypatch, backend: RunnerBackend) -> Ite
 
 
 #: The worlds by name: each is entered with (tmp_path, monkeypatch, runner backend).
-WORLDS = {"local": local_world, "kubernetes": kubernetes_world}
+WORLDS = {"local": local_world, "local-warm": local_warm_world, "kubernetes": kubernetes_world}
 
 
 # -- what an executor says ----------------------------------------------------------------------

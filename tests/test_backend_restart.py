@@ -56,16 +56,21 @@ def test_run_whose_process_died_while_backend_was_down_is_failed(backend, tmp_pa
 
 # -- a stop decided before a restart ---------------------------------------------------------
 #: Training code whose good runs (lr >= 0.5) end after one step and whose bad ones train on
-#: until stopped; asked to stop (SIGTERM), it says so in its log and goes on, as a command that
-#: saves a long checkpoint would, until the runner kills it (1 s later).
+#: until stopped; asked to stop (its next ``run.log`` ends it, or SIGTERM), it says so in its log and
+#: goes on, as a command that saves a long checkpoint would, until the runner kills it.
 SLOW_TO_STOP = """
 import signal, time
 from wml_jupyter import run
 hp = run.hparams()
 signal.signal(signal.SIGTERM, lambda *_: print("asked to stop", flush=True))
-for step in range(1, 2 if hp["lr"] >= 0.5 else 600):
-    run.log(step=step, acc=hp["lr"] * step)
-    time.sleep(0.1)
+try:
+    for step in range(1, 2 if hp["lr"] >= 0.5 else 600):
+        run.log(step=step, acc=hp["lr"] * step)
+        time.sleep(0.1)
+except SystemExit:
+    print("asked to stop", flush=True)
+    time.sleep(600)
+    raise
 """
 
 

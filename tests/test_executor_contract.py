@@ -151,3 +151,15 @@ def test_capacity_is_what_the_executor_was_given(executors):
     executor, _ = executors()
     capacity = executor.capacity()
     assert (capacity.gpu_ids, capacity.slots) == (tuple(range(GPUS)), SLOTS)
+
+
+def test_an_account_synced_with_the_executor_runs_within_the_backends_own_quota(backend, executors, tmp_path):
+    """``sync_account`` (after ``wml accounts create/update``) holds nothing here: with no Kueue,
+    the backend alone counts GPUs, and a started run's pending time runs from its start."""
+    executor, exits = executors()
+    executor.sync_account("team_a", 1, 2.0, 2**30)
+    assert executor.capacity().counts_gpus
+    run = tiny_run(backend, tmp_path)
+    admit(backend, run, executor)
+    assert executor.pending_since(run.id, 1234.5) == 1234.5
+    assert exits.next() == (run.id, 1, 0)

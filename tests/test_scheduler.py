@@ -102,3 +102,13 @@ def test_an_account_without_limits_is_not_admitted():
     plan = plan_admissions([run(1, "gone", gpus=0), run(2, "a", gpus=0)], [], quotas(a=0),
                            Capacity(gpu_ids=(), slots=4))
     assert [a.run.id for a in plan] == ["r2"]
+
+
+def test_where_the_cluster_holds_the_gpu_quotas_runs_are_handed_over_as_slots_allow():
+    """Kueue (``counts_gpus`` False): a 1-GPU account's second run goes to the cluster too, to wait
+    in Kueue's queue; run slots still bound what is handed over, and no GPU ids are handed out."""
+    queued = [run(1, "a"), run(2, "a"), run(3, "a")]
+    active = [run(9, "a", state="PROCESSING")]
+    kueue = Capacity(gpu_ids=(0,), slots=3, counts_gpus=False)
+    assert admitted(plan_admissions(queued, active, quotas(a=1), kueue)) == [("r1", ()), ("r2", ())]
+    assert admitted(plan_admissions(queued, active, quotas(a=1), Capacity(gpu_ids=(0,), slots=3))) == []

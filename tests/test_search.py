@@ -7,7 +7,8 @@ import pytest
 
 from test_cli_e2e import TINY, definition, submit
 from wml_core.definition import EarlyStopping, ParamSpec, Search
-from wml_backend.search.decisions import Trial, early_stop, next_points, rung_steps
+from wml_backend.search.decisions import Trial, awaits_evidence, early_stop, next_points, rung_steps
+from wml_backend.search.driver import SweepDriver
 
 SPACE = {"q": ParamSpec(kind="uniform", low=0.0, high=1.0)}
 
@@ -38,6 +39,36 @@ def test_rungs_grow_geometrically():
 def test_asha_keeps_the_top_third_at_a_rung():
     stopped = arrive(asha(), [{1: 0.5}, {1: 0.9}, {1: 0.1}, {1: 0.95}, {1: 0.2}, {1: 0.3}])
     assert stopped == [False, False, True, False, True, True]
+
+
+def test_asha_promotes_none_of_the_first_runs_of_a_rung_before_the_bootstrap_count():
+    search = asha()  # bootstrap count: the reduction factor, 3
+    trials = {name: Trial({"q": 0.5}, "running", {}) for name in ("a", "b", "c")}
+    trials["a"].curve = {1: 0.9}
+    assert awaits_evidence(search, trials, "a"), "alone at rung 1 while two peers train"
+    trials["b"].curve = {1: 0.5}
+    assert awaits_evidence(search, trials, "a") and awaits_evidence(search, trials, "b")
+    trials["c"].curve = {1: 0.1}
+    assert not any(awaits_evidence(search, trials, name) for name in trials)
+    assert [early_stop(search, SPACE, trials, name) is not None for name in trials] == [False, True, True]
+
+
+def test_a_run_awaiting_evidence_trains_on_and_is_judged_at_that_rung_once_it_is_there():
+    search, driver = asha(), SweepDriver(None, None)
+    trials = {"lucky": Trial({"q": 0.5}, "running", {1: 0.3, 2: 0.3, 3: 0.3}),
+              "b": Trial({"q": 0.5}, "running", {1: 0.6}), "c": Trial({"q": 0.5}, "running", {})}
+    assert driver._judge(search, SPACE, trials, "lucky", [1, 3]) is None  # 2 of 3 at rung 1: it waits
+    assert driver._checked.get("lucky", 0) == 0, "not promoted past rung 1"
+    trials["c"].curve = {1: 0.9}
+    reason = driver._judge(search, SPACE, trials, "lucky", [1, 3])
+    assert reason.startswith("stopped by ASHA at step 1: acc 0.3 is below the cut-off 0.9")
+
+
+def test_asha_judges_on_what_there_is_when_no_other_run_can_reach_the_rung():
+    trials = {"done": Trial({"q": 0.5}, "completed", {1: 0.9, 3: 0.9}), "stopped": Trial({"q": 0.5}, "stopped", {}),
+              "new": Trial({"q": 0.5}, "running", {1: 0.2})}
+    assert not awaits_evidence(asha(), trials, "new")
+    assert early_stop(asha(), SPACE, trials, "new") is not None
 
 
 def test_asha_minimises_when_asked():

@@ -8,6 +8,7 @@ run ``jp_fetch`` on the server's loop.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
@@ -122,8 +123,46 @@ def test_typescript_model_mirrors_the_wire_model():
         assert interfaces.get(model.__name__) == set(model.model_fields), model.__name__
 
 
+def test_events_stream_through_the_extension_as_they_come(jp_fetch, jp_asyncio_loop, wml_env):
+    """A new experiment's runs reach the browser's event stream within a second of the submission:
+    the extension relays each event as it comes, buffering nothing."""
+    chunks: list[tuple[float, bytes]] = []
+    connected = asyncio.Event()
+
+    def received(chunk: bytes) -> None:
+        chunks.append((time.monotonic(), chunk))
+        connected.set()
+
+    async def submit_and_listen() -> tuple[str, float]:
+        stream = asyncio.ensure_future(jp_fetch("wml", "events", streaming_callback=received, request_timeout=60))
+        await asyncio.wait_for(connected.wait(), 10)  # the stream's first comment: it is open
+        client = wml_env.client()
+        experiment = await asyncio.to_thread(client.train_code, QUICK_CELL, name="streamed", gpus=0)
+        submitted = time.monotonic()
+        deadline = submitted + 5
+        while time.monotonic() < deadline and not _seen(chunks, experiment.id):
+            await asyncio.sleep(0.02)
+        stream.cancel()
+        return experiment.id, submitted
+
+    experiment_id, submitted = jp_asyncio_loop.run_until_complete(submit_and_listen())
+    arrived = _seen(chunks, experiment_id)
+    assert arrived is not None, f"no event of {experiment_id} reached the stream: {chunks[-3:]}"
+    assert arrived - submitted <= 1.0, f"the first event came {arrived - submitted:.2f} s after the submission"
+
+
+def _seen(chunks: list[tuple[float, bytes]], experiment_id: str):
+    """When the first chunk naming ``experiment_id`` in a run event arrived (None: not yet)."""
+    text = ""
+    for at, chunk in chunks:
+        text += chunk.decode()
+        if f'"experiment_id": "{experiment_id}"' in text and "event: run" in text:
+            return at
+    return None
+
+
 def test_sparklines_are_downsampled_keeping_first_and_last():
-    from wml_jupyter.serverext.sparklines import downsample
+    from wml_backend.sparklines import downsample
     values = [float(i) for i in range(1000)]
     assert downsample(values, 40)[0] == 0.0 and downsample(values, 40)[-1] == 999.0
     assert len(downsample(values, 40)) == 40 and downsample(values[:3], 40) == [0.0, 1.0, 2.0]

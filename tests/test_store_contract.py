@@ -273,6 +273,41 @@ def test_an_accounts_queue_is_its_queued_runs_in_submission_order(store):
     assert store.run("e3-1").queue_position == 3 and store.run("e1-2").queue_position is None
 
 
+def test_the_heads_of_each_accounts_queue_are_its_first_queued_runs(store):
+    add_experiment(store, "e1", runs=3)
+    add_experiment(store, "e2", account="bob", runs=3)
+    add_experiment(store, "e3", runs=2)
+    move(store, "e1-1", P)
+    heads = store.queue_heads({"alice": 3, "bob": 1, "carol": 2, "dave": 0})
+    assert {a: [r.id for r in runs] for a, runs in heads.items()} == {
+        "alice": ["e1-2", "e1-3", "e3-1"], "bob": ["e2-1"], "carol": [], "dave": []}
+    assert all(r.transitions == [] and r.queue_position is None for r in heads["alice"])
+    assert store.queue_heads({}) == {}
+
+
+def test_runs_page_by_seq_and_every_run_is_listed_once_whatever_its_state_becomes(store):
+    add_experiment(store, "e1", runs=5)
+    first = store.runs(account="alice", limit=2)
+    move(store, "e1-1", P)  # a state change between pages moves nothing across them
+    move(store, "e1-4", P)
+    second = store.runs(account="alice", after=first[-1].id, limit=2)
+    rest = store.runs(account="alice", after=second[-1].id, limit=2)
+    assert [r.id for r in first + second + rest] == ["e1-1", "e1-2", "e1-3", "e1-4", "e1-5"]
+    assert store.runs(account="alice", after=rest[-1].id, limit=2) == []
+    add_experiment(store, "e2", account="bob")
+    assert store.runs(account="bob", after="e1-1") == []  # another account's run: nothing
+
+
+def test_experiment_ids_page_after_the_last_one_listed(store):
+    for n, created in enumerate([T0, T0 + 10, T0 + 10, T0 + 20]):
+        add_experiment(store, f"x{n}", created=created)
+    add_experiment(store, "bob", account="bob", created=T0 + 5)
+    assert store.experiment_ids("alice", 2) == ["x3", "x2"]
+    assert store.experiment_ids("alice", 2, after="x2") == ["x1", "x0"]
+    assert store.experiment_ids("alice", 2, after="x0") == []
+    assert store.experiment_ids("alice", 2, after="bob") == []  # another account's: nothing
+
+
 def test_state_counts_per_experiment(store):
     add_experiment(store, "e1", runs=3)
     add_experiment(store, "e2", account="bob")
@@ -393,6 +428,16 @@ def test_metrics_are_idempotent_by_seq_and_merge_latest_values(store):
     assert store.add_metrics("e1-1", [point(2, None, loss=0.4)]) == []
     assert store.run("e1-1").metrics == {"loss": 0.4, "acc": 0.7, "step": 2}
     assert store.run("e1-2").metrics == {}
+
+
+def test_metrics_of_many_runs_are_read_at_once_each_after_its_own_seq(store):
+    add_experiment(store, "e1", runs=3)
+    store.add_metrics("e1-1", [point(s, acc=s / 10) for s in range(4)])
+    store.add_metrics("e1-2", [point(s, acc=s / 10) for s in range(2)])
+    found = store.metrics_of({"e1-1": 1, "e1-2": -1, "e1-3": -1, "missing": -1})
+    assert {run_id: [p.seq for p in points] for run_id, points in found.items()} == {
+        "e1-1": [2, 3], "e1-2": [0, 1], "e1-3": [], "missing": []}
+    assert found["e1-1"][0].values == {"acc": 0.2}
 
 
 def test_metrics_since_a_seq(store):

@@ -117,10 +117,10 @@ def _dry_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     client = _client()
     if args.experiment or args.state:
-        runs = [r.model for r in client.runs(args.experiment, args.state)]
+        runs = [r.model for r in client.runs(args.experiment, args.state, limit=args.limit)]
         _emit(args, [r.model_dump(mode="json") for r in runs], lambda: _tables().runs(runs))
     else:
-        exps = [e.model for e in client.experiments()]
+        exps = [e.model for e in client.experiments(limit=args.limit)]
         _emit(args, [e.model_dump(mode="json") for e in exps], lambda: _tables().experiments(exps))
     return 0
 
@@ -140,6 +140,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     client = _client()
+    if client.wait_to_start(args.run, lambda line: print(line, file=sys.stderr, flush=True)):
+        args.follow = True  # it was waiting: its log is followed from its start
     if args.follow:
         for text in client.follow_logs(args.run, learner=args.learner):
             sys.stdout.write(text)
@@ -242,6 +244,8 @@ def build_parser() -> Parser:
     sp = command("list", cmd_list, "list experiments, or runs with --experiment/--state", json_flag=True)
     sp.add_argument("--experiment")
     sp.add_argument("--state")
+    sp.add_argument("--limit", type=bounded(1, 10**9),
+                    help="list at most this many (default: all, read a page at a time)")
 
     sp = command("show", cmd_show, "show a run or an experiment", json_flag=True)
     sp.add_argument("id")

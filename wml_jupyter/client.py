@@ -7,7 +7,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -15,14 +15,18 @@ from pydantic import BaseModel, ValidationError
 from wml_core import models
 from wml_core.errors import ERRORS_BY_CODE, BackendUnavailable, InvalidInput, WmlError, quoted
 from wml_core.manifest import read_manifest_text
+from wml_core.pages import Summary
 from wml_core.objectstore.resolve import wml_home
 
 from .codezip import package
+from .describe import waiting_text
 from .config import Profile, load_profile
 from .objects import Experiment, Run
 
 #: Seconds a call waits for the backend.
 HTTP_TIMEOUT_S = 60.0
+#: Items asked for per request when a listing is read whole (the backend's largest page).
+PAGE_SIZE = 1000
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: What a run or experiment id may hold: anything else would change the URL the id goes in.
 _ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
@@ -47,13 +51,32 @@ class Client:
     # -- transport ------------------------------------------------------------------------
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the backend; a domain error comes back as the same ``WmlError`` class."""
+        return self._send(method, path, **kwargs).json()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The backend's answer to one call; a domain error is raised as the same ``WmlError`` class."""
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise BackendUnavailable(f"cannot reach the backend at {self.url} ({type(exc).__name__})") from None
         if response.status_code >= 400:
-            raise _error(response)
-        return response.json()
+            raise error_of(response)
+        return response
+
+    def listing(self, path: str, params: dict[str, Any], limit: Optional[int] = None) -> Iterator[Any]:
+        """The items of a paged listing, a page at a time, following each page's cursor to the end
+        (or until ``limit`` items)."""
+        cursor, left = None, limit
+        while left is None or left > 0:
+            size = PAGE_SIZE if left is None else min(left, PAGE_SIZE)
+            page = {"limit": size, **({"cursor": cursor} if cursor else {})}
+            response = self._send("GET", path, params={**params, **page})
+            items = response.json()
+            yield from items
+            left = None if left is None else left - len(items)
+            cursor = _next_cursor(response)
+            if cursor is None or not items:
+                return
 
     # -- training -------------------------------------------------------------------------
     def train(self, manifest: str | os.PathLike, model: Optional[str | os.PathLike] = None, *,
@@ -91,28 +114,34 @@ class Client:
         """The account's server-sent events for ``on_event(type, payload)``: an unstarted
         ``events.EventStream`` (reconnects by itself; ``on_connect`` runs after each connection)."""
         from .event_stream import EventStream
+        return EventStream(self.url, self.auth_headers(), on_event, on_connect)
+
+    def auth_headers(self) -> dict[str, str]:
+        """The header that authenticates a request to the backend, for streams read elsewhere."""
         auth = self._http.headers.get("Authorization")
-        return EventStream(self.url, {"Authorization": auth} if auth else {}, on_event, on_connect)
+        return {"Authorization": auth} if auth else {}
 
     def rerun(self, run_id: str) -> Experiment:
         """Submit a run again (same code, data, definition, hyperparameters) as a new experiment."""
         return Experiment(models.Experiment.model_validate(self.request("POST", f"/v1/runs/{_id(run_id)}/rerun")), self)
 
     # -- queries --------------------------------------------------------------------------
-    def experiments(self) -> list[Experiment]:
-        """Your experiments, newest first."""
+    def experiments(self, limit: Optional[int] = None) -> list[Experiment]:
+        """Your experiments, newest first: all of them, or the ``limit`` newest."""
         return [Experiment(models.Experiment.model_validate(e), self)
-                for e in self.request("GET", "/v1/experiments")]
+                for e in self.listing("/v1/experiments", {}, limit)]
 
     def experiment(self, experiment_id: str) -> Experiment:
         """One experiment."""
         return Experiment(models.Experiment.model_validate(
             self.request("GET", f"/v1/experiments/{_id(experiment_id)}")), self)
 
-    def runs(self, experiment: Optional[str] = None, state: Optional[str] = None) -> list[Run]:
-        """Your runs, optionally of one experiment and/or in one state."""
+    def runs(self, experiment: Optional[str] = None, state: Optional[str] = None,
+             limit: Optional[int] = None) -> list[Run]:
+        """Your runs in submission order, optionally of one experiment and/or in one state: all of
+        them, or the first ``limit``."""
         params = {k: v for k, v in {"experiment": experiment, "state": state}.items() if v}
-        return [Run(models.Run.model_validate(r), self) for r in self.request("GET", "/v1/runs", params=params)]
+        return [Run(models.Run.model_validate(r), self) for r in self.listing("/v1/runs", params, limit)]
 
     def run(self, run_id: str) -> Run:
         """One run."""
@@ -143,10 +172,33 @@ class Client:
             if not chunk.data:
                 time.sleep(poll_s)
 
+    def wait_to_start(self, run_id: str, say: Callable[[str], None], poll_s: float = 1.0) -> bool:
+        """Block while the run waits to start (queued, or not yet placed by its cluster), calling
+        ``say(line)`` with what it waits for, its place and ETA (``EXP-01 #2 in the queue · waits for
+        a GPU: 1 of 1 in use · starts in ~3 min``) each time that changes; whether it waited."""
+        said = ""
+        while True:
+            run = self.run(run_id).model
+            line = waiting_text(run)
+            if not line:
+                return bool(said)
+            if line != said:
+                say(f"{run.id} {line}")
+                said = line
+            time.sleep(poll_s)
+
     def metrics(self, run_id: str, since: int = -1) -> list[models.MetricPoint]:
         """Every metric point a run logged (after sequence number ``since``)."""
         return [models.MetricPoint.model_validate(p) for p in self.request(
             "GET", f"/v1/runs/{_id(run_id)}/metrics", params={"since": since})]
+
+    def summary(self, offset: int = 0, expanded: Optional[dict[str, int]] = None,
+                limit: Optional[int] = None) -> Summary:
+        """What the sidebar shows, in one request: usage, the experiments from ``offset`` (a page, or
+        ``limit``), and the runs of each ``expanded`` experiment from its offset, with sparklines."""
+        params = {"offset": offset, "expand": [f"{i}:{o}" for i, o in (expanded or {}).items()],
+                  **({"limit": limit} if limit else {})}
+        return Summary.model_validate(self.request("GET", "/v1/summary", params=params))
 
     def usage(self) -> models.Usage:
         """Your GPU quota, GPUs in use and queued, and GPU time per experiment."""
@@ -224,7 +276,16 @@ def _total(summaries: list) -> Any:
     return SyncSummary.combined(summaries)
 
 
-def _error(response: httpx.Response) -> WmlError:
+def _next_cursor(response: httpx.Response) -> Optional[str]:
+    """The cursor of the page after this one, from its ``Link: <...>; rel="next"`` header (None: the last)."""
+    link = response.links.get("next")
+    if not link:
+        return None
+    return httpx.URL(link["url"]).params.get("cursor")
+
+
+def error_of(response: httpx.Response) -> WmlError:
+    """The ``WmlError`` a failed answer of the backend stands for (its ``{code, message}`` body)."""
     try:
         body = response.json()
         return ERRORS_BY_CODE.get(body.get("code"), WmlError)(body.get("message") or response.reason_phrase)

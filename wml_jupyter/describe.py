@@ -11,6 +11,7 @@ import re
 from typing import Any, Collection, Mapping, Optional, Sequence
 
 from wml_core import models
+from wml_core.metric_line import TOTAL_STEPS
 from wml_core.states import ACTIVE, RunState
 
 #: How run states are counted in a summary, in the order shown (``GROUPS`` in format.ts).
@@ -117,3 +118,49 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], numeric: C
 def _cell(tag: str, content: str, right: bool) -> str:
     style = f' style="{NUMERIC_STYLE}"' if right else ""
     return f"<{tag}{style}>{content}</{tag}>"
+
+
+def eta_text(seconds: Optional[float]) -> str:
+    """An estimate for people: ``~40 s``, ``~3 min``, ``~1.5 h``; empty when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"~{max(5, int(round(seconds / 5.0)) * 5)} s"
+    if seconds < 3600:
+        return f"~{int(round(seconds / 60.0))} min"
+    return f"~{seconds / 3600:.1f} h"
+
+
+def progress_text(latest: Mapping[str, float]) -> str:
+    """A run's progress from its latest metrics: ``3 / 10`` when its code declared a total
+    (``run.log(step=3, total_steps=10)``), ``3`` with a step alone, empty with neither."""
+    step = latest.get("step")
+    if step is None:
+        return ""
+    total = latest.get(TOTAL_STEPS)
+    return f"{step:g} / {total:g}" if total else f"{step:g}"
+
+
+def waiting_text(run: models.Run) -> str:
+    """What a waiting run waits for and when it should start: ``#2 in the queue · waits for a GPU:
+    1 of 1 in use · starts in ~3 min`` (empty for a run that does not wait)."""
+    if run.state is not RunState.QUEUED and not run.queued_reason:
+        return ""
+    parts = [f"#{run.queue_position} in the queue"] if run.queue_position else []
+    if run.queued_reason:
+        parts.append(f"waits for {run.queued_reason}")
+    if run.eta_seconds is not None:
+        parts.append(f"starts in {eta_text(run.eta_seconds)}")
+    return " · ".join(parts)
+
+
+def quota_text(usage: models.Usage) -> str:
+    """The quota as admission counts it: ``GPUs 1 / 2 in use · run slots 2 / 4 · 3 queued (a GPU:
+    2 of 2 in use)``; GPUs are "GPU slots" on a machine without GPUs."""
+    gpus = "GPUs" if usage.real_gpus else "GPU slots"
+    parts = [f"{gpus} {usage.gpus_in_use} / {usage.gpu_quota} in use"]
+    if usage.run_slots is not None:
+        parts.append(f"run slots {usage.runs_in_use} / {usage.run_slots}")
+    queued = f"{usage.queued_runs} queued"
+    parts.append(f"{queued} (waiting for {usage.waiting_for})" if usage.waiting_for else queued)
+    return " · ".join(parts)

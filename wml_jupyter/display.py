@@ -22,12 +22,16 @@ import numpy as np
 
 from wml_core import models
 from wml_core.billing import format_gpu_time, run_gpu_seconds
+from wml_core.metric_line import PROGRESS_KEYS
+from wml_core.ranking import ranked
 from wml_core.states import RunState
 
-from .charts import MAX_DRAW_POINTS, curves_png, downsample, png_img, snapshot_png, warm_up
-from .describe import (TEXT_COLUMNS, Html, all_failed, best_text, counts_text, html_table, num, numeric_columns,
-                       why)
+from .chart_svg import curves_svg
+from .charts import MAX_DRAW_POINTS, CurveRuns, curves_png, downsample, png_img, snapshot_png, warm_up
+from .describe import (TEXT_COLUMNS, Html, all_failed, best_text, counts_text, eta_text, html_table, num,
+                       numeric_columns, progress_text, waiting_text, why)
 from .livemodel import ExperimentFeed, ExperimentModel, FeedSource
+from .state_colors import state_color
 
 #: Shortest time between two redraws; a slow figure stretches it to twice its drawing time.
 REDRAW_MIN_S = 0.25
@@ -40,8 +44,9 @@ RECONCILE_S = 3.0
 
 # -- presentation -----------------------------------------------------------------------------
 
-_STATE_COLORS = {RunState.QUEUED: "#999", RunState.COMPLETED: "#2a7", RunState.FAILED: "#d33",
-                 RunState.HALTED: "#c80", RunState.STOPPED: "#c80"}
+#: Runs the chart's legend names besides the best once there are too many to name all: the
+#: leaders by the experiment's metric (the others are counted by state).
+NAMED_LEADERS = 4
 
 
 def _elapsed(run: models.Run, now: float) -> float:
@@ -71,7 +76,9 @@ def summary_text(model: ExperimentModel) -> str:
         gpu_s = sum(run_gpu_seconds(r, now) for r in model.runs.values())
     gpu = f"GPU time {format_gpu_time(gpu_s)}" if _uses_gpus(model) else "no GPUs"
     counts = counts_text(model.counts())
-    return f"{model.experiment.name} ({model.id}): {counts} · {gpu} · {leader_text(model)}"
+    eta = eta_text(model.experiment.eta_seconds) if not model.done else ""
+    left = f" · done in {eta}" if eta else ""
+    return f"{model.experiment.name} ({model.id}): {counts}{left} · {gpu} · {leader_text(model)}"
 
 
 def summary_html(model: ExperimentModel, error: Optional[str] = None) -> str:
@@ -95,17 +102,22 @@ def empty_chart_text(model: ExperimentModel) -> str:
 
 def table_rows(model: ExperimentModel) -> tuple[list[str], list[list[str]], list[str]]:
     """Columns, rows (strings) and run states of the runs table: state with queue position,
-    hyperparameters, latest metrics (the drawn metric first), GPU time (where runs use GPUs),
-    elapsed since submitted (the queue included), and why each ended run ended (where one did)."""
+    hyperparameters, step (``3 / 10`` where the code declared a total), latest metrics (the drawn
+    metric first), GPU time (where runs use GPUs), elapsed since submitted (the queue included),
+    and why each ended run ended or what each queued run waits for (where one did or does)."""
     now, metric, gpus = time.time(), model.metric, _uses_gpus(model)
     with model.lock:
         runs = sorted(model.runs.values(), key=lambda r: r.id)
         params = sorted({k for r in runs for k in r.hparams})
-        names = sorted({k for r in runs for k in model.latest.get(r.id, {})} - {"step"},
+        names = sorted({k for r in runs for k in model.latest.get(r.id, {})} - PROGRESS_KEYS,
                        key=lambda k: (k != metric, k))
+        steps = [progress_text(model.latest.get(r.id, {})) for r in runs]
         rows = [_row(r, params, names, model.latest.get(r.id, {}), now, gpus) for r in runs]
-    reasons = [why(r) for r in runs]
-    columns = ["run", "state", *params, *names, *(["GPU time"] if gpus else []), "elapsed"]
+    if any(steps):
+        rows = [row[:2 + len(params)] + [step] + row[2 + len(params):] for row, step in zip(rows, steps)]
+    reasons = [why(r) or waiting_text(r) for r in runs]
+    columns = ["run", "state", *params, *(["step"] if any(steps) else []), *names,
+               *(["GPU time"] if gpus else []), "elapsed"]
     if any(reasons):
         columns.append("reason")
         rows = [row + [reason] for row, reason in zip(rows, reasons)]
@@ -129,7 +141,7 @@ def table_html(model: ExperimentModel) -> str:
     styles = [("font-weight:bold" + (";font-style:italic" if best.provisional else ""))
               if best and row[0] == best.run_id else "" for row in rows]
     for row, state in zip(rows, states):
-        color = _STATE_COLORS.get(RunState(state), "#27c")
+        color = state_color(state).css()
         row[1] = Html(f'<span style="color:{color}">{html.escape(row[1])}</span>')
     numeric = numeric_columns(columns, rows, text=TEXT_COLUMNS)
     return f'<div style="font-size:12px">{html_table(columns, rows, numeric, styles)}</div>'
@@ -156,8 +168,9 @@ class LiveDisplay:
         self.feed = ExperimentFeed(client, self.model)
         self.max_points = max_points
         self.summary, self.table = widgets.HTML(), widgets.HTML()
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.widget = widgets.VBox([self.summary, self.image, self.table])
+        #: The metric chart: inline SVG in the theme's colours, its points hoverable (``chart_svg``).
+        self.chart = widgets.HTML()
+        self.widget = widgets.VBox([self.summary, self.chart, self.table])
         #: Redraws so far, the time the last one took, and the time the last figure took.
         self.redraws, self.redraw_s, self.figure_s = 0, 0.0, 0.0
         self.finished = threading.Event()
@@ -234,7 +247,7 @@ class LiveDisplay:
         self.table.value = table_html(self.model)
         if figure:
             drawing = time.monotonic()
-            self.image.value = self.curves_png()
+            self.chart.value = self.curves_svg()
             self.figure_s = time.monotonic() - drawing
         self.redraws += 1
         self.redraw_s = time.monotonic() - started
@@ -256,14 +269,29 @@ class LiveDisplay:
         best = self.model.best()
         return best.run_id if best else None
 
+    def curve_runs(self) -> CurveRuns:
+        """The runs behind the curves: states, hyperparameters, the best and the other leaders."""
+        best, experiment = self._highlight(), self.model.experiment
+        with self.model.lock:
+            runs = dict(self.model.runs)
+            order = ranked([runs[r] for r in sorted(runs)], experiment.metric, experiment.mode, self.model.latest)
+        leaders = [r.id for r in order if r.id != best][:NAMED_LEADERS] if experiment.metric else []
+        return CurveRuns(runs, best, leaders)
+
     def curves_png(self) -> bytes:
         """The metric curves as PNG bytes."""
-        return curves_png(self.curves(), self.model.metric, self._highlight(), empty_chart_text(self.model))
+        return curves_png(self.curves(), self.model.metric, self._highlight(), empty_chart_text(self.model),
+                          self.curve_runs())
+
+    def curves_svg(self) -> str:
+        """The metric curves as inline SVG (theme colours, hover)."""
+        return curves_svg(self.curves(), self.model.metric, empty_chart_text(self.model), self.curve_runs())
 
     def snapshot_html(self) -> str:
         """The display as static HTML (for viewers without widgets, e.g. a rendered notebook)."""
         curves = self.curves()  # none yet (just submitted): no figure, and no matplotlib to load
-        image = (png_img(curves_png(curves, self.model.metric, self._highlight()), "metric curves") if curves
+        image = (png_img(curves_png(curves, self.model.metric, self._highlight(), who=self.curve_runs()),
+                         "metric curves") if curves
                  else f'<div style="color:gray">{html.escape(empty_chart_text(self.model))}</div>')
         return f"<div>{summary_html(self.model, self.feed.error)}</div>{image}{table_html(self.model)}"
 
@@ -271,7 +299,7 @@ class LiveDisplay:
         """The whole display (summary, curves, table) as one PNG, e.g. for a report."""
         columns, rows, _ = table_rows(self.model)
         return snapshot_png(summary_text(self.model), self.curves(), self.model.metric, self._highlight(),
-                            columns, rows, empty=empty_chart_text(self.model))
+                            columns, rows, empty=empty_chart_text(self.model), who=self.curve_runs())
 
     # -- in a notebook ---------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Protocol
 import numpy as np
 
 from wml_core import models
+from wml_core.metric_line import PROGRESS_KEYS
 from wml_core.ranking import best_run
 
 PointListener = Callable[[str, list[dict]], None]
@@ -49,7 +50,7 @@ class ExperimentModel:
         only: without the experiment's metric no run is best, see ``best``)."""
         if self._metric or self.experiment.metric:
             return self._metric or self.experiment.metric
-        names = sorted({k for values in self.latest.values() for k in values} - {"step"})
+        names = sorted({k for values in self.latest.values() for k in values} - PROGRESS_KEYS)
         return names[0] if names else None
 
     def _touch(self, points: bool = False) -> None:
@@ -58,11 +59,15 @@ class ExperimentModel:
         self.changed.set()
 
     def set_run(self, run: models.Run) -> bool:
-        """Take a newer view of a run (an older one, e.g. a late event, is ignored)."""
+        """Take a newer view of a run (an older one, e.g. a late event, is ignored). What only a
+        re-read says (why it waits, when it should start) stays until the run moves on."""
         with self.lock:
             old = self.runs.get(run.id)
             if old is not None and (run.attempt, len(run.transitions)) < (old.attempt, len(old.transitions)):
                 return False
+            if old is not None and (run.attempt, len(run.transitions)) == (old.attempt, len(old.transitions)):
+                run.queued_reason = run.queued_reason or old.queued_reason
+                run.eta_seconds = run.eta_seconds if run.eta_seconds is not None else old.eta_seconds
             self.runs[run.id] = run
             latest, logged = self.latest.setdefault(run.id, {}), self.series.get(run.id, {})
             # the points are newer than the run's latest values, its step included
@@ -191,10 +196,12 @@ class ExperimentFeed:
             self.model.add_points(run_id, points, complete=True)
 
     def reconcile(self) -> None:
-        """Re-read the runs (queue positions, GPU time, anything an event may have missed)."""
+        """Re-read the runs (queue positions and reasons, ETAs, GPU time, anything an event may have
+        missed) and the experiment (its ETA)."""
         def runs() -> None:
             for run in self.client.runs(experiment=self.model.id):
                 self.model.set_run(run.model)
+            self.model.experiment = self.client.experiment(self.model.id).model
         self._guard(runs)
 
     def finish(self) -> bool:

@@ -16,6 +16,7 @@ from IPython.core.error import UsageError as IPythonUsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 
+from wml_core.backend_flags import bounded
 from wml_core.errors import InvalidInput
 from wml_core.train_options import API, CELL, FILE, options_for
 
@@ -178,10 +179,12 @@ def show(magics: WmlMagics, args: Any, cell: None) -> Any:
 @magic_arguments("wml logs")
 @argument("run", help="run id")
 @argument("--follow", "-f", action="store_true", help="print the log as it grows, until the run ends")
-@argument("--learner", type=int, default=1, help="learner whose log to show (default 1)")
+@argument("--learner", type=bounded(1, 10_000), default=1, help="learner whose log to show (default 1)")
 def logs(magics: WmlMagics, args: Any, cell: None) -> Any:
     """A run's training log."""
     from .objects import LogText
+    if magics.client.wait_to_start(args.run, print):
+        args.follow = True  # it was waiting: its log is followed from its start
     if not args.follow:
         return LogText(magics.client.logs(args.run, learner=args.learner).data)
     for text in magics.client.follow_logs(args.run, learner=args.learner):

@@ -10,7 +10,7 @@ from wml_core import models
 from wml_core.billing import format_gpu_time
 from wml_core.errors import WmlError
 
-from .describe import TEXT_COLUMNS, best_text, counts_text, html_table, num, numeric_columns, why
+from .describe import TEXT_COLUMNS, best_text, counts_text, html_table, num, numeric_columns, quota_text, why
 
 if TYPE_CHECKING:
     from .charts import Comparison
@@ -170,10 +170,13 @@ def run_row(run: models.Run) -> dict[str, str]:
 def run_fields(run: models.Run) -> list[tuple[str, str]]:
     """Everything about one run as (field, text) pairs, as ``%wml show RUN`` shows them."""
     gpus = f"{run.gpus} × {run.learners} learner(s)" if run.learners > 1 else str(run.gpus)
-    fields = [("state", run_row(run)["state"]), ("why", why(run)), ("hyperparameters", _fmt(run.hparams)),
+    waits = run.reason if run.state is models.RunState.PENDING and run.reason else ""  # Kueue, no free GPU...
+    fields = [("state", run_row(run)["state"]), ("why", why(run)), ("waiting", waits),
+              ("hyperparameters", _fmt(run.hparams)),
               ("metrics", _fmt(run.metrics)), ("GPUs", gpus), ("GPU time", format_gpu_time(run.gpu_seconds)),
               ("exit code", "" if run.exit_code is None else str(run.exit_code)), ("attempt", str(run.attempt)),
-              ("preempted", (f"{run.preempted} ({run.preemptions} time(s))" if run.preempted else "")),
+              ("preempted", (f"{run.preempted.removeprefix('preempted: ')} ({run.preemptions} time(s))"
+                             if run.preempted else "")),
               ("results", run.results or ""), ("experiment", run.experiment_id)]
     return [(name, text) for name, text in fields if text]
 
@@ -267,13 +270,11 @@ class UsageReport:
 
     def __repr__(self) -> str:
         u = self.model
-        return (f"<Usage {u.account}: {u.gpus_in_use}/{u.gpu_quota} GPUs in use, {u.queued_gpus} queued, "
-                f"GPU time {format_gpu_time(u.gpu_seconds)}>")
+        return f"<Usage {u.account}: {quota_text(u)} · GPU time {format_gpu_time(u.gpu_seconds)}>"
 
     def _repr_html_(self) -> str:
         u = self.model
-        head = (f"<b>{html.escape(u.account)}</b>: {u.gpus_in_use}/{u.gpu_quota} GPU(s) in use, "
-                f"{u.queued_gpus} queued; GPU time {format_gpu_time(u.gpu_seconds)}")
+        head = f"<b>{html.escape(u.account)}</b>: {html.escape(quota_text(u))} · GPU time {format_gpu_time(u.gpu_seconds)}"
         rows = [{"experiment": e.id, "name": e.name, "GPU time": format_gpu_time(e.gpu_seconds)}
                 for e in u.experiments]
         return head + _table(rows, ["experiment", "name", "GPU time"])

@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 from wml_core import models
 from wml_core.billing import format_gpu_time
 
-from .describe import TEXT_COLUMNS, numeric_columns
+from .describe import TEXT_COLUMNS, numeric_columns, quota_text
 from .objects import EXPERIMENT_COLUMNS, RUN_COLUMNS, experiment_row, experiment_summary, run_fields, run_row
 
 
@@ -55,8 +55,7 @@ def metrics(points: list[models.MetricPoint]) -> str:
 
 def usage(u: models.Usage) -> str:
     """The account's quota, GPUs in use and GPU time per experiment."""
-    head = (f"account {u.account}: {u.gpus_in_use}/{u.gpu_quota} GPU(s) in use, {u.queued_gpus} queued; "
-            f"GPU time {format_gpu_time(u.gpu_seconds)}")
+    head = f"account {u.account}: {quota_text(u)} · GPU time {format_gpu_time(u.gpu_seconds)}"
     return head + "\n" + table(((e.id, e.name, format_gpu_time(e.gpu_seconds)) for e in u.experiments),
                                ["experiment", "name", "GPU time"])
 

@@ -95,6 +95,15 @@ export class WmlApi {
     return this.json(['snapshot'], { offset: query.offset, expand });
   }
 
+  /**
+   * The account's server-sent events (`text/event-stream`, its body read as it streams), resuming
+   * after event `lastEventId` when given; `signal` closes it.
+   */
+  events(lastEventId: string | null, signal: AbortSignal): Promise<Response> {
+    const headers: Record<string, string> = lastEventId ? { 'Last-Event-ID': lastEventId } : {};
+    return this.send(['events'], {}, { headers, signal });
+  }
+
   /** Cancel a run; resolves to the run, now HALTED. */
   cancelRun(runId: string): Promise<Run> {
     return this.json(['runs', runId, 'cancel'], {}, { method: 'POST' });

@@ -5,7 +5,7 @@
 import { JupyterFrontEnd } from '@jupyterlab/application';
 import { Clipboard, Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { PathExt } from '@jupyterlab/coreutils';
-import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 
 import { WmlApi } from './api';
 import { defaultForm } from './format';
@@ -14,6 +14,7 @@ import { createLogTab } from './logs';
 import { SidebarActions, SidebarWidget } from './panel';
 import { errorView } from './state';
 import { askTrainOptions } from './train';
+import { CellMagicError, formFromLine, splitCell, trainLine, withTrainLine } from './trainline';
 
 /** Command ids. */
 export const CommandIds = {
@@ -162,8 +163,22 @@ function saveBlob(blob: Blob, filename: string): void {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
-/** Code run silently before `%wml watch`, so the magic works on a fresh kernel (no output). */
+/** Code run silently before a `%wml` cell runs, so the magic works on a fresh kernel (no output). */
 const LOAD_MAGICS = '%load_ext wml_jupyter';
+
+/**
+ * Run the notebook's active cell as the Run button does (its output, the live display, shows in
+ * the notebook), after loading the magics silently. Without a kernel the cell is left to run by hand.
+ */
+async function runWithMagics(panel: NotebookPanel): Promise<boolean> {
+  await panel.sessionContext.ready;
+  const kernel = panel.sessionContext.session?.kernel;
+  if (!kernel) {
+    return false;
+  }
+  await kernel.requestExecute({ code: LOAD_MAGICS, silent: true, store_history: false }).done;
+  return NotebookActions.run(panel.content, panel.sessionContext);
+}
 
 async function insertWatch(ctx: CommandContext, experimentId: string): Promise<void> {
   const panel = ctx.notebooks.currentWidget;
@@ -175,34 +190,42 @@ async function insertWatch(ctx: CommandContext, experimentId: string): Promise<v
   const notebook = panel.content;
   NotebookActions.insertBelow(notebook);
   notebook.activeCell?.model.sharedModel.setSource(`%wml watch ${experimentId}`);
-  await panel.sessionContext.ready;
-  const kernel = panel.sessionContext.session?.kernel;
-  if (kernel) {
-    await kernel.requestExecute({ code: LOAD_MAGICS, silent: true, store_history: false }).done;
-    await NotebookActions.run(notebook, panel.sessionContext);
-  }
+  await runWithMagics(panel);
 }
 
+/**
+ * Ask for the options, write the equivalent `%%wml train …` line at the top of the active cell
+ * (see `trainline.ts` for where it goes) and run the cell: the magic submits the experiment and
+ * the cell shows its live display, exactly as running a cell written by hand would.
+ */
 async function trainCell(ctx: CommandContext): Promise<void> {
   const panel = ctx.notebooks.currentWidget;
   const cell = ctx.notebooks.activeCell;
-  if (!panel || !cell) {
+  if (!panel || !cell || cell.model.type !== 'code') {
     return;
   }
   const stem = PathExt.basename(panel.context.path, PathExt.extname(panel.context.path));
   try {
-    const start = defaultForm(await ctx.api.trainDefaults(), stem);
-    const request = await askTrainOptions(cell.model.sharedModel.getSource(), start);
+    const { line, code } = splitCell(cell.model.sharedModel.getSource());
+    const defaults = await ctx.api.trainDefaults();
+    const { form, extra } = formFromLine(line, defaultForm(defaults, stem));
+    const request = await askTrainOptions(code, form);
     if (!request) {
       return;
     }
-    const experiment = await ctx.api.train(request);
-    Notification.success(`Experiment ${experiment.id} (${experiment.name}) submitted`, {
-      autoClose: 5000,
-      actions: [{ label: 'Show runs', callback: () => ctx.app.shell.activateById(ctx.sidebar.id) }]
-    });
+    const { code: _code, ...options } = request;
+    cell.model.sharedModel.setSource(withTrainLine(trainLine(options, defaults, extra), code));
+    if (!(await runWithMagics(panel))) {
+      Notification.info('The %%wml train line is written: run the cell once a kernel is started.', {
+        autoClose: 5000
+      });
+    }
     await ctx.sidebar.refresh();
   } catch (error) {
+    if (error instanceof CellMagicError) {
+      Notification.warning(error.message, { autoClose: 8000 });
+      return;
+    }
     report('Train this cell', error);
   }
 }

@@ -8,6 +8,7 @@ import {
   FRAMEWORKS,
   Run,
   RunState,
+  TERMINAL_STATES,
   TrainDefaults,
   TrainRequest,
   Usage
@@ -50,6 +51,71 @@ export function formatGpuTime(seconds: number): string {
   }
   const hours = seconds / 3600;
   return `${hours.toFixed(hours < 99.95 ? 1 : 0)} h`;
+}
+
+/** An estimate for people: `~40 s`, `~3 min`, `~1.5 h`; empty when unknown. Mirrors `describe.eta_text`. */
+export function etaText(seconds: number | null): string {
+  if (seconds === null) {
+    return '';
+  }
+  if (seconds < 60) {
+    return `~${Math.max(5, Math.round(seconds / 5) * 5)} s`;
+  }
+  if (seconds < 3600) {
+    return `~${Math.round(seconds / 60)} min`;
+  }
+  return `~${(seconds / 3600).toFixed(1)} h`;
+}
+
+/** A run's progress: `3 / 10` when its code declared a total, `3` with a step alone, else empty
+ * (`describe.progress_text`). */
+export function progressText(metrics: Record<string, number>): string {
+  const step = metrics['step'];
+  if (step === undefined) {
+    return '';
+  }
+  const total = metrics['total_steps'];
+  return total ? `${step} / ${total}` : `${step}`;
+}
+
+/** What a waiting run waits for and when it should start: `#2 in the queue · waits for a GPU: 1 of
+ * 1 in use · starts in ~3 min`; empty for a run that does not wait (`describe.waiting_text`). */
+export function waitingText(run: Run): string {
+  if (run.state !== RunState.Queued && !run.queued_reason) {
+    return '';
+  }
+  const parts = run.queue_position ? [`#${run.queue_position} in the queue`] : [];
+  if (run.queued_reason) {
+    parts.push(`waits for ${run.queued_reason}`);
+  }
+  if (run.eta_seconds !== null && run.eta_seconds !== undefined) {
+    parts.push(`starts in ${etaText(run.eta_seconds)}`);
+  }
+  return parts.join(' · ');
+}
+
+/** Seconds since the run got its GPUs (its latest PENDING), to now or to its end; null before. */
+export function runElapsed(run: Run, now: number): number | null {
+  const started = [...run.transitions].reverse().find(t => t.state === RunState.Pending);
+  if (!started) {
+    return null;
+  }
+  const last = run.transitions[run.transitions.length - 1];
+  const end = TERMINAL_STATES.has(run.state) ? Date.parse(last.time) : now;
+  return Math.max(0, (end - Date.parse(started.time)) / 1000);
+}
+
+/** The quota's words, as admission counts: `GPUs 1 / 2 in use`, `run slots 2 / 4`, `3 queued`
+ * (GPUs are "GPU slots" on a machine without GPUs). Mirrors `describe.quota_text`. */
+export function quotaWords(usage: Usage): { gpus: string; slots: string; queued: string } {
+  const kind = usage.real_gpus === false ? 'GPU slots' : 'GPUs';
+  const slots = usage.run_slots ? `run slots ${usage.runs_in_use} / ${usage.run_slots}` : '';
+  const queued = `${usage.queued_runs ?? 0} queued`;
+  return {
+    gpus: `${kind} ${usage.gpus_in_use} / ${usage.gpu_quota} in use`,
+    slots,
+    queued: usage.waiting_for ? `${queued} (waiting for ${usage.waiting_for})` : queued
+  };
 }
 
 /** A metric or hyperparameter value with at most 4 significant digits. */
@@ -196,17 +262,28 @@ export interface QuotaBar {
   over: boolean;
   /** Where the quota falls on the bar (100 unless `over`). */
   quotaAt: number;
+  /** What the bar counts: `GPUs`, `GPU slots` (no GPU on the machine) or `run slots`. */
+  unit: string;
 }
 
-/** How to draw the account's quota: in use and queued, scaled to the quota or the total demand. */
+/**
+ * How to draw the account's quota: in use and queued, scaled to the limit or the total demand. It
+ * counts GPUs, as admission does, unless the account's runs ask for none while run slots bound them:
+ * then it counts runs against the run slots (a 0-GPU sweep waits for slots, not GPUs).
+ */
 export function quotaBar(usage: Usage): QuotaBar {
-  const demand = usage.gpus_in_use + usage.queued_gpus;
-  const scale = Math.max(usage.gpu_quota, demand, 1);
+  const bySlots = usage.gpus_in_use + usage.queued_gpus === 0 && !!usage.run_slots && usage.queued_runs + usage.runs_in_use > 0;
+  const [used, queued, limit] = bySlots
+    ? [usage.runs_in_use, usage.queued_runs, usage.run_slots as number]
+    : [usage.gpus_in_use, usage.queued_gpus, usage.gpu_quota];
+  const demand = used + queued;
+  const scale = Math.max(limit, demand, 1);
   return {
-    inUse: (100 * usage.gpus_in_use) / scale,
-    queued: (100 * usage.queued_gpus) / scale,
-    over: demand > usage.gpu_quota,
-    quotaAt: (100 * usage.gpu_quota) / scale
+    inUse: (100 * used) / scale,
+    queued: (100 * queued) / scale,
+    over: demand > limit,
+    quotaAt: (100 * limit) / scale,
+    unit: bySlots ? 'run slots' : usage.real_gpus === false ? 'GPU slots' : 'GPUs'
   };
 }
 

@@ -12,6 +12,7 @@ import { ServerConnection } from '@jupyterlab/services';
 
 import { WmlApi } from './api';
 import { CommandIds, registerCommands, sidebarActions } from './commands';
+import { EventFeed } from './events';
 import { wmlIcon } from './icons';
 import { SidebarWidget } from './panel';
 import { SidebarModel } from './state';
@@ -57,7 +58,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null
   ) => {
     const api = createApi();
-    const sidebar = new SidebarWidget(new SidebarModel(api), sidebarActions(app));
+    const sidebar = new SidebarWidget(new SidebarModel(api), sidebarActions(app), new EventFeed(api));
     app.shell.add(sidebar, 'left', { rank: SIDEBAR_RANK });
     restorer?.add(sidebar, sidebar.id);
     registerCommands({ app, api, sidebar, notebooks });

@@ -2,8 +2,10 @@
  * The wire model, mirrored field by field from Python.
  *
  * `Run`, `Experiment`, `Usage`, `MetricPoint`, `LogChunk` and their parts mirror
- * `backend/core/wml_core/models.py`; `Snapshot`, `ExperimentPage`, `RunPage`, `TrainDefaults` and
- * `TrainRequest` mirror `wml_jupyter/serverext/wire.py`. A field is added in Python first.
+ * `backend/core/wml_core/models.py`; `ExperimentPage` and `RunPage` mirror `wml_core/pages.py` (the
+ * backend's `GET /v1/summary`); `Snapshot` (that summary, with the backend and page size),
+ * `TrainDefaults` and `TrainRequest` mirror `wml_jupyter/serverext/wire.py`. A field is added in
+ * Python first.
  * Times are ISO 8601 strings (UTC), as pydantic writes them.
  */
 
@@ -93,7 +95,7 @@ export interface Run {
   preempted: string | null;
   /** The last lines of the training log, kept when a run fails. */
   log_tail: string[];
-  /** Latest value of each metric the run logged (plus `step`). */
+  /** Latest value of each metric the run logged (plus `step`, and `total_steps` when its code declared one). */
   metrics: Record<string, number>;
   /** Every state change with its time. */
   transitions: Transition[];
@@ -101,6 +103,11 @@ export interface Run {
   results: string | null;
   /** 1-based place in its account's queue while QUEUED. */
   queue_position: number | null;
+  /** What it waits for while QUEUED (`a GPU: 1 of 1 in use`, `a run slot: 2 of 2 busy`), or while
+   * started but not yet placed by its cluster (`Kueue admission`). */
+  queued_reason: string | null;
+  /** While QUEUED: seconds until it should start (null while unknown). */
+  eta_seconds: number | null;
   /** Current attempt (1 unless retried). */
   attempt: number;
   /** When it was created (ISO 8601, UTC). */
@@ -145,6 +152,8 @@ export interface Experiment {
   gpu_seconds: number;
   /** GPU time the early-stopped runs did not use, estimated from the completed runs' step times. */
   gpu_seconds_saved: number;
+  /** Seconds until its last run should end (null while unknown, and once it has ended). */
+  eta_seconds: number | null;
   /** When it was submitted (ISO 8601, UTC). */
   created: string;
   /** The validated definition, credentials redacted. */
@@ -199,11 +208,21 @@ export interface Usage {
   queued_gpus: number;
   /** GPU time used, all experiments. */
   gpu_seconds: number;
+  /** False when the GPUs are counted slots on a machine without GPUs (shown as "GPU slots"). */
+  real_gpus: boolean;
+  /** Most runs it may run at once, as admission counts them. */
+  run_slots: number | null;
+  /** Runs it runs now. */
+  runs_in_use: number;
+  /** Runs it has queued. */
+  queued_runs: number;
+  /** What the first of its queued runs waits for; null with none queued. */
+  waiting_for: string | null;
   /** GPU time per experiment. */
   experiments: ExperimentUsage[];
 }
 
-/** One page of the account's experiments, newest first (wire.ExperimentPage). */
+/** One page of the account's experiments, newest first (pages.ExperimentPage). */
 export interface ExperimentPage {
   /** How many experiments there are. */
   total: number;
@@ -213,7 +232,7 @@ export interface ExperimentPage {
   items: Experiment[];
 }
 
-/** One page of an experiment's runs with sparklines (wire.RunPage). */
+/** One page of an experiment's runs with sparklines, computed by the backend (pages.RunPage). */
 export interface RunPage {
   /** How many runs the experiment has. */
   total: number;

@@ -1,8 +1,9 @@
 /**
  * The sidebar view: account and GPU quota, experiments, and the runs of expanded experiments.
  *
- * `SidebarWidget` polls the server extension (backing off on errors, standing by while the
- * panel is hidden) and draws `SidebarModel` with the React components below.
+ * `SidebarWidget` refreshes when the event stream (`EventFeed`) says something changed, polls
+ * the server extension only while the stream is down (backing off on errors, standing by while
+ * the panel is hidden), and draws `SidebarModel` with the React components below.
  */
 import {
   caretDownIcon,
@@ -28,11 +29,17 @@ import {
   formatGpuTime,
   formatHparams,
   formatValue,
+  etaText,
+  progressText,
   quotaBar,
+  quotaWords,
+  runElapsed,
   runWhy,
+  waitingText,
   sparklinePoints,
   stateKind
 } from './format';
+import { EventFeed } from './events';
 import { wmlIcon } from './icons';
 import { Experiment, isTerminal, Run, RunPage, Snapshot, Usage } from './model';
 import { SidebarModel } from './state';
@@ -59,13 +66,16 @@ export const POLL_INTERVAL_MS = 2000;
 export const IDLE_INTERVAL_MS = 5000;
 /** Longest wait between refreshes while the server extension or backend fails. */
 export const POLL_MAX_MS = 30000;
+/** Milliseconds between refreshes while the event stream is open: its events ask for the others. */
+export const STREAMED_INTERVAL_MS = POLL_MAX_MS;
 
 /** The left-sidebar panel, tab title `WML`. */
 export class SidebarWidget extends ReactWidget {
   /** Create the panel drawing `model` and offering `actions`. */
   constructor(
     readonly model: SidebarModel,
-    private readonly actions: SidebarActions
+    private readonly actions: SidebarActions,
+    private readonly feed?: EventFeed
   ) {
     super();
     this.id = 'wml-sidebar';
@@ -80,6 +90,11 @@ export class SidebarWidget extends ReactWidget {
       name: 'wml-jupyter:sidebar'
     });
     this.model.changed.connect(this.onModelChanged, this);
+    if (feed) {
+      feed.changed.connect(() => void this.refresh(), this);
+      feed.connectedChanged.connect(this.onModelChanged, this);
+      void feed.start();
+    }
   }
 
   /** The poll that keeps the panel live. */
@@ -92,12 +107,14 @@ export class SidebarWidget extends ReactWidget {
 
   /** Stop polling. */
   dispose(): void {
+    this.feed?.dispose();
     this.poll.dispose();
     super.dispose();
   }
 
   private onModelChanged(): void {
-    const interval = this.model.isLive ? POLL_INTERVAL_MS : IDLE_INTERVAL_MS;
+    const polled = this.model.isLive ? POLL_INTERVAL_MS : IDLE_INTERVAL_MS;
+    const interval = this.feed?.connected ? STREAMED_INTERVAL_MS : polled;
     this.poll.frequency = { interval, backoff: true, max: POLL_MAX_MS };
     this.update();
   }
@@ -176,6 +193,7 @@ function Content(props: ViewProps & { snapshot: Snapshot }): JSX.Element {
 function Account(props: { usage: Usage; backend: string }): JSX.Element {
   const { usage } = props;
   const bar = quotaBar(usage);
+  const words = quotaWords(usage);
   return (
     <section className="jp-wml-account" title={`Backend: ${props.backend}`}>
       <div className="jp-wml-account-line">
@@ -185,10 +203,10 @@ function Account(props: { usage: Usage; backend: string }): JSX.Element {
       <div
         className={`jp-wml-quota${bar.over ? ' jp-mod-over' : ''}`}
         role="meter"
-        aria-label="GPU quota"
+        aria-label={`${bar.unit} quota`}
         aria-valuemin={0}
-        aria-valuemax={usage.gpu_quota}
-        aria-valuenow={usage.gpus_in_use}
+        aria-valuemax={bar.unit === 'run slots' ? usage.run_slots ?? 0 : usage.gpu_quota}
+        aria-valuenow={bar.unit === 'run slots' ? usage.runs_in_use : usage.gpus_in_use}
       >
         <div className="jp-wml-quota-used" style={{ width: `${bar.inUse}%` }} />
         <div className="jp-wml-quota-queued" style={{ width: `${bar.queued}%` }} />
@@ -197,11 +215,13 @@ function Account(props: { usage: Usage; backend: string }): JSX.Element {
         )}
       </div>
       <div className="jp-wml-account-line jp-wml-quota-text">
-        <span>
-          GPUs <b>{usage.gpus_in_use}</b> / {usage.gpu_quota} in use
-        </span>
-        <span className={usage.queued_gpus ? 'jp-wml-queued-text' : 'jp-wml-muted'}>
-          {usage.queued_gpus} queued
+        <span>{words.gpus}</span>
+        {words.slots && <span>{words.slots}</span>}
+        <span
+          className={usage.queued_runs ? 'jp-wml-queued-text' : 'jp-wml-muted'}
+          title={usage.waiting_for ? `The first queued run waits for ${usage.waiting_for}` : undefined}
+        >
+          {words.queued}
         </span>
       </div>
     </section>
@@ -247,6 +267,12 @@ function ExperimentItem(props: ViewProps & { experiment: Experiment; snapshot: S
       <div className="jp-wml-row jp-wml-detail">
         <span className="jp-wml-id">{experiment.id}</span>
         <StateCounts runs={experiment.runs} />
+        {live && experiment.eta_seconds !== null && experiment.eta_seconds !== undefined && (
+          <span className="jp-wml-eta jp-wml-muted" title="When its last run should end">
+            {' '}
+            · done in {etaText(experiment.eta_seconds)}
+          </span>
+        )}
       </div>
       <div className="jp-wml-row jp-wml-detail">
         <Leader experiment={experiment} />
@@ -328,7 +354,9 @@ interface RunItemProps {
 
 function RunItem({ run, metric, sparkline, actions }: RunItemProps): JSX.Element {
   const value = metric ? run.metrics[metric] : undefined;
-  const why = runWhy(run);
+  const why = runWhy(run) || waitingText(run);
+  const progress = progressText(run.metrics);
+  const elapsed = runElapsed(run, Date.now());
   return (
     <li className="jp-wml-run" data-run-id={run.id} data-state={run.state}>
       <div className="jp-wml-row">
@@ -336,6 +364,11 @@ function RunItem({ run, metric, sparkline, actions }: RunItemProps): JSX.Element
         {run.queue_position !== null && (
           <span className="jp-wml-queue" title="Place in the queue">
             #{run.queue_position}
+          </span>
+        )}
+        {progress && (
+          <span className="jp-wml-num jp-wml-progress" title="Step (of the total its code declared)">
+            step {progress}
           </span>
         )}
         <span className="jp-wml-spacer" />
@@ -372,6 +405,11 @@ function RunItem({ run, metric, sparkline, actions }: RunItemProps): JSX.Element
         )}
         <Sparkline values={sparkline} />
         <span className="jp-wml-spacer" />
+        {elapsed !== null && (
+          <span className="jp-wml-num jp-wml-elapsed" title="Elapsed since it got its GPUs">
+            {formatGpuTime(elapsed)}
+          </span>
+        )}
         <span className="jp-wml-num" title="GPU time">
           GPU {formatGpuTime(run.gpu_seconds)}
         </span>

@@ -24,6 +24,8 @@ export function makeRun(fields: Partial<Run> = {}): Run {
     transitions: [{ state: RunState.Queued, time: '2026-11-26T10:00:00Z', attempt: 1 }],
     results: null,
     queue_position: null,
+    queued_reason: null,
+    eta_seconds: null,
     attempt: 1,
     created: '2026-11-26T10:00:00Z',
     provenance: {},
@@ -44,6 +46,7 @@ export function makeExperiment(fields: Partial<Experiment> = {}): Experiment {
     mode: 'max',
     gpu_seconds: 120,
     gpu_seconds_saved: 0,
+    eta_seconds: null,
     created: '2026-11-26T10:00:00Z',
     definition: {},
     ...fields
@@ -58,6 +61,11 @@ export function makeUsage(fields: Partial<Usage> = {}): Usage {
     gpus_in_use: 1,
     queued_gpus: 3,
     gpu_seconds: 500,
+    real_gpus: true,
+    run_slots: 4,
+    runs_in_use: 1,
+    queued_runs: 3,
+    waiting_for: 'a GPU: 2 of 2 in use',
     experiments: [],
     ...fields
   };

@@ -7,8 +7,13 @@ import {
   formatHparams,
   formatValue,
   FormError,
+  etaText,
+  progressText,
   quotaBar,
+  quotaWords,
+  runElapsed,
   runWhy,
+  waitingText,
   sparklinePoints,
   stateKind,
   TrainForm,
@@ -114,7 +119,8 @@ describe('quotaBar', () => {
       inUse: 25,
       queued: 25,
       over: false,
-      quotaAt: 100
+      quotaAt: 100,
+      unit: 'GPUs'
     });
   });
 
@@ -123,9 +129,53 @@ describe('quotaBar', () => {
       inUse: 50,
       queued: 50,
       over: true,
-      quotaAt: 50
+      quotaAt: 50,
+      unit: 'GPUs'
     });
-    expect(quotaBar(makeUsage({ gpu_quota: 0, gpus_in_use: 0, queued_gpus: 0 })).inUse).toBe(0);
+    expect(quotaBar(makeUsage({ gpu_quota: 0, gpus_in_use: 0, queued_gpus: 0, runs_in_use: 0, queued_runs: 0 })).inUse).toBe(0);
+  });
+});
+
+describe('queue truth and progress', () => {
+  it('counts run slots when the runs ask for no GPU, and says "GPU slots" without GPUs', () => {
+    const slots = makeUsage({ gpus_in_use: 0, queued_gpus: 0, run_slots: 2, runs_in_use: 2, queued_runs: 2 });
+    expect(quotaBar(slots)).toEqual({ inUse: 50, queued: 50, over: true, quotaAt: 50, unit: 'run slots' });
+    expect(quotaBar(makeUsage({ real_gpus: false })).unit).toBe('GPU slots');
+    const words = quotaWords(makeUsage({ real_gpus: false, gpu_quota: 1, gpus_in_use: 1, run_slots: 2 }));
+    expect(words).toEqual({
+      gpus: 'GPU slots 1 / 1 in use',
+      slots: 'run slots 1 / 2',
+      queued: '3 queued (waiting for a GPU: 2 of 2 in use)'
+    });
+  });
+
+  it('says what a queued run waits for, its place and when it should start', () => {
+    const queued = makeRun({
+      state: RunState.Queued,
+      queue_position: 2,
+      queued_reason: 'a GPU: 1 of 1 in use',
+      eta_seconds: 170
+    });
+    expect(waitingText(queued)).toBe('#2 in the queue · waits for a GPU: 1 of 1 in use · starts in ~3 min');
+    expect(waitingText(makeRun({ state: RunState.Pending, queued_reason: 'Kueue admission' }))).toBe(
+      'waits for Kueue admission'
+    );
+    expect(waitingText(makeRun())).toBe('');
+  });
+
+  it('writes estimates, progress and elapsed time as describe.py does', () => {
+    expect([null, 2, 42, 170, 5400].map(etaText)).toEqual(['', '~5 s', '~40 s', '~3 min', '~1.5 h']);
+    expect(progressText({ step: 7, total_steps: 27, loss: 0.1 })).toBe('7 / 27');
+    expect(progressText({ step: 7 })).toBe('7');
+    expect(progressText({ loss: 0.1 })).toBe('');
+    const run = makeRun({
+      transitions: [
+        { state: RunState.Queued, time: '2026-11-26T10:00:00Z', attempt: 1 },
+        { state: RunState.Pending, time: '2026-11-26T10:01:00Z', attempt: 1 }
+      ]
+    });
+    expect(runElapsed(run, Date.parse('2026-11-26T10:03:30Z'))).toBe(150);
+    expect(runElapsed(makeRun(), Date.now())).toBeNull();
   });
 });
 

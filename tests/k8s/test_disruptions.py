@@ -9,33 +9,16 @@ from that checkpoint on a fresh pod. A user's cancel still ends the run HALTED.
 from __future__ import annotations
 
 import json
-import textwrap
 import time
+from typing import Optional
 
 import pytest
-import yaml
 from test_k8s_backend import IMAGES, ClusterBackend, jobs_of, pods_of, wait_run, wait_until
 
+from resuming import resuming_run as submit_resuming
 from s3server import ALLOW_ALL_S3
 
 pytestmark = pytest.mark.nodeagent
-
-#: Training code that resumes from ``CHECKPOINT_DIR/step`` and writes it after every step.
-RESUMING = textwrap.dedent("""\
-    import os, sys, time
-    from pathlib import Path
-    from wml_jupyter import run
-    hp = run.hparams()
-    ckpt = Path(os.environ["CHECKPOINT_DIR"]) / "step"
-    first = int(ckpt.read_text()) + 1 if ckpt.exists() else 1
-    print(f"starting at step {first}", flush=True)
-    (Path(os.environ["RESULT_DIR"]) / f"started-at-{first}.txt").write_text("")
-    for step in range(first, int(hp["steps"]) + 1):
-        time.sleep(float(hp["sleep"]))
-        ckpt.write_text(str(step))
-        run.log(step=step, loss=1.0 / step)
-        print(f"step {step}", flush=True)
-    """)
 
 
 @pytest.fixture(scope="module")
@@ -50,19 +33,10 @@ def k8s(kube_module_ns, s3, tmp_path_factory):
     backend.close()
 
 
-def resuming_run(k8s, tmp_path, steps: int = 12, sleep: float = 0.5, max_retries: int = 0) -> str:
-    code = tmp_path / "code"
-    code.mkdir(exist_ok=True)
-    (code / "train.py").write_text(RESUMING)
-    manifest = {"name": "resume", "version": "1.0", "gpus": 1, "cpus": 1, "memory": "256Mi",
-                "max_retries": max_retries,
-                "framework": {"name": "custom", "version": "1", "command": "python3 train.py"},
-                "hyperparameters": {"steps": [steps], "sleep": [sleep]}}
-    path = tmp_path / "manifest.yml"
-    path.write_text(yaml.safe_dump(manifest))
-    result = k8s.backend.cli("train", str(path), str(code))
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1] + "-01"
+def resuming_run(k8s, tmp_path, steps: int = 12, sleep: float = 1.0, max_retries: int = 0,
+                 token: Optional[str] = None) -> str:
+    """Submit a run of ``RESUMING`` to the module's backend; its id."""
+    return submit_resuming(k8s.backend, tmp_path, steps, sleep, max_retries, token)
 
 
 def evict(k8s, pod: dict) -> None:
@@ -74,8 +48,8 @@ def evict(k8s, pod: dict) -> None:
     core.create_namespaced_pod_eviction(name, k8s.ns.name, body)
 
 
-def running_pod(k8s, run_id: str, attempt: int) -> dict:
-    """The running pod of the run's ``attempt``, once its training has logged a step or more."""
+def running_pod(k8s, run_id: str, attempt: int = 1) -> dict:
+    """The running pod of the run's ``attempt``, once its training has logged two steps or more."""
     def found():
         run = k8s.backend.cli_json("show", run_id)
         jobs = [j for j in jobs_of(k8s, run_id) if j["metadata"]["labels"]["wml.dev/attempt"] == str(attempt)]
@@ -90,29 +64,50 @@ def test_an_evicted_run_is_queued_again_and_resumes_from_its_checkpoint(k8s, tmp
     pod = running_pod(k8s, run_id, attempt=1)
     evict(k8s, pod)
     requeued = wait_run(k8s.backend, run_id, until=lambda r: r["attempt"] == 2, timeout=90)
-    run = wait_run(k8s.backend, run_id, timeout=120)
-    assert run["state"] == "COMPLETED", run
-    assert run["attempt"] == 2 and run["preemptions"] == 1, run
+    run = resumed_after_one_preemption(k8s, run_id)
     node = pod["spec"]["nodeName"]
     assert run["preempted"].startswith(f"preempted: evicted from node {node}"), run["preempted"]
+    assert requeued["preempted"] == run["preempted"]
+    shown = k8s.backend.cli("show", run_id).stdout
+    assert "preempted: evicted from node" in shown, shown
+
+
+def resumed_after_one_preemption(k8s, run_id: str, steps: int = 12, token: Optional[str] = None,
+                                 timeout: float = 120) -> dict:
+    """The run once ended: it must have COMPLETED in its second attempt, the first preempted (not
+    HALTED, not a retry), resuming from the first attempt's checkpoint, with each attempt's bound
+    GPU time billed once."""
+    from test_cli_e2e import active_spans
+    from test_k8s_backend import results
+    run = wait_run(k8s.backend, run_id, timeout=timeout)
+    assert run["state"] == "COMPLETED", run
+    assert run["attempt"] == 2 and run["preemptions"] == 1, run
     assert "resumed at step" in run["preempted"], run["preempted"]
     states = [t["state"] for t in run["transitions"]]
     assert states.count("QUEUED") == 2 and states[-1] == "COMPLETED" and "HALTED" not in states, states
-    assert requeued["preempted"] == run["preempted"]
     # the second attempt resumed from the checkpoint the first stored, not from step 1
-    from test_k8s_backend import results
     stored = results(k8s, run_id)
     started = sorted(k for k in stored if k.startswith("started-at-"))
     assert started and started != ["started-at-1.txt"], sorted(stored)
     resumed_at = int(started[-1].removeprefix("started-at-").removesuffix(".txt"))
-    assert 2 <= resumed_at <= 12, started
-    assert run["metrics"]["step"] == 12
+    assert 2 <= resumed_at <= steps, started
+    assert run["metrics"]["step"] == steps
     # GPU time: each attempt's bound span once (at most the two active spans)
-    from test_cli_e2e import active_spans
     spans = active_spans(run)
     assert len(spans) == 2 and 0 < run["gpu_seconds"] <= sum(b - a for a, b in spans) + 0.01, (spans, run)
-    shown = k8s.backend.cli("show", run_id).stdout
-    assert "preempted: evicted from node" in shown, shown
+    return run
+
+
+def test_a_pod_deleted_by_someone_else_is_a_disruption_not_a_cancel(k8s, tmp_path):
+    """``kubectl delete pod`` by an administrator (not the backend): SIGTERM, the grace period;
+    the run is queued again and resumes, it is not HALTED as a user's cancel would be."""
+    from kubernetes import client
+    run_id = resuming_run(k8s, tmp_path)
+    pod = running_pod(k8s, run_id)
+    client.CoreV1Api(k8s.ns.cluster.api()).delete_namespaced_pod(pod["metadata"]["name"], k8s.ns.name)
+    run = resumed_after_one_preemption(k8s, run_id)
+    assert run["preempted"].startswith("preempted: its pod was deleted from node"), run["preempted"]
+    assert "(not by the backend)" in run["preempted"]
 
 
 def test_a_user_cancel_still_ends_the_run_halted(k8s, tmp_path):

@@ -79,7 +79,8 @@ def test_the_api_server_accepts_every_object_we_render_under_pod_security_restri
              (launch("ok-03", account="team_a"), load_options({"WML_K8S_KUEUE_QUEUE": "wml-{account}"}, ns)),
              (launch("ok-04", volume_path="/data/mnist"), claims)]
     create = {"Job": batch.create_namespaced_job, "Secret": core.create_namespaced_secret,
-              "Service": core.create_namespaced_service}
+              "Service": core.create_namespaced_service,
+              "NetworkPolicy": client.NetworkingV1Api(api).create_namespaced_network_policy}
     for run, options in cases:
         job, *owned = run_objects(run, options, object_name(run.run_id, 1, "0000"), job_uid=str(uuid.uuid4()))
         for obj in (job, *owned):

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from wml_backend.executors.k8s_names import MANAGED_BY
+from wml_backend.executors.k8s_objects import BACKEND_POD_LABELS
 from wml_backend.executors.k8s_options import DEFAULT_RUN_AS_USER, load_options
 from wml_backend.daemon import parser, settings_from
 from wml_core.objectstore.resolve import parse_storage_url
@@ -33,8 +34,8 @@ def by_kind(kind: str) -> list[dict]:
 
 def test_every_object_is_valid_for_kubernetes():
     kinds = sorted(o["kind"] for o in objects())
-    assert kinds == ["ConfigMap", "Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Role",
-                     "RoleBinding", "Secret", "Service", "ServiceAccount"]
+    assert kinds == ["ConfigMap", "Deployment", "Namespace", "NetworkPolicy", "PodDisruptionBudget", "Role",
+                     "RoleBinding", "Secret", "Secret", "Secret", "Service", "ServiceAccount"]
     for obj in objects():
         kubernetes_validate.validate(obj, SCHEMA_VERSION, strict=True)
 
@@ -59,6 +60,7 @@ def test_the_role_is_namespaced_and_minimal():
         (("",), ("secrets",)): ["create", "delete"],  # never list, get or watch: no one else's Secret is read
         (("",), ("events",)): ["list", "watch"],  # FailedCreate: the API refused a run's pod
         (("",), ("services",)): ["create"],  # a multi-learner run's headless Service (its Job owns it)
+        (("networking.k8s.io",), ("networkpolicies",)): ["create"],  # and its NetworkPolicy (owned too)
     }
     assert not by_kind("ClusterRole") and not by_kind("ClusterRoleBinding")
     [binding] = by_kind("RoleBinding")
@@ -97,18 +99,20 @@ def test_the_namespace_admits_only_pods_that_pod_security_restricted_allows():
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
 
-def test_run_pods_talk_to_run_pods_and_the_backend_only():
+def test_run_pods_accept_the_backend_only_and_reach_no_other_run():
+    """A run's learners reach each other through their run's own policy (test_k8s_network_policy)."""
     [policy] = by_kind("NetworkPolicy")
     spec = policy["spec"]
     assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": MANAGED_BY["app.kubernetes.io/name"]}}
     assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
     runs = {"podSelector": spec["podSelector"]}
-    assert spec["ingress"] == [{"from": [runs]}]  # from nothing but run pods
     [deployment] = by_kind("Deployment")
-    backend = {"podSelector": {"matchLabels": deployment["spec"]["template"]["metadata"]["labels"]}}
+    assert deployment["spec"]["template"]["metadata"]["labels"] == BACKEND_POD_LABELS
+    backend = {"podSelector": {"matchLabels": BACKEND_POD_LABELS}}
+    assert spec["ingress"] == [{"from": [backend]}]  # from nothing but the backend
     port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
     assert {"to": [backend], "ports": [{"protocol": "TCP", "port": port}]} in spec["egress"]
-    assert {"to": [runs]} in spec["egress"]
+    assert not [rule for rule in spec["egress"] if runs in rule["to"]], "no run reaches another"
     assert all(rule.get("to") for rule in spec["egress"]), "no rule lets a run reach anywhere"
 
 
@@ -117,6 +121,39 @@ def test_the_run_image_runs_as_the_user_run_pods_run_as():
     assert f"USER {DEFAULT_RUN_AS_USER}" in dockerfile.splitlines()
 
 
-def test_the_storage_secret_is_a_template_not_a_credential():
-    [secret] = by_kind("Secret")
-    assert set(secret["stringData"].values()) == {"CHANGE-ME"}
+def test_the_secrets_are_templates_not_credentials():
+    secrets = {s["metadata"]["name"]: s["stringData"] for s in by_kind("Secret")}
+    assert set(secrets) == {"wml-storage", "wml-database", "wml-secrets-key"}
+    assert {value for data in secrets.values() for value in data.values()} == {"CHANGE-ME"}
+
+
+def test_two_replicas_share_a_database_and_a_key_and_are_replaced_one_at_a_time():
+    [deployment] = by_kind("Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert {"secretRef": {"name": "wml-database"}} in container["envFrom"]  # WML_DATABASE, from no file
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    key_volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "wml-secrets-key")
+    [key_mount] = [m for m in container["volumeMounts"] if m["name"] == key_volume["name"]]
+    assert key_mount["readOnly"] and env["WML_SECRETS_KEY_FILE"] == f"{key_mount['mountPath']}/key"
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"]), "no volume ties a replica to a node"
+    assert not by_kind("PersistentVolumeClaim")
+
+
+def test_a_disruption_leaves_one_ready_replica():
+    [budget] = by_kind("PodDisruptionBudget")
+    [deployment] = by_kind("Deployment")
+    assert budget["spec"]["minAvailable"] == 1 < deployment["spec"]["replicas"]
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+
+
+def test_the_probes_ask_routes_the_backend_serves_to_anyone():
+    from wml_backend.api import PUBLIC_ROUTES
+    [deployment] = by_kind("Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    ready, alive = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+    assert (ready["path"], alive["path"]) == ("/readyz", "/livez")
+    assert {ready["path"], alive["path"]} <= PUBLIC_ROUTES  # a probe carries no token

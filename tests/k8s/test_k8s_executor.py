@@ -117,6 +117,8 @@ def test_happy_path_is_three_writes_per_run_and_no_polling(recorder, kube_ns, po
     handles = {f"hp{i}-01": recorder.executor.start(launch(f"hp{i}-01", pools.quick)) for i in range(4)}
     ended = sorted(recorder.exit() for _ in handles)
     assert ended == [(run_id, 0, None) for run_id in sorted(handles)]
+    # on_exit comes first, then the Secret's deletion (the run's end waits for no cleanup)
+    wait_for(lambda: kube_ns.writes()["delete secrets"] == 4, timeout=10)
     assert kube_ns.writes() == {"create jobs": 4, "create secrets": 4, "delete secrets": 4}
     calls = [(c["verb"], c["objectRef"]["resource"]) for c in kube_ns.calls()]
     assert [r for v, r in calls if v == "list"] == ["jobs", "pods", "events"]  # once, at start: then watches
@@ -309,8 +311,9 @@ def test_learners_are_pods_of_an_indexed_job_with_a_headless_service(recorder, k
     assert service["metadata"]["name"] == handle["job"] and service["spec"]["clusterIP"] == "None"
     [owner] = service["metadata"]["ownerReferences"]
     assert owner["uid"] == handle["uid"]
-    # one write more than a one-learner run: the Service, deleted with its Job (it owns it)
-    assert kube_ns.writes() == {"create jobs": 1, "create secrets": 1, "create services": 1, "delete secrets": 1}
+    # two writes more than a one-learner run: the Service and the NetworkPolicy, deleted with their Job
+    assert kube_ns.writes() == {"create jobs": 1, "create secrets": 1, "create services": 1,
+                                "create networkpolicies": 1, "delete secrets": 1}
     recorder.executor.cancel("ix-01", handle)  # deleting the Job takes its Service along
     wait_for(lambda: kube_ns.objects("services") == [] and kube_ns.objects("jobs") == [])
 

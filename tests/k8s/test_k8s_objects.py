@@ -131,9 +131,9 @@ def test_secret_matches_reference_and_schema():
 
 def test_the_job_comes_first_and_owns_the_secret_and_the_service():
     launch = dataclasses.replace(GPU_LAUNCH, learners=2)
-    job, secret, service = run_objects(launch, OPTIONS, "wml-x", job_uid=JOB_UID)
-    assert [o["kind"] for o in (job, secret, service)] == ["Job", "Secret", "Service"]
-    for owned in (secret, service):  # the garbage collector deletes them with the Job
+    job, secret, service, policy = run_objects(launch, OPTIONS, "wml-x", job_uid=JOB_UID)
+    assert [o["kind"] for o in (job, secret, service, policy)] == ["Job", "Secret", "Service", "NetworkPolicy"]
+    for owned in (secret, service, policy):  # the garbage collector deletes them with the Job
         assert owned["metadata"]["ownerReferences"] == [{"apiVersion": "batch/v1", "kind": "Job", "name": "wml-x",
                                                          "uid": JOB_UID, "controller": False,
                                                          "blockOwnerDeletion": False}]
@@ -226,7 +226,9 @@ def test_kueue_examples_are_what_the_builders_make():
     cluster_queue, local_queue = free
     [group] = cluster_queue["spec"]["resourceGroups"]
     quota = {r["name"]: r for r in group["flavors"][0]["resources"]}
-    assert quota["nvidia.com/gpu"] == {"name": "nvidia.com/gpu", "nominalQuota": "1", "borrowingLimit": "0"}
+    assert quota["nvidia.com/gpu"] == {"name": "nvidia.com/gpu", "nominalQuota": "1"}  # idle GPUs are lent
+    assert cluster_queue["spec"]["cohortName"] == "wml" and cluster_queue["spec"]["preemption"] == {
+        "reclaimWithinCohort": "Any", "withinClusterQueue": "LowerPriority", "borrowWithinCohort": {"policy": "Never"}}
     pod = job_object(GPU_LAUNCH, OPTIONS, "x")["spec"]["template"]["spec"]
     asked = set(pod["containers"][0]["resources"]["limits"])
     assert asked <= set(group["coveredResources"]) == set(quota), "Kueue admits nothing asking for more"
@@ -252,8 +254,8 @@ def test_kueue_queue_names_follow_one_rule_for_every_account(account, queue, cap
     job = job_object(dataclasses.replace(GPU_LAUNCH, account=account),
                      K8sOptions(namespace="wml", kueue_queue="wml-{account}"), "wml-x")
     cluster_queue, local_queue = account_queues(account, "wml", gpus=1)
-    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == local_queue["metadata"]["name"] == \
-        cluster_queue["metadata"]["name"] == local_queue["spec"]["clusterQueue"] == name
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == local_queue["metadata"]["name"] == name
+    assert cluster_queue["metadata"]["name"] == local_queue["spec"]["clusterQueue"] == dns_label(f"wml-{name}")
     from wml_backend.executors.k8s_kueue import main
     main([account, "--gpus", "2", "--namespace", "wml"])  # what an operator applies for that account
     printed = list(yaml.safe_load_all(capsys.readouterr().out))

@@ -46,13 +46,13 @@ GRACE_S = 10.0
 
 #: Training code that tries to read what it must not, and writes what it got to attack.json.
 ATTACK = r'''
-import json, os
+import json, os, sys
 from pathlib import Path
 from wml_jupyter import run
 
 hp = run.hparams()
 found = {"uid": os.getuid(), "groups": os.getgroups(), "ppid": os.getppid(), "env": dict(os.environ),
-         "reads": {}, "owners": {}}
+         "reads": {}, "owners": {}, "warm": "torch" in sys.modules}
 
 
 def attempt(name, read):
@@ -112,13 +112,15 @@ sys.exit(1 if os.environ["WML_ATTEMPT"] == "1" else 0)
 '''
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
+@pytest.fixture(scope="module", params=["cold", "warm"])
+def host(tmp_path_factory, request):
     """A backend with secrets planted in its environment (2 GPU slots); runs get users of their
-    own only from a root backend."""
+    own only from a root backend. Warm: runs are of framework pytorch, so they start forked from
+    an interpreter that imported torch (``wml_runner.zygote``); cold: of a framework without one."""
     if os.geteuid() != 0:
         pytest.skip("runs get users of their own only from a root backend")
     proc = BackendProcess(tmp_path_factory.mktemp("isolation") / "home", gpus=2, extra_env=PLANTED).start()
+    proc.framework = "pytorch" if request.param == "warm" else "custom"
     yield proc
     proc.close()
 
@@ -129,12 +131,13 @@ def account(backend: BackendProcess, gpus: int = 1) -> str:
     return backend.cli("accounts", "create", name, "--gpus", str(gpus), check=True).stdout.strip().splitlines()[-1]
 
 
-def submit_code(backend: BackendProcess, folder: Path, code: str, token: str, hparams: dict, **changes) -> str:
-    """Submit ``code`` as train.py with one value of each of ``hparams`` (and ``changes`` to the
-    manifest); its (only) run's id."""
+def submit_code(backend: BackendProcess, folder: Path, code: str, token: str, hparams: dict,
+                command: str = "python3 train.py", **changes) -> str:
+    """Submit ``code`` as train.py, run by ``command``, with one value of each of ``hparams`` (and
+    ``changes`` to the manifest); its (only) run's id."""
     folder.mkdir(parents=True)
     (folder / "train.py").write_text(code)
-    manifest = definition(folder, framework={"name": "custom", "command": "python3 train.py"},
+    manifest = definition(folder, framework={"name": backend.framework, "command": command},
                           hyperparameters={k: [v] for k, v in hparams.items()}, **changes)
     result = backend.cli("train", str(manifest), str(folder), token=token, check=True)
     return f"{result.stdout.strip().splitlines()[-1]}-01"
@@ -149,6 +152,13 @@ def runner_of(backend: BackendProcess, run_id: str) -> psutil.Process:
     raise AssertionError(f"no runner of {run_id}")
 
 
+def commands_of(backend: BackendProcess, run_id: str) -> list[psutil.Process]:
+    """The run's command processes (they work in its code's folder): a warm start's are not its
+    runner's children."""
+    model = str(backend.home / "backend" / "runs" / run_id / "model")
+    return [p for p in psutil.process_iter(["cwd"]) if p.info["cwd"] == model]
+
+
 def stored(backend: BackendProcess, run_id: str):
     """The run as the backend's store has it (its token's hash, its reported end...)."""
     store = SqliteRunStore(backend.home / "backend" / "wml.db")
@@ -160,7 +170,11 @@ def stored(backend: BackendProcess, run_id: str):
 
 def steal_token(backend: BackendProcess, run_id: str) -> str:
     """The run's runner token, read as root from its runner's memory (what no run can do)."""
-    wanted, pid = stored(backend, run_id).runner_token_hash, runner_of(backend, run_id).pid
+    return token_in_memory(runner_of(backend, run_id).pid, stored(backend, run_id).runner_token_hash, run_id)
+
+
+def token_in_memory(pid: int, wanted: str, run_id: str) -> str:
+    """The token whose hash is ``wanted``, read as root from the memory of process ``pid``."""
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
         for line in maps:
             span, perms = line.split()[:2]
@@ -228,6 +242,7 @@ def test_training_code_reads_no_credential_of_its_runner_its_backend_or_another_
     results = host.home / "storage" / "wml-results"
     found = json.loads((results / f"training-{attacker}" / "attack.json").read_text())
     victim_uid = int((results / f"training-{victim}" / "uid.txt").read_text())
+    assert found["warm"] == (host.framework == "pytorch"), "a warm run forked from the zygote, a cold one not"
     assert found["uid"] not in (0, os.getuid(), victim_uid) and found["groups"] == []
     assert not {"WML_RUNNER_TOKEN", "WML_BACKEND_URL", "WML_HOME", *PLANTED} & set(found["env"]), found["env"]
     read = {name: text for name, text in found["reads"].items() if not text.startswith("refused: ")}
@@ -279,7 +294,7 @@ def test_a_run_saying_completed_while_it_trains_keeps_its_gpu_and_is_billed_unti
     first = submit_code(host, tmp_path / "first", VICTIM, token, {"secret": "x", "steps": 600})
     second = submit_code(host, tmp_path / "second", VICTIM, token, {"secret": "y", "steps": 1})
     host.wait_state(first, "PROCESSING", token=token)
-    training = runner_of(host, first).children(recursive=True)
+    training = runner_of(host, first).children(recursive=True) or commands_of(host, first)
     said_at = time.time()
     assert report(host, first, steal_token(host, first), "COMPLETED").status_code == 200
     time.sleep(3)

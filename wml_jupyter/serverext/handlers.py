@@ -14,6 +14,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from pydantic import BaseModel
 from tornado import web
+from tornado.iostream import StreamClosedError
 
 from wml_core.errors import Forbidden, InvalidInput, Unauthorized, WmlError
 
@@ -64,6 +65,33 @@ class SnapshotHandler(WmlHandler):
     async def get(self) -> BaseModel:
         query = SnapshotQuery.from_args(self.get_argument("offset", "0"), self.get_arguments("expand"))
         return await self.manager.snapshot(query)
+
+
+class EventsHandler(WmlHandler):
+    """``GET /wml/events``: the backend's server-sent events (run changes, new metrics), relayed
+    chunk by chunk as they come, nothing buffered; ``Last-Event-ID`` resumes after an event."""
+
+    @route
+    async def get(self) -> None:
+        try:
+            await self.manager.relay_events(self.request.headers.get("Last-Event-ID"), self._start, self._send)
+        except StreamClosedError:
+            pass  # the browser left
+        except WmlError:
+            if not self._headers_written:
+                raise
+            # the stream had started: end it, and the browser reconnects with its Last-Event-ID
+        if not self._finished:
+            self.finish()
+
+    def _start(self) -> None:
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # no proxy in front of Jupyter buffers it either
+
+    async def _send(self, chunk: bytes) -> None:
+        self.write(chunk)
+        await self.flush()
 
 
 class CancelRunHandler(WmlHandler):
@@ -125,6 +153,7 @@ class TrainHandler(WmlHandler):
 #: The route table (paths relative to ``BASE_URL/wml/``).
 ROUTES = [
     (r"snapshot", SnapshotHandler),
+    (r"events", EventsHandler),
     (rf"runs/{ID}/cancel", CancelRunHandler),
     (rf"runs/{ID}/logs", LogsHandler),
     (rf"runs/{ID}/results", ResultsHandler),

@@ -10,17 +10,20 @@ import asyncio
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from traitlets import Unicode
 from traitlets.config import LoggingConfigurable
 
+import httpx
+
 from wml_core.errors import BackendUnavailable, Conflict, Unauthorized
 from wml_core.models import Experiment, LogChunk, Run
+from wml_jupyter.client import error_of
 from wml_jupyter.codezip import zip_directory
+from wml_jupyter.event_stream import CONNECT_TIMEOUT_S, READ_TIMEOUT_S
 
-from .sparklines import MetricHistory
-from .wire import PAGE_SIZE, ExperimentPage, RunPage, Snapshot, SnapshotQuery, TrainRequest
+from .wire import PAGE_SIZE, Snapshot, SnapshotQuery, TrainRequest
 
 #: Errors after which the client is rebuilt on the next call, so that a fixed configuration
 #: (a new token, a restarted backend) is picked up by the sidebar's "Retry".
@@ -39,7 +42,6 @@ class WmlManager(LoggingConfigurable):
         super().__init__(**kwargs)
         self._client = None
         self._lock = threading.Lock()
-        self._history = MetricHistory()
 
     # -- the backend ----------------------------------------------------------------------
     def client(self):
@@ -64,26 +66,31 @@ class WmlManager(LoggingConfigurable):
 
     # -- what the sidebar asks ------------------------------------------------------------
     async def snapshot(self, query: SnapshotQuery) -> Snapshot:
-        """Usage, a page of experiments and a page of runs of each expanded experiment.
+        """Usage, a page of experiments and a page of runs of each expanded experiment: one
+        request to the backend, which computes the sparklines too."""
+        summary, url = await self._call(lambda c: (c.summary(query.offset, query.expanded, PAGE_SIZE), c.url))
+        return Snapshot(backend=url, page_size=PAGE_SIZE, usage=summary.usage, experiments=summary.experiments,
+                        runs=summary.runs)
 
-        The backend calls run concurrently: with a thousand runs each takes a noticeable time.
-        """
-        (usage, url), experiments = await asyncio.gather(
-            self._call(lambda c: (c.usage(), c.url)), self._call(lambda c: [e.model for e in c.experiments()]))
-        known = {e.id: e for e in experiments}
-        expanded = [(known[exp_id], offset) for exp_id, offset in query.expanded.items() if exp_id in known]
-        pages = await asyncio.gather(*(self._call(self._run_page, exp, offset) for exp, offset in expanded))
-        page = experiments[query.offset:query.offset + PAGE_SIZE]
-        return Snapshot(backend=url, usage=usage,
-                        runs={exp.id: runs for (exp, _), runs in zip(expanded, pages)},
-                        experiments=ExperimentPage(total=len(experiments), offset=query.offset, items=page))
-
-    def _run_page(self, client, experiment: Experiment, offset: int) -> RunPage:
-        runs = [r.model for r in client.runs(experiment=experiment.id)]
-        page = runs[offset:offset + PAGE_SIZE]
-        metric = experiment.metric or _first_metric(page)
-        return RunPage(total=len(runs), offset=offset, items=page, metric=metric,
-                       sparklines={r.id: self._history.sparkline(client, r, metric) for r in page})
+    async def relay_events(self, last_event_id: Optional[str], start: Callable[[], None],
+                           write: Callable[[bytes], Awaitable[None]]) -> None:
+        """Pass the backend's server-sent events to ``write`` as they come, resuming after
+        ``last_event_id``, until either side closes. ``start()`` runs once the backend has accepted
+        the stream; before then a refusal is raised as its ``WmlError``."""
+        url, headers = await self._call(lambda c: (f"{c.url}/v1/events", c.auth_headers()))
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        timeout = httpx.Timeout(CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as http, http.stream("GET", url, headers=headers) as answer:
+                if answer.status_code >= 400:
+                    await answer.aread()
+                    raise error_of(answer)
+                start()
+                async for chunk in answer.aiter_raw():
+                    await write(chunk)
+        except httpx.TransportError as exc:
+            raise BackendUnavailable(f"cannot reach the backend's events at {url} ({type(exc).__name__})") from None
 
     async def cancel_run(self, run_id: str) -> Run:
         """Cancel one run (HALTED)."""
@@ -112,11 +119,6 @@ def cell_source(code: str) -> str:
     """The cell's Python code, without a leading ``%%wml train ...`` line (the dialog gives options)."""
     first, _, rest = code.partition("\n")
     return rest if first.strip().startswith(CELL_MAGIC) else code
-
-
-def _first_metric(runs: list[Run]) -> Optional[str]:
-    """The first metric name any run logged (``step`` is a position, not a metric)."""
-    return next((k for r in runs for k in r.metrics if k != "step"), None)
 
 
 def _results_zip(client, run_id: str) -> bytes:

@@ -1,7 +1,8 @@
 """What the ``/wml/`` routes exchange with the sidebar, beyond the backend's wire model.
 
-Runs, experiments, usage and log chunks are ``wml_core.models`` unchanged; this module adds
-the envelopes around them. ``labextension/src/model.ts`` mirrors every class here field by field.
+Runs, experiments, usage and log chunks are ``wml_core.models`` unchanged, and the pages of them
+``wml_core.pages``; this module adds the envelopes around them. ``labextension/src/model.ts``
+mirrors every class here field by field.
 """
 
 from __future__ import annotations
@@ -11,42 +12,15 @@ from typing import Optional
 from pydantic import BaseModel, Field, ValidationError
 
 from wml_core.errors import InvalidInput
-from wml_core.models import Experiment, Run, Usage
+from wml_core.pages import PAGE_SIZE, ExperimentPage, RunPage, Summary  # noqa: F401 (the wire's pages)
 from wml_core.train_options import default_of
 
-#: Items per page of experiments and of one experiment's runs: the sidebar shows pages, not
-#: thousands of rows, so it stays smooth whatever the sweep's size.
-PAGE_SIZE = 50
 
-
-class ExperimentPage(BaseModel):
-    """One page of the account's experiments, newest first."""
-
-    total: int
-    offset: int
-    items: list[Experiment]
-
-
-class RunPage(BaseModel):
-    """One page of an experiment's runs, with a sparkline of each run's metric."""
-
-    total: int
-    offset: int
-    items: list[Run]
-    #: The metric the sparklines and "latest metric" show (the experiment's, else the first logged).
-    metric: Optional[str] = None
-    #: Run id → that metric's values over time (downsampled), oldest first.
-    sparklines: dict[str, list[float]] = Field(default_factory=dict)
-
-
-class Snapshot(BaseModel):
-    """Everything the sidebar shows at once: account usage, experiments, expanded runs."""
+class Snapshot(Summary):
+    """Everything the sidebar shows at once: the backend's ``Summary`` (account usage, experiments,
+    expanded runs), and which backend and page size."""
 
     backend: str
-    usage: Usage
-    experiments: ExperimentPage
-    #: Experiment id → the page of its runs the sidebar has expanded.
-    runs: dict[str, RunPage] = Field(default_factory=dict)
     page_size: int = PAGE_SIZE
 
 

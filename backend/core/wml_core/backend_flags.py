@@ -89,6 +89,9 @@ def add_backend_flags(parser: argparse.ArgumentParser) -> None:
     add_limit_flags(parser, prefix="account-")
     parser.add_argument("--pending-timeout", type=bounded(0, 10**7),
                         help="seconds a started run may wait to be placed before it fails (0: forever)")
+    parser.add_argument("--drain", action="store_true", default=None,
+                        help="stop: first stop the runs as disruptions (they store their checkpoints, "
+                             "are queued again and resume at the next start)")
 
 
 #: The operator's defaults of the per-account limits, and the pending timeout.
@@ -103,7 +106,7 @@ def backend_argv(args: argparse.Namespace) -> list[str]:
         value = getattr(args, flag[2:].replace("-", "_"), None)
         if value is not None:
             words += [flag, str(value)]
-    for flag in ("--insecure", "--trusted-accounts"):
+    for flag in ("--insecure", "--trusted-accounts", "--drain"):
         if getattr(args, flag[2:].replace("-", "_"), None):
             words.append(flag)
     return words

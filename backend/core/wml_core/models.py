@@ -49,6 +49,12 @@ class Run(BaseModel):
     results: Optional[str] = None
     #: 1-based place in its account's queue while QUEUED.
     queue_position: Optional[int] = None
+    #: What it waits for while QUEUED (``a GPU: 1 of 1 in use``, ``a run slot: 2 of 2 busy``), or
+    #: while started but not yet placed by its cluster (``Kueue admission``); None otherwise.
+    queued_reason: Optional[str] = None
+    #: While QUEUED: seconds until it should start, from the durations of runs that ended and the
+    #: slots (None while unknown).
+    eta_seconds: Optional[float] = None
     attempt: int = 1
     #: Attempts that a disruption ended (a node drain, Kueue preemption...): not retries.
     preemptions: int = 0
@@ -87,6 +93,9 @@ class Experiment(BaseModel):
     gpu_seconds: float = 0.0
     #: GPU time the early-stopped runs did not use, estimated from the completed runs' step times.
     gpu_seconds_saved: float = 0.0
+    #: Seconds until its last run should end, from the durations of runs that ended and the slots
+    #: (None while unknown, and once it has ended).
+    eta_seconds: Optional[float] = None
     created: datetime
     definition: dict[str, Any] = Field(default_factory=dict)
 
@@ -126,6 +135,15 @@ class Usage(BaseModel):
     gpus_in_use: int
     queued_gpus: int
     gpu_seconds: float
+    #: False when the GPUs are counted slots on a machine without GPUs (shown as "slots").
+    real_gpus: bool = True
+    #: Most runs it may run at once, as admission counts them (its own limit, else the executor's).
+    run_slots: Optional[int] = None
+    #: Runs it runs now (started, not ended) and runs it has queued.
+    runs_in_use: int = 0
+    queued_runs: int = 0
+    #: What the first of its queued runs waits for (as its ``queued_reason``); None with none queued.
+    waiting_for: Optional[str] = None
     experiments: list[ExperimentUsage] = Field(default_factory=list)
 
 
@@ -235,3 +253,14 @@ class RunSpec(BaseModel):
     data_prefix: str = ""
     results_bucket: str
     results_prefix: str
+
+
+class StoreCredential(BaseModel):
+    """A short-lived credential of the default store, scoped to one run attempt's data (read) and
+    results (write): what a runner asks the backend for, and again before it expires."""
+
+    access_key: str
+    secret_key: str
+    session_token: str
+    #: When it stops working (UTC).
+    expires: datetime

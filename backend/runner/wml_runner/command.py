@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
-from wml_core.metric_line import METRICS_FILE_ENV
+from wml_core.metric_line import METRICS_FILE_ENV, STOP_FILE_ENV
 from wml_core.models import RunSpec
 from wml_runner.isolation import RunUser, Sandbox, open_inside
 from wml_runner.workspace import Workspace
+from wml_runner.zygote import ColdStart, WarmProcess, spawn, warm_argv
 
 #: Seconds between SIGTERM and SIGKILL when a run is stopped.
 TERM_GRACE_S = 1.0
@@ -58,19 +59,26 @@ def environment(spec: RunSpec, ws: Workspace, data_dir: Path, learner: int = 1,
         "TRAINING_ID": spec.run_id, "GPU_COUNT": str(spec.gpus), "NUM_LEARNERS": str(spec.learners),
         "LEARNER_ID": str(learner), "WML_EXPERIMENT_ID": spec.experiment_id,
         "WML_HPARAMS": json.dumps(spec.hparams), METRICS_FILE_ENV: str(ws.metrics_file(learner)),
-        "WML_ATTEMPT": str(spec.attempt), "PYTHONUNBUFFERED": "1",
+        STOP_FILE_ENV: str(ws.stop_file),
+        "WML_ATTEMPT": str(spec.attempt),
         "MASTER_ADDR": master[0], "MASTER_PORT": str(master[1]), "WORLD_SIZE": str(spec.learners),
         "RANK": str(learner - 1), "NODE_RANK": str(learner - 1), "LOCAL_RANK": "0",
-        "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
     })
-    threads = str(max(1, int(spec.cpus)))  # math libraries would otherwise take every core
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(name, threads)
+    env.update(interpreter_env(env, spec.cpus))
     devices = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
     if devices and spec.learners > 1 and share_gpus:
         share = devices[(learner - 1) * spec.gpus:learner * spec.gpus]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(share)
     return env
+
+
+def interpreter_env(env: Mapping[str, str], cpus: float) -> dict[str, str]:
+    """What a command's interpreter gets beyond ``env`` (the runner's variables it is passed):
+    unbuffered output, this Python first on PATH, and math libraries' threads by ``cpus`` (they
+    would otherwise take every core) unless ``env`` says."""
+    threads = str(max(1, int(cpus)))
+    return {"PYTHONUNBUFFERED": "1", "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+            **{name: env.get(name, threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
 
 
 def passed_env(env, user: Optional[RunUser]) -> dict[str, str]:
@@ -87,21 +95,41 @@ class Command:
     under ``root``) is opened following no link."""
 
     def __init__(self, command: str, env: dict[str, str], cwd: Path, log_path: Path,
-                 sandbox: Optional[Sandbox] = None, root: Optional[Path] = None):
+                 sandbox: Optional[Sandbox] = None, root: Optional[Path] = None, zygote: Optional[str] = None):
         self.command, self.env, self.cwd, self.log_path = command, env, cwd, log_path
         self.sandbox, self.root = sandbox, root
-        self._proc: Optional[subprocess.Popen] = None
+        #: The socket of the warm interpreter to fork ``python SCRIPT`` from (None: always cold).
+        self.zygote = zygote
+        self._proc: Optional[subprocess.Popen | WarmProcess] = None
         self._lock = threading.Lock()
         self.stopped = False
+        #: Whether it was signalled to stop (it had not ended by itself, nor at a step when asked).
+        self.signalled = False
 
     def start(self) -> None:
         """Start the command (unless it was stopped already)."""
-        entry = {"preexec_fn": self.sandbox.preexec(self.cwd)} if self.sandbox else {}
         with os.fdopen(self._open_log(), "ab") as log, self._lock:
             if not self.stopped:
-                self._proc = subprocess.Popen(["bash", "-c", self.command], cwd=self.cwd, env=self.env,
-                                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              process_group=0, **entry)
+                self._proc = self._warm(log) or self._cold(log)
+
+    def _cold(self, log) -> subprocess.Popen:
+        """``bash -c COMMAND`` in a fresh process."""
+        entry = {"preexec_fn": self.sandbox.preexec(self.cwd)} if self.sandbox else {}
+        return subprocess.Popen(["bash", "-c", self.command], cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, process_group=0, **entry)
+
+    def _warm(self, log) -> Optional[WarmProcess]:
+        """``python SCRIPT`` forked from the zygote, if there is one and the command is that; why it
+        could not be, noted in the log, when the zygote refused it."""
+        argv = warm_argv(self.command, self.env, self.cwd) if self.zygote else None
+        if argv is None:
+            return None
+        try:
+            return spawn(self.zygote, argv, self.env, self.cwd, log.fileno(), self.sandbox)
+        except ColdStart as why:
+            log.write(f"wml-runner: this run starts cold: {why}\n".encode())
+            log.flush()
+            return None
 
     def _open_log(self) -> int:
         """The log file, for appending (under ``root``: following no link)."""
@@ -121,13 +149,22 @@ class Command:
         self.start()
         return self._proc.wait() if self._proc else -signal.SIGTERM
 
-    def stop(self) -> None:
-        """SIGTERM the command's process group, SIGKILL it after ``TERM_GRACE_S``."""
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Let the command stop by itself within ``grace_s`` (asked through the stop file), then
+        SIGTERM its process group, and SIGKILL it after ``TERM_GRACE_S``."""
         with self._lock:
             self.stopped = True
             proc = self._proc
         if proc is None or proc.poll() is not None:
             return
+        if grace_s > 0:
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is not None:
+            return
+        self.signalled = True
         _signal_group(proc.pid, signal.SIGTERM)
         threading.Timer(TERM_GRACE_S, _signal_group, args=(proc.pid, signal.SIGKILL)).start()
 

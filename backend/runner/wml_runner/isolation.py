@@ -9,7 +9,9 @@ exclusive among every runner of the host). It hands the run's folders to that us
 the command as it (``Sandbox``): no supplementary groups, umask 077, no new privileges, killed
 if the runner dies, and, where the interpreter or the run's folder lie under a folder others
 cannot pass (``/root``, a 0700 ``$WML_HOME``), in a mount namespace of its own in which a tmpfs
-covers that folder and shows only what the command needs. When the command has ended every
+covers that folder and shows only what the command needs, and ``/proc`` is a procfs of its own
+that shows only the user's own processes (``hidepid=invisible``: not the runner, not other runs,
+their command lines included). When the command has ended every
 process of the user is killed (``kill(-1)`` as the user: forking or leaving the process group
 escapes nothing) and the run's folders are taken back (``take_back``) before the runner reads
 them as root; while it runs, the runner reads its files without following links (``open_inside``).
@@ -48,7 +50,11 @@ KILL_WAIT_S = 30.0
 
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 _CLONE_NEWNS = 0x20000
-_MS_NOSUID, _MS_NODEV, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 4096, 16384, 1 << 18
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
+#: The options of a run's own ``/proc``: only processes it may ptrace (its user's) are there.
+#: ``invisible`` is understood only by kernels (5.8+) whose procfs mounts are instances of their
+#: own; an older one refuses it rather than change the host's ``/proc``.
+PROC_OPTIONS = b"hidepid=invisible"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -303,14 +309,16 @@ class Sandbox:
     user: RunUser
     paths: tuple[Path, ...]
 
-    def preexec(self, cwd: Path) -> Callable[[], None]:
-        """The function the forked child runs before ``exec``: its mounts, then its user."""
-        covers, runner = _covers(self.paths, self.user), os.getpid()
+    def preexec(self, cwd: Path, parent: Optional[int] = None) -> Callable[[], None]:
+        """The function the forked child runs before ``exec``: its mounts, then its user (killed
+        with ``parent``, this process unless said: a warm start's zygote)."""
+        covers, runner = covered(self.paths, self.user), parent or os.getpid()
 
         def enter() -> None:
             try:
-                if covers:
-                    _show_only(covers)
+                _private_namespace()
+                _mount_covers(covers)
+                _mount_own_proc()
                 os.chdir(cwd)
                 _become(self.user, runner)
             except BaseException as exc:  # said in the training log, which is the child's stderr
@@ -331,7 +339,7 @@ def _become(user: RunUser, runner: int) -> None:
         os._exit(137)
 
 
-def _covers(paths: tuple[Path, ...], user: Optional[RunUser]) -> dict[Path, list[Path]]:
+def covered(paths: tuple[Path, ...], user: Optional[RunUser]) -> dict[Path, list[Path]]:
     """For each highest folder above one of ``paths`` that ``user`` (None: any other user)
     cannot pass, the paths under it to show (none under another one)."""
     covers: dict[Path, list[Path]] = {}
@@ -357,12 +365,29 @@ def _passable(folder: Path, user: Optional[RunUser]) -> bool:
     return bool(info.st_mode & stat.S_IXOTH)
 
 
-def _show_only(covers: dict[Path, list[Path]]) -> None:
-    """In a mount namespace of this process's own: a tmpfs on each covered folder, showing only
-    its paths (bound from folders opened before the tmpfs hides them)."""
-    os.umask(0o022)
+def show_only(covers: dict[Path, list[Path]]) -> None:
+    """In a mount namespace of this process's own: a tmpfs on each folder of ``covers`` (see
+    ``covered``), showing only its paths."""
+    _private_namespace()
+    _mount_covers(covers)
+
+
+def _private_namespace() -> None:
+    """Enter a mount namespace of this process's own, whose mounts never reach the host's."""
     _check(_libc.unshare(_CLONE_NEWNS), "unshare")
-    _mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE)  # nothing mounted here reaches the host
+    _mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE)
+
+
+def _mount_own_proc() -> None:
+    """A procfs of this namespace's own on ``/proc`` that shows only the processes of the user
+    who looks (``PROC_OPTIONS``)."""
+    _mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, PROC_OPTIONS)
+
+
+def _mount_covers(covers: dict[Path, list[Path]]) -> None:
+    """A tmpfs on each covered folder, showing only its paths (bound from folders opened before
+    the tmpfs hides them)."""
+    os.umask(0o022)
     held = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for paths in covers.values() for path in paths}
     for folder, paths in covers.items():
         _mount(b"tmpfs", bytes(folder), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0755,size=1m")
@@ -392,18 +417,17 @@ def isolation_gap(work_dir: Path) -> Optional[str]:
     if not shutil.which("useradd") and not _some_user_exists():
         return f"useradd is not installed and no {USER_PREFIX}* users exist"
     work_dir.mkdir(parents=True, exist_ok=True)
-    if _covers((*runtime_paths(), work_dir.resolve()), None):
-        try:
-            subprocess.run(["true"], preexec_fn=_probe_namespace, check=True, capture_output=True)
-        except (OSError, subprocess.SubprocessError):
-            return ("Python or the runs' folder lie under a folder other users cannot pass, and this host "
-                    "does not allow mount namespaces to show runs only what they need")
+    try:
+        subprocess.run(["true"], preexec_fn=_probe_namespace, check=True, capture_output=True)
+    except (OSError, subprocess.SubprocessError):
+        return ("this host does not allow a run a mount namespace with a /proc of its own (Linux 5.8 or "
+                "later, and the right to mount), to hide other runs' processes and show it only what it needs")
     return None
 
 
 def _probe_namespace() -> None:
-    _check(_libc.unshare(_CLONE_NEWNS), "unshare")
-    _mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE)
+    _private_namespace()
+    _mount_own_proc()
 
 
 def _some_user_exists() -> bool:

@@ -63,10 +63,17 @@ class LearnerGroup:
     def __init__(self, commands: dict[int, Command]):
         self.commands = commands
 
-    def stop(self) -> None:
-        """Stop every learner (SIGTERM, then SIGKILL)."""
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Stop every learner: by itself within ``grace_s`` (asked through the stop file), else
+        SIGTERM, then SIGKILL."""
+        deadline = time.monotonic() + grace_s
         for command in self.commands.values():
-            command.stop()
+            command.stop(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def signalled(self) -> bool:
+        """Whether any learner had to be signalled to stop (had not ended by itself)."""
+        return any(command.signalled for command in self.commands.values())
 
     def run(self) -> Outcome:
         """Run the learners to the end, all of them or until the first failure."""

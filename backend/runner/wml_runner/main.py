@@ -41,11 +41,13 @@ from wml_runner.isolation import (
 from wml_runner.learners import LearnerGroup, free_port
 from wml_runner.reporter import Reporter
 from wml_runner.shipper import Shipper
+from wml_runner.zygote import ZYGOTE_ENV
 from wml_runner.workspace import (
     Workspace,
     fetch_data,
     open_run_store,
     restore_checkpoints,
+    scoped_env,
     store_checkpoints,
     store_learner_log,
     store_results,
@@ -59,6 +61,9 @@ TAIL_LINES = 20
 #: Characters of each of those lines kept (the end of a longer one, e.g. a progress bar redrawn
 #: with carriage returns): the state report stays far below the backend's body limit for it.
 TAIL_LINE_CHARS = 2000
+#: How long a command that logs with ``run.log`` may take to reach its next step and stop there,
+#: when asked to stop, before it is signalled (a command that never logged is signalled at once).
+STEP_STOP_GRACE_S = 0.5
 #: How long storing results is retried while the object store is unreachable.
 STORE_RETRY_S = 300.0
 
@@ -120,10 +125,22 @@ class Runner:
         self.root = ws.root if isolate else None
 
     def cancel(self) -> None:
-        """Stop the learners (SIGTERM, then SIGKILL); results are still stored."""
+        """Stop the learners: at their next ``run.log`` step (the stop file), else SIGTERM, then
+        SIGKILL; results are still stored."""
         self.cancelled = True
+        try:
+            self.ws.stop_file.touch(mode=0o644)
+        except OSError:
+            log.warning("could not create the stop file; the command is signalled")
         if self.learners is not None:
-            self.learners.stop()
+            self.learners.stop(STEP_STOP_GRACE_S if self._logs_steps() else 0.0)
+
+    def _logs_steps(self) -> bool:
+        """Whether the command has logged with ``run.log`` (and so looks at the stop file)."""
+        try:
+            return any(os.lstat(self.ws.metrics_file(k)).st_size > 0 for k in self.learners.commands)
+        except OSError:
+            return False
 
     def _leads(self, spec: RunSpec) -> bool:
         """Whether this runner reports the run's states (it runs learner 1, or every learner)."""
@@ -147,7 +164,7 @@ class Runner:
             return 0
         if self.cancelled and self._mine(spec):
             pass  # a pod of a distributed run: the executor knows why it was stopped (cancel, a peer failed)
-        elif self.cancelled:
+        elif self.cancelled and not self._finished_first(exit_code):
             self._end(RunState.HALTED, exit_code, "cancelled by the user")
         elif exit_code == 0:
             self._end(RunState.COMPLETED, 0, None)
@@ -156,16 +173,21 @@ class Runner:
             self._end(RunState.FAILED, exit_code, who + _exit_reason(exit_code))
         return 0
 
+    def _finished_first(self, exit_code: int) -> bool:
+        """Whether the command had ended all its steps, successfully, before the stop took effect."""
+        return exit_code == 0 and self.learners is not None and not self.learners.signalled
+
     def _follow(self, spec: RunSpec) -> int:
         """Learner k > 1 in a pod of its own: train, ship, store its log; exit as its command did."""
         learner = self._mine(spec)
         try:
             self.ws.reset(spec.learners)
             unpack_code(self.reporter.code(), self.ws.model)
-            store = open_run_store(spec)
+            store = open_run_store(spec, self.reporter.credential)
             data_dir = fetch_data(store, spec, self.ws, in_place=not self.isolate)
             sandbox = self._hand_over(spec.learners)
             env = environment(spec, self.ws, data_dir, learner, _master(), share_gpus=False, user=self.user)
+            env.update(scoped_env(store))
             self.learners = LearnerGroup({learner: self._command(spec, env, learner, sandbox)})
             if self.cancelled:
                 self.learners.stop()
@@ -190,7 +212,7 @@ class Runner:
         self.ws.reset(spec.learners)
         code = self.reporter.code()
         unpack_code(code, self.ws.model)
-        store = open_run_store(spec)
+        store = open_run_store(spec, self.reporter.credential)
         data_dir = fetch_data(store, spec, self.ws, in_place=not self.isolate)
         restore_checkpoints(store, spec, self.ws)
         sandbox = self._hand_over(spec.learners)
@@ -200,6 +222,8 @@ class Runner:
             master = ("127.0.0.1", free_port())
             envs = {k: environment(spec, self.ws, data_dir, k, master, user=self.user)
                     for k in range(1, spec.learners + 1)}
+        for env in envs.values():
+            env.update(scoped_env(store))
         self.learners = LearnerGroup({k: self._command(spec, env, k, sandbox) for k, env in envs.items()})
         if self.cancelled:
             self.learners.stop()
@@ -221,7 +245,7 @@ class Runner:
     def _command(self, spec: RunSpec, env: dict[str, str], learner: int, sandbox: Sandbox | None) -> Command:
         """Learner ``learner``'s command (in ``sandbox``, when the run is isolated)."""
         return Command(substitute(spec.command, spec.hparams), env, self.ws.model, self.ws.training_log(learner),
-                       sandbox, self.root)
+                       sandbox, self.root, zygote=os.environ.get(ZYGOTE_ENV))
 
     def _hand_over(self, learners: int) -> Sandbox | None:
         """Isolated: lease the run's user (once), give it the run's folders; the commands' sandbox."""

@@ -8,7 +8,8 @@ from typing import Any, Optional
 
 import httpx
 
-from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport
+from wml_core.errors import StorageError
+from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport, StoreCredential
 from wml_core.states import RunState
 
 log = logging.getLogger("wml_runner")
@@ -52,6 +53,16 @@ class Reporter:
         """The code zip."""
         return self._call("GET", "/code").content
 
+    def credential(self) -> dict:
+        """A fresh store credential scoped to this run (botocore's refresh format); a one-line
+        ``StorageError`` with the backend's reason when it has none to give."""
+        try:
+            found = StoreCredential.model_validate(self._call("GET", "/credential").json())
+        except httpx.HTTPStatusError as exc:
+            raise StorageError(_message(exc.response)) from None
+        return {"access_key": found.access_key, "secret_key": found.secret_key, "token": found.session_token,
+                "expiry_time": found.expires.isoformat()}
+
     def state(self, state: RunState, exit_code: Optional[int] = None, reason: Optional[str] = None,
               log_tail: Optional[list[str]] = None) -> None:
         """Report that the run entered ``state``."""
@@ -70,3 +81,11 @@ class Reporter:
     def close(self) -> None:
         """Close the connection."""
         self._http.close()
+
+
+def _message(response: httpx.Response) -> str:
+    """The backend's one-line reason for refusing a request (its JSON ``message``), or the status."""
+    try:
+        return str(response.json()["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"the backend answered {response.status_code}"

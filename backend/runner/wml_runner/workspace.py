@@ -9,10 +9,11 @@ import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
-from wml_core.errors import InvalidInput
+from wml_core.errors import InvalidInput, StorageError
 from wml_core.models import RunSpec
-from wml_core.objectstore import ObjectStore, StoreConfig, open_store
+from wml_core.objectstore import SCOPED_STORE, ObjectStore, StoreConfig, open_store
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,15 @@ class Workspace:
         """Where a learner's ``run.log`` points go for the runner to ship."""
         return self.state / f"wml-metrics-{learner}.jsonl"
 
+    @property
+    def stop_file(self) -> Path:
+        """Created by the runner to ask the command to stop at its next ``run.log`` step; in the
+        root, which stays the runner's: the command may see it, not make or move it."""
+        return self.root / "stop"
+
     def reset(self, learners: int = 1) -> None:
-        """Fresh directories for an attempt (checkpoints excepted)."""
+        """Fresh directories for an attempt (checkpoints excepted), not asked to stop."""
+        self.stop_file.unlink(missing_ok=True)
         for path in self.folders(learners):
             if path != self.checkpoints:
                 shutil.rmtree(path, ignore_errors=True)
@@ -97,12 +105,33 @@ def unpack_code(archive: bytes, dest: Path) -> None:
 CREDENTIAL_ENV = {"access_key": "WML_STORE_ACCESS_KEY", "secret_key": "WML_STORE_SECRET_KEY"}
 
 
-def open_run_store(spec: RunSpec) -> ObjectStore:
-    """The object store the run's data and results live in (credentials from the env first)."""
+def open_run_store(spec: RunSpec, credential: Optional[Callable[[], dict]] = None) -> ObjectStore:
+    """The object store the run's data and results live in (credentials from the env first). The
+    backend's default store is reached with a scoped credential that ``credential`` fetches, and
+    fetches again before it expires, never with keys of the environment."""
     fields = {k: spec.store.get(k) for k in ("kind", "root", "endpoint", "region", "access_key", "secret_key",
                                              "anonymous")}
-    fields.update({k: os.environ[v] for k, v in CREDENTIAL_ENV.items() if os.environ.get(v)})
-    return open_store(StoreConfig(**{k: v for k, v in fields.items() if v is not None}))
+    config = {k: v for k, v in fields.items() if v is not None}
+    if spec.store.get(SCOPED_STORE):
+        if credential is None:
+            raise StorageError("this run's store credential comes from its backend, which was not asked")
+        from wml_core.objectstore.s3 import S3Store, refreshing_credentials
+        return S3Store(StoreConfig(**config), credentials=refreshing_credentials(credential))
+    config.update({k: os.environ[v] for k, v in CREDENTIAL_ENV.items() if os.environ.get(v)})
+    return open_store(StoreConfig(**config))
+
+
+def scoped_env(store: ObjectStore) -> dict[str, str]:
+    """The variables that hand the training command the run's scoped credential, as boto3 and
+    the AWS tools read them (none unless the store has one): it may read its data and write its
+    results itself. Valid until the credential expires (``WML_STORE_CREDENTIAL_SECONDS``)."""
+    credentials = getattr(store, "credentials", None)
+    if credentials is None:
+        return {}
+    frozen = credentials.get_frozen_credentials()
+    endpoint = {"AWS_ENDPOINT_URL_S3": store.config.endpoint} if store.config.endpoint else {}
+    return {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key,
+            "AWS_SESSION_TOKEN": frozen.token, **endpoint}
 
 
 def fetch_data(store: ObjectStore, spec: RunSpec, ws: Workspace, in_place: bool = True) -> Path:

@@ -9,10 +9,11 @@ unless the operator said all accounts trust each other (``--trusted-accounts``).
 
 from __future__ import annotations
 
+import logging
 import secrets
 from typing import Callable, Optional
 
-from wml_core.errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded, quoted
+from wml_core.errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded, WmlError, quoted
 from wml_core.models import AccountCreated, AccountInfo, AccountLimits, AccountToken
 from wml_core.private_files import write_private
 from wml_core.states import RunState
@@ -21,10 +22,13 @@ from wml_backend.lifecycle import token_hash
 from wml_backend.scheduler import limits_of, over_limits
 from wml_backend.settings import Settings
 
+log = logging.getLogger("wml_backend.accounts")
 #: The embedded backend's first account, its administrator.
 ADMIN_ACCOUNT = "local"
 #: Ends a run (``Lifecycle.stop``): run, final state, reason.
 StopRun = Callable[[RunRow, RunState, str], None]
+#: Makes the cluster hold an account's quota (``Executor.sync_account``): name, GPUs, CPUs, memory.
+SyncAccount = Callable[[str, int, Optional[float], Optional[int]], None]
 #: The wire names of the limits, as stored.
 _STORED = {"gpus": "gpu_quota", "slots": "slots", "cpus": "cpus", "memory_bytes": "memory_bytes",
            "max_queued": "max_queued"}
@@ -37,10 +41,34 @@ def max_queued_of(account: Account, settings: Settings) -> Optional[int]:
 
 class Accounts:
     """Account administration over the run store; ``stop`` ends a disabled account's queued runs;
-    ``isolation_gap``: why the executor cannot keep runs of different accounts apart (None: it can)."""
+    ``isolation_gap``: why the executor cannot keep runs of different accounts apart (None: it can);
+    ``sync``: gives the executor an account's limits whenever they change (Kueue's queues)."""
 
-    def __init__(self, settings: Settings, store: RunStore, stop: StopRun, isolation_gap: Optional[str] = None):
+    def __init__(self, settings: Settings, store: RunStore, stop: StopRun, isolation_gap: Optional[str] = None,
+                 sync: Optional[SyncAccount] = None):
         self.settings, self.store, self.stop, self.isolation_gap = settings, store, stop, isolation_gap
+        self.sync = sync or (lambda name, gpus, cpus, memory_bytes: None)
+
+    def sync_all(self) -> None:
+        """Give the executor every account's limits (at start: accounts made before Kueue was on)."""
+        for account in self.store.accounts():
+            try:
+                self._sync(account)
+            except WmlError as exc:
+                log.warning("account %s: %s", account.name, exc)
+
+    def _sync(self, account: Account) -> None:
+        """Give the executor the limits in force for ``account``."""
+        limits = limits_of(account, self.settings)
+        self.sync(account.name, limits.gpus, limits.cpus, limits.memory_bytes)
+
+    def _synced(self, account: Account, done: str) -> None:
+        """``_sync``; if the cluster refuses, say that the account was ``done`` all the same."""
+        try:
+            self._sync(account)
+        except WmlError as exc:
+            raise type(exc)(f"account {account.name!r} was {done}, but the cluster does not hold its quota "
+                            f"yet ({exc}); once that is fixed, run `wml accounts update {account.name}`") from None
 
     def info(self, account: Account) -> AccountInfo:
         """The account with the limits in force for it."""
@@ -58,6 +86,7 @@ class Accounts:
         token = secrets.token_urlsafe(32)
         fields = {_STORED[k]: v for k, v in limits.model_dump().items()}
         self.store.create_account(Account(name=name, **fields), token_hash(token))
+        self._synced(self._account(name), "created")
         return AccountCreated(name=name, gpu_quota=fields["gpu_quota"], token=token)
 
     def update(self, caller: Account, name: str, changes: AccountLimits) -> AccountInfo:
@@ -66,7 +95,9 @@ class Accounts:
         fields = {_STORED[k]: v for k, v in changes.model_dump(exclude_unset=True).items()}
         if fields.get("gpu_quota", 0) is None:
             raise InvalidInput("gpus: an account's GPU quota is a number (0 or more), never the default")
-        return self.info(self.store.update_account(name, **fields))
+        account = self.store.update_account(name, **fields)
+        self._synced(account, "changed")
+        return self.info(account)
 
     def disable(self, caller: Account, name: str) -> AccountInfo:
         """Refuse the account's tokens from now on and halt its queued runs."""

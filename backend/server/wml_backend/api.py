@@ -21,10 +21,15 @@ from wml_backend import __version__
 from wml_backend.gate import Gate, Rule, error_response, route_of
 from wml_core.errors import ERRORS_BY_CODE, Forbidden, InvalidInput, WmlError, quoted
 from wml_backend.eventbus import Subscription
+from wml_backend.health import not_ready
 from wml_core.models import (AccountCreated, AccountInfo, AccountLimits, AccountToken, DataClaim, Experiment,
-                             ExperimentRequest, LogAppend, LogChunk, MetricPoint, Run, RunSpec, StateReport, Usage)
+                             ExperimentRequest, LogAppend, LogChunk, MetricPoint, Run, RunSpec, StateReport,
+                             StoreCredential, Usage)
 from wml_backend.reports import RunnerReports
-from wml_backend.service import Service
+from wml_backend.listing import MAX_PAGE, EndedRuns, json_response, key_of, next_link, page_of
+from wml_backend.service import EXPERIMENTS_PAGE, Service
+from wml_backend.summary import Summaries, expanded_of
+from wml_core.pages import PAGE_SIZE, Summary
 from wml_backend.settings import MAX_CODE_BYTES
 from wml_backend.metrics import CONTENT_TYPE
 from wml_backend.rundb import Account, RunRow
@@ -32,6 +37,8 @@ from wml_backend.rundb.base import Replica
 
 _bearer = HTTPBearer(auto_error=False)
 Token = Annotated[Optional[HTTPAuthorizationCredentials], Depends(_bearer)]
+#: ``?limit=N`` of a paged listing (``listing``).
+PageLimit = Annotated[Optional[int], Query(ge=1, le=MAX_PAGE)]
 
 
 class Error(BaseModel):
@@ -57,7 +64,7 @@ SMALL_BODY_BYTES = 256 << 10
 BODY_LIMITS = {"/v1/experiments": MAX_BODY_BYTES, "/v1/runner/{run_id}/metrics": REPORT_BODY_BYTES,
                "/v1/runner/{run_id}/logs": REPORT_BODY_BYTES}
 #: Routes anyone may call: health and the API's own description.
-PUBLIC_ROUTES = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC_ROUTES = {"/healthz", "/livez", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 #: Routes for the operator: the administrator's token, or any caller on this host (not through a proxy).
 OPERATOR_ROUTES = {"/metrics", "/v1/replicas"}
 #: Headers a proxy adds: a request that has one came from elsewhere, whatever its address says.
@@ -83,6 +90,8 @@ def create_app(service: Service) -> FastAPI:
     """The ASGI application serving ``service``."""
     app = FastAPI(title="wml backend", version=__version__, responses=ERROR_RESPONSES)
     reports = RunnerReports(service)
+    summaries = Summaries(service)
+    ended_runs = EndedRuns(service)
     app.add_middleware(Gate, rule_for=lambda scope: _rule(app, service, reports, scope))
     app.add_middleware(service.telemetry.timing, route_of=lambda scope: route_of(app.router.routes, scope)[0])
 
@@ -114,6 +123,20 @@ def create_app(service: Service) -> FastAPI:
         return {"ok": True, "version": __version__, "executor": service.executor.name,
                 "replica": service.leadership.replica.id, "leader": service.leadership.leading}
 
+    @app.get("/livez")
+    async def livez() -> dict:
+        """Alive: answered on the event loop (async), so slow requests holding every worker thread
+        or the run store do not make it fail (``health``)."""
+        return {"ok": True}
+
+    @app.get("/readyz", responses={503: {"model": Error}})
+    def readyz() -> JSONResponse:
+        """Ready for traffic: the run store answers with a schema this replica knows; else 503."""
+        why = not_ready(service.store)
+        if why is not None:
+            return JSONResponse({"code": "not_ready", "message": why}, status_code=503)
+        return JSONResponse({"ok": True})
+
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
         return Response(service.telemetry.render(), media_type=CONTENT_TYPE)
@@ -126,9 +149,12 @@ def create_app(service: Service) -> FastAPI:
     def submit(caller: Caller, body: ExperimentRequest) -> Experiment:
         return service.submit(caller, body)
 
-    @app.get("/v1/experiments")
-    def experiments(caller: Caller) -> list[Experiment]:
-        return service.experiments(caller)
+    @app.get("/v1/experiments", response_model=list[Experiment])
+    def experiments(caller: Caller, request: Request, limit: PageLimit = None,
+                    cursor: Optional[str] = None) -> Response:
+        size = limit or EXPERIMENTS_PAGE  # no limit: the newest page, as before paging
+        page = page_of(service.experiments(caller, size + 1, key_of(cursor)), size, lambda e: e.id)
+        return json_response(list[Experiment], page.items, next_link(request.url, page))
 
     @app.get("/v1/experiments/{experiment_id}")
     def experiment(caller: Caller, experiment_id: str) -> Experiment:
@@ -138,13 +164,20 @@ def create_app(service: Service) -> FastAPI:
     def cancel_experiment(caller: Caller, experiment_id: str) -> Experiment:
         return service.cancel_experiment(caller, experiment_id)
 
-    @app.get("/v1/runs")
-    def runs(caller: Caller, experiment: Optional[str] = None, state: Optional[str] = None) -> list[Run]:
-        return service.runs(caller, experiment, state)
+    @app.get("/v1/runs", response_model=list[Run])
+    def runs(caller: Caller, request: Request, experiment: Optional[str] = None, state: Optional[str] = None,
+             limit: PageLimit = None, cursor: Optional[str] = None) -> Response:
+        if limit is None and cursor is None:  # every run, as before paging
+            if experiment and not state:
+                return ended_runs.response(caller, experiment)
+            return json_response(list[Run], service.runs(caller, experiment, state))
+        size = limit or EXPERIMENTS_PAGE
+        page = page_of(service.runs(caller, experiment, state, key_of(cursor), size + 1), size, lambda r: r.id)
+        return json_response(list[Run], page.items, next_link(request.url, page))
 
-    @app.get("/v1/runs/{run_id}")
-    def run(caller: Caller, run_id: str) -> Run:
-        return service.run(caller, run_id)
+    @app.get("/v1/runs/{run_id}", response_model=Run)
+    def run(caller: Caller, run_id: str) -> Response:
+        return json_response(Run, service.run(caller, run_id))
 
     @app.post("/v1/runs/{run_id}/cancel")
     def cancel_run(caller: Caller, run_id: str) -> Run:
@@ -167,6 +200,13 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/usage")
     def usage(caller: Caller) -> Usage:
         return service.usage(caller)
+
+    @app.get("/v1/summary", response_model=Summary)
+    def summary(caller: Caller, offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
+                limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = PAGE_SIZE,
+                expand: Annotated[list[str], Query()] = []) -> Response:
+        """What the sidebar shows at once; ``expand=EXPERIMENT:OFFSET`` adds a page of its runs."""
+        return json_response(Summary, summaries.summary(caller, offset, limit, expanded_of(expand)))
 
     @app.post("/v1/data/claims", status_code=201)
     def claim_data(caller: Caller, body: DataClaim) -> DataClaim:
@@ -204,6 +244,10 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/v1/runner/{run_id}/code", include_in_schema=False)
     def runner_code(run: RunnerRun) -> Response:
         return Response(reports.code(run), media_type="application/zip")
+
+    @app.get("/v1/runner/{run_id}/credential", include_in_schema=False)
+    def runner_credential(run: RunnerRun) -> StoreCredential:
+        return reports.credential(run)
 
     @app.post("/v1/runner/{run_id}/state", include_in_schema=False)
     def runner_state(run: RunnerRun, body: StateReport) -> Count:

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +26,7 @@ from wml_core.manifest import parse_memory
 from wml_backend import logs
 from wml_backend.executors import Executor
 from wml_core.private_files import private_dir, private_open
-from wml_backend.settings import DEFAULT_PORT, Settings
+from wml_backend.settings import Settings
 from wml_core.objectstore.resolve import wml_home
 
 #: Idle seconds a client connection is kept open: longer than clients' own pools keep them
@@ -33,6 +34,9 @@ from wml_core.objectstore.resolve import wml_home
 KEEP_ALIVE_S = 65
 #: How long ``start`` waits for a new daemon to answer /healthz.
 START_TIMEOUT_S = 30.0
+#: Seconds ``stop --drain`` waits, beyond a plain stop's, for the runs to store their checkpoints
+#: (the executor's grace, the kill of those that outlive it, their reports).
+DRAIN_TIMEOUT_S = 120.0
 #: Settings of the operator's per-account defaults and pending timeout, and their flags.
 OPERATOR_SETTINGS = {"account_slots": "--account-slots", "account_cpus": "--account-cpus",
                      "account_memory_bytes": "--account-memory", "account_max_queued": "--account-max-queued",
@@ -78,10 +82,21 @@ def serve(settings: Settings) -> None:
     config = uvicorn.Config(create_app(service), host=settings.host, port=settings.port,
                             log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
                             ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, **own_log)
+    server = uvicorn.Server(config)
+    signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=_drain, args=(service, server), daemon=True,
+                                                              name="wml-drain").start())
     try:
-        uvicorn.Server(config).run()
+        server.run()
     finally:
         service.stop()
+
+
+def _drain(service, server) -> None:
+    """``stop --drain``: stop the runs as disruptions while their runners can still report here, then exit."""
+    try:
+        service.lifecycle.drain()
+    finally:
+        server.should_exit = True
 
 
 def _write_state(settings: Settings, capacity, replica: str) -> None:
@@ -200,13 +215,17 @@ def _operator_given(args: argparse.Namespace) -> dict:
     return given
 
 
-def stop(home: Optional[Path] = None, timeout: float = 10.0) -> bool:
-    """Stop the daemon (SIGTERM, then SIGKILL); runs in flight go on and are re-attached later."""
+def stop(home: Optional[Path] = None, timeout: float = 10.0, drain: bool = False) -> bool:
+    """Stop the daemon (SIGTERM, then SIGKILL); runs in flight go on and are re-attached later.
+    With ``drain`` (SIGUSR1) it first stops its runs as disruptions: they store checkpoints and
+    are queued again, to resume at the next start."""
     info = status(home)
     pid = info.get("pid")
     if not pid or not psutil.pid_exists(pid):
         return False
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGUSR1 if drain else signal.SIGTERM)
+    if drain:
+        timeout += DRAIN_TIMEOUT_S
     try:
         psutil.Process(pid).wait(timeout)
     except psutil.TimeoutExpired:
@@ -239,6 +258,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     """``wml-backend serve|start|stop|status``; an error is one line, exit 2 (input) or 1."""
     args = parser().parse_args(argv)
     try:
+        if args.drain and args.command != "stop":
+            raise InvalidInput("--drain: only `stop` drains (stops the runs so that they resume at the next start)")
         if args.command == "serve":
             serve(settings_from(args))
             return
@@ -246,7 +267,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             settings = settings_from(args)
             info = with_replicas(start(settings), settings.home)
         elif args.command == "stop":
-            stopped = stop()
+            stopped = stop(drain=bool(args.drain))
             info = {**status(), "stopped": stopped}
         else:
             info = with_replicas(status())

@@ -57,7 +57,7 @@ def kubernetes_plan(request: ExperimentRequest, settings: Optional[Settings] = N
     account = Account(name=ADMIN_ACCOUNT, gpu_quota=UNLIMITED_GPUS)
     new = build_experiment(account, request, settings, offline=True)
     runner_env = {"WML_RUNNER_TOKEN": REDACTED, "WML_BACKEND_URL": settings.url,
-                  **store_credentials(new.secret, settings.store_config)}
+                  **store_credentials(new.secret, settings.store_config, settings.operator_store_keys)}
     return [_planned(run, new.experiment.definition, runner_env, options) for run in new.runs]
 
 

@@ -2,7 +2,8 @@
 
 Every state change goes through ``Lifecycle.move`` so that it is stored with its event and
 wakes the scheduler when GPUs are freed. Of several replicas on one store, only the leader
-(``leadership``) admits runs, recovers them after a takeover and keeps the pending timeout.
+(``leadership``) admits runs, recovers them after a takeover, keeps the pending timeout and
+kills the runners past their deadline (stored with their runs: they hold through a takeover).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from wml_core.errors import Conflict
 from wml_backend.eventbus import EventBus
 from wml_backend.executors import Executor, Launch
 from wml_core.models import Transition
-from wml_backend.scheduler import Limits, limits_of, over_limits, plan_admissions
+from wml_backend.scheduler import Limits, limits_of, over_limits, plan_from_heads
 from wml_backend.settings import Settings
 from wml_core.states import ACTIVE, RunState
 from wml_core.objectstore import StoreConfig
@@ -38,16 +39,22 @@ LOG_TAIL_LINES = 20
 #: Seconds between two admission passes when nothing wakes the scheduler, and at least between
 #: two passes however often it is woken (every event recorded by any replica wakes it).
 PASS_EVERY_S, PASS_GAP_S = 1.0, 0.1
+#: Why the runs of a backend stopped with ``--drain`` were preempted (the reason of their attempt).
+DRAINED = "the backend was stopped with --drain"
+#: Seconds a drain waits, after killing the runners that outlived their grace, for their ends.
+DRAIN_KILL_WAIT_S = 5.0
 #: Seconds the event log keeps events (a client reconnecting later resumes from its REST reads),
 #: and between two prunings by the leader.
 EVENT_RETENTION_S, PRUNE_EVERY_S = 3600.0, 60.0
 
 
-def store_credentials(secret: Optional[dict], default: StoreConfig) -> dict[str, str]:
+def store_credentials(secret: Optional[dict], default: StoreConfig, operator_keys: bool = False) -> dict[str, str]:
     """The run's store credentials as runner variables, which executors deliver as secrets
-    (a per-run Kubernetes Secret); the default S3 store's come from the backend's boto3 chain."""
+    (a per-run Kubernetes Secret): a manifest's own. The default S3 store's are the backend's
+    (its boto3 chain) only with ``operator_keys`` (``WML_STORE_CREDENTIALS=operator``); else the
+    runner asks for a scoped one (``scoped_credentials``)."""
     keys = (secret or {}).get("access_key"), (secret or {}).get("secret_key")
-    if secret is None and default.kind == "s3":
+    if secret is None and default.kind == "s3" and operator_keys:
         import boto3
         found = boto3.Session().get_credentials()
         frozen = found.get_frozen_credentials() if found else None
@@ -98,6 +105,8 @@ class Lifecycle:
         self._leading = threading.Event()
         self._leading.set()  # a lone backend leads; replicas are told (``lead``, ``follow``)
         self._recovered = False
+        #: Set by ``drain``: nothing is admitted any more, and runners that end were disrupted.
+        self._draining = threading.Event()
         self._pruned = 0.0
         executor.on_exit = self.runner_exited
         executor.on_note = self.note
@@ -113,6 +122,8 @@ class Lifecycle:
         if not state.active:  # its attempt is over: that attempt's token moves nothing any more
             fields = {"runner_token_hash": None, **({"reported_state": None} if state is RunState.QUEUED else {}),
                       **fields}
+        if state is RunState.PENDING or not state.active:  # a new attempt, or none: no runner to wait for
+            fields = {"deadline": None, **fields}
         row = self.store.transition(run_id, state, stamp, **fields)
         if row.waiting_since is not None and state is not RunState.PENDING:
             row = self._end_wait(row, stamp)  # its runner runs, so its GPUs are bound; or it ended
@@ -210,6 +221,7 @@ class Lifecycle:
             try:
                 self._recover_once()
                 self.expire_pending()
+                self.enforce_deadlines()
                 self.admit()
                 self._prune()
             except Exception:  # keep scheduling whatever one bad run did
@@ -228,17 +240,53 @@ class Lifecycle:
             self._pruned = time.monotonic()
             self.store.prune_events(time.time() - EVENT_RETENTION_S)
 
+    def drain(self) -> None:
+        """Stop admitting, and stop every started run as a disruption (``wml backend stop
+        --drain``): its runner gets SIGTERM and stores its checkpoint, and the run is queued again
+        as preempted, to resume from it at the next start. Returns once they all ended; runners
+        still there after the executor's grace are killed (and their runs queued again too)."""
+        self._draining.set()
+        with self._admit_lock:  # an admission under way ends first
+            runs = [run for run in self.store.runs(states=ACTIVE, transitions="none") if run.handle]
+        for run in runs:
+            self.executor.cancel(run.id, run.handle)
+        if not self._ended(runs, self.executor.cancel_grace_s + 1.0):
+            for run in runs:
+                self.executor.kill(run.id, run.handle)
+            self._ended(runs, DRAIN_KILL_WAIT_S)
+
+    def _ended(self, runs: list[RunRow], timeout: float) -> bool:
+        """Whether each of ``runs`` left its attempt within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while any((now := self.store.run(run.id)) is not None and now.attempt == run.attempt and now.state.active
+                  for run in runs):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
     def admit(self) -> None:
         """Start every queued run that fits now."""
+        if self._draining.is_set():
+            return
         with self._admit_lock, self.store.admission_lock():
             active = self.store.runs(states=ACTIVE, transitions="none")
             capacity = self.executor.capacity()
             if len(active) >= capacity.slots:
                 return  # nothing can start: the queue, however long, need not be read
             limits = {a.name: limits_of(a, self.settings) for a in self.store.accounts() if not a.disabled}
-            queued = self._within_limits(self.store.runs(states=[RunState.QUEUED], transitions="none"), limits)
-            for admission in plan_admissions(queued, active, limits, capacity):
+            for admission in plan_from_heads(lambda wanted: self._fitting_heads(wanted, limits), active, limits,
+                                             capacity):
                 self._launch(admission.run, admission.gpu_ids)
+
+    def _fitting_heads(self, wanted: dict[str, int], limits: dict[str, Limits]) -> dict[str, list[RunRow]]:
+        """The heads of the queues (``wanted`` of each) that could ever start, read again while some
+        fail (those behind move up)."""
+        while True:
+            heads = self.store.queue_heads(wanted)
+            fit = {account: self._within_limits(runs, limits) for account, runs in heads.items()}
+            if all(len(fit[account]) == len(runs) for account, runs in heads.items()):
+                return fit
 
     def _within_limits(self, queued: list[RunRow], limits: dict[str, Limits]) -> list[RunRow]:
         """The queued runs that could ever start; the others (their account's limits were lowered
@@ -263,7 +311,9 @@ class Lifecycle:
             return
         now = time.time() if now is None else now
         for run in self.store.runs(states=[RunState.PENDING], transitions="live"):
-            if run.transitions and now - run.transitions[-1].time.timestamp() > limit:
+            since = self.executor.pending_since(run.id, run.transitions[-1].time.timestamp()) \
+                if run.transitions else None  # None: it waits in the cluster's own queue (Kueue)
+            if since is not None and now - since > limit:
                 self._expire(run, limit)
 
     def _expire(self, run: RunRow, limit: float) -> None:
@@ -287,7 +337,8 @@ class Lifecycle:
         definition = self.store.experiment(run.experiment_id).definition
         launch = launch_of(run, definition, gpu_ids, {
             "WML_RUN_ID": run.id, "WML_RUNNER_TOKEN": token, "WML_BACKEND_URL": self.settings.url,
-            **store_credentials(self.store.secret(run.experiment_id), self.settings.store_config)})
+            **store_credentials(self.store.secret(run.experiment_id), self.settings.store_config,
+                                self.settings.operator_store_keys)})
         try:
             handle = self.executor.start(launch)
         except Exception as exc:  # the executor could not start it: say why on the run (or end it as asked)
@@ -341,20 +392,37 @@ class Lifecycle:
         if run is not None and run.attempt == attempt and not run.state.terminal:
             self.store.request_stop(run_id, RunState.FAILED, reason)
 
-    def _ask_to_stop(self, run: RunRow) -> None:
-        """Tell the executor to stop the run's runner; kill it if it still runs after the grace."""
+    def _ask_to_stop(self, run: RunRow, renew: bool = True) -> None:
+        """Tell the executor to stop the run's runner, which must exit within the grace (``_give_grace``)."""
+        self._give_grace(run, renew)
         self.executor.cancel(run.id, run.handle)
-        timer = threading.Timer(self.executor.cancel_grace_s, self._force_stop, args=(run.id,))
-        timer.daemon = True
-        timer.start()
 
-    def _force_stop(self, run_id: str) -> None:
-        """Kill a runner that has not ended within the grace, and end its run as asked. A run with no
-        handle yet is left to its start, which asks it to stop when it returns (``_stop_if_asked``)."""
-        run = self.store.run(run_id)
-        if run and not run.state.terminal and run.handle:
-            self.executor.kill(run_id, run.handle)
-            self._end_lost(run, None)
+    def _give_grace(self, run: RunRow, renew: bool = True) -> None:
+        """Give the run's runner until a grace from now to exit (its ``deadline``, which the leader
+        enforces: ``enforce_deadlines``); with ``renew`` false, keep a deadline already set (a new
+        leader does not extend the grace its predecessor gave)."""
+        if renew or run.deadline is None:
+            self.store.update_run(run.id, deadline=time.time() + self.executor.cancel_grace_s)
+
+    def enforce_deadlines(self, now: Optional[float] = None) -> None:
+        """Kill the runners past their deadline (asked to stop, or having reported their end, a grace
+        ago) and end their runs as asked or reported. A run with no handle yet is left to its start,
+        which asks it to stop when it returns (``_stop_if_asked``)."""
+        now = time.time() if now is None else now
+        for run in self.store.runs(states=ACTIVE, transitions="none"):
+            if run.deadline is not None and run.deadline <= now and run.handle:
+                try:
+                    self._end_overdue(run)
+                except Exception:  # the others' deadlines hold whatever this one's runner did
+                    log.exception("could not stop the runner of %s", run.id, extra=run_fields(run))
+
+    def _end_overdue(self, run: RunRow) -> None:
+        """Kill a runner still alive past its deadline, and end the run as reported or asked."""
+        if run.reported_state is not None:
+            log.warning("run %s: its runner still runs %g s after reporting its end; killed", run.id,
+                        self.executor.cancel_grace_s, extra=run_fields(run))
+        self.executor.kill(run.id, run.handle)
+        self._end_lost(run, None)
 
     # -- runner reports and exits -------------------------------------------------------------
     def note(self, run_id: str, text: str) -> None:
@@ -374,23 +442,7 @@ class Lifecycle:
         if run.reported_state is not None or run.state.terminal:
             return  # a resent report
         self.store.update_run(run.id, reported_state=state.value, exit_code=exit_code, reason=reason,
-                              log_tail=log_tail or [])
-        self._end_after_grace(run)
-
-    def _end_after_grace(self, run: RunRow) -> None:
-        """Kill the runner of ``run``'s attempt if it has not exited within the grace after reporting its end."""
-        timer = threading.Timer(self.executor.cancel_grace_s, self._end_overdue, args=(run.id, run.attempt))
-        timer.daemon = True
-        timer.start()
-
-    def _end_overdue(self, run_id: str, attempt: int) -> None:
-        """Kill a runner still alive a grace after it reported its end, and end the run as reported."""
-        run = self.store.run(run_id)
-        if run and run.attempt == attempt and not run.state.terminal and run.handle:
-            log.warning("run %s: its runner still runs %g s after reporting its end; killed", run_id,
-                        self.executor.cancel_grace_s, extra=run_fields(run))
-            self.executor.kill(run_id, run.handle)
-            self._end_lost(run, None)
+                              log_tail=log_tail or [], deadline=time.time() + self.executor.cancel_grace_s)
 
     def runner_exited(self, run_id: str, attempt: int, exit_code: Optional[int],
                       reason: Optional[str] = None, log_tail: Optional[list[str]] = None,
@@ -402,6 +454,8 @@ class Lifecycle:
         """
         run = self.store.run(run_id)
         current = run is not None and run.attempt == attempt  # not a retry's earlier runner
+        if self._draining.is_set():
+            disruption = disruption or DRAINED
         if current and not run.state.terminal and run.state is not RunState.QUEUED:
             self._end_lost(run, exit_code, reason, log_tail, disruption)
         self._wake.set()
@@ -448,9 +502,9 @@ class Lifecycle:
         for run in self.store.runs(states=ACTIVE):
             if run.handle and self.executor.reattach(run.id, run.handle):
                 if run.reported_state is not None:
-                    self._end_after_grace(run)
+                    self._give_grace(run, renew=False)
                 elif run.stop_state is not None:
-                    self._ask_to_stop(run)
+                    self._ask_to_stop(run, renew=False)
             elif not run.handle and run.stop_state is None:  # admitted but never started: it waits again
                 # (a runner its dead leader forked gets no spec: it has no handle, and its token is forgotten)
                 self.move(run.id, RunState.QUEUED, gpu_ids=[], reason="requeued after a backend restart")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hmac
 from typing import Optional
 
-from wml_core.errors import BackendUnavailable, Conflict, Unauthorized
+from wml_core.errors import BackendUnavailable, Conflict, NotFound, Unauthorized
+from wml_core.objectstore import SCOPED_STORE
+from wml_backend import scoped_credentials
 from wml_backend.lifecycle import token_hash
-from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport
+from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport, StoreCredential
 from wml_backend.service import Service
 from wml_core.states import RunState
 from wml_backend.rundb import RunRow
@@ -46,6 +48,8 @@ class RunnerReports:
         store = secret or {**self.service.settings.store_config.public(),
                            "access_key": self.service.settings.store_config.access_key,
                            "secret_key": self.service.settings.store_config.secret_key}
+        if scoped_credentials.scoped(self.service.settings, secret):  # the runner asks ``credential``
+            store = {**self.service.settings.store_config.public(), SCOPED_STORE: True}
         data = definition.data_store.training_data if definition.data_store else None
         metrics = definition.evaluation_metrics
         bucket, _, prefix = run.results.partition("/")
@@ -55,6 +59,15 @@ class RunnerReports:
                        evaluation_metrics=metrics.model_dump() if metrics else None, store=store,
                        data_bucket=data.bucket if data else None, data_prefix=data.prefix if data else "",
                        results_bucket=bucket, results_prefix=prefix)
+
+    def credential(self, run: RunRow) -> StoreCredential:
+        """A fresh credential of the default store scoped to the run's data and results (for its
+        attempt's runner only: its token is revoked when the attempt ends)."""
+        if not scoped_credentials.scoped(self.service.settings, self.store.secret(run.experiment_id)):
+            raise NotFound(f"run {run.id} has no scoped store credential: its store's credentials come with it")
+        definition = self.store.experiment(run.experiment_id).definition
+        data = definition.data_store.training_data if definition.data_store else None
+        return scoped_credentials.issue(self.service.settings, run, (data.bucket, data.prefix) if data else None)
 
     def code(self, run: RunRow) -> bytes:
         """The experiment's code zip."""

@@ -8,13 +8,18 @@ its own), so CPU-only runs count too and an account with no GPUs cannot keep one
 waiting forever. A head run that does not fit blocks its own account (FIFO), and when the
 fairest candidate does not fit the executor, admission waits for capacity rather than letting
 smaller runs jump ahead of it forever. Accounts with no ``Limits`` (disabled) are not admitted.
+
+A pass reads only the heads of the queues (``plan_from_heads``): the first run of each account's
+queue, and more of an account's only when the plan used up those it read, so the runs behind
+never change a plan and a pass costs the same with ten queued runs or a hundred thousand.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Optional
+import heapq
+from collections import Counter, defaultdict
+from dataclasses import dataclass, replace
+from typing import Callable, Optional
 
 from wml_backend.executors import Capacity
 from wml_backend.rundb import Account, RunRow
@@ -25,7 +30,7 @@ from wml_backend.settings import Settings
 class Limits:
     """What one account's runs may hold at once; None: no limit of the account's own."""
 
-    gpus: int
+    gpus: Optional[int]
     slots: Optional[int] = None
     cpus: Optional[float] = None
     memory_bytes: Optional[int] = None
@@ -90,6 +95,31 @@ class Held:
                 (self.memory_bytes, limits.memory_bytes)]
 
 
+#: Reads the first ``wanted[account]`` queued runs of each account (``RunStore.queue_heads``).
+HeadReader = Callable[[dict[str, int]], dict[str, list[RunRow]]]
+
+
+def plan_from_heads(read: HeadReader, active: list[RunRow], limits: dict[str, Limits],
+                    capacity: Capacity) -> list[Admission]:
+    """``plan_admissions`` over the whole queue, reading only its heads: one run per account, then,
+    while the plan uses up every run read of an account that may have more, twice as many of those."""
+    free = max(capacity.slots - len(active), 0)
+    running = Counter(run.account for run in active)
+    # No plan starts more runs of an account than the free slots, nor than its slot limit leaves.
+    most = {account: free if limit.slots is None else min(free, max(limit.slots - running[account], 0))
+            for account, limit in limits.items()}
+    wanted = {account: min(1, n) for account, n in most.items()}
+    while True:
+        heads = read(wanted)
+        plan = plan_admissions([run for runs in heads.values() for run in runs], active, limits, capacity)
+        taken = Counter(a.run.account for a in plan)
+        short = {account: min(2 * wanted[account], most[account]) for account, runs in heads.items()
+                 if taken[account] == len(runs) == wanted[account] < most[account]}
+        if not short:
+            return plan
+        wanted.update(short)
+
+
 @dataclass(frozen=True)
 class Admission:
     """A run to start, and the GPU ids it gets."""
@@ -100,7 +130,11 @@ class Admission:
 
 def plan_admissions(queued: list[RunRow], active: list[RunRow], limits: dict[str, Limits],
                     capacity: Capacity) -> list[Admission]:
-    """Decide which queued runs to start now, given what is running, each account's limits and the capacity."""
+    """Decide which queued runs to start now, given what is running, each account's limits and the
+    capacity. An executor whose cluster holds the GPU quotas (``counts_gpus`` False: Kueue) gets
+    runs as slots allow, with no GPU ids: they wait in the cluster's queue, not here."""
+    if not capacity.counts_gpus:
+        limits = {account: replace(limit, gpus=None) for account, limit in limits.items()}
     held: dict[str, Held] = defaultdict(Held)
     busy: set[int] = set()
     for run in active:
@@ -113,25 +147,30 @@ def plan_admissions(queued: list[RunRow], active: list[RunRow], limits: dict[str
         if run.account in limits:
             queues[run.account].append(run)
     plan = []
-    while slots > 0:
-        pick = _fairest_head(queues, held, limits, capacity.slots)
-        if pick is None:
-            break
-        need = pick.gpus * pick.learners
+    # The fairest head is the heap's least: an admission changes only its own account's entry.
+    heap = [e for e in (_entry(a, queues, held, limits, capacity.slots) for a in queues) if e is not None]
+    heapq.heapify(heap)
+    while slots > 0 and heap:
+        account = heapq.heappop(heap)[2]
+        pick = queues[account][0]
+        need = pick.gpus * pick.learners if capacity.counts_gpus else 0
         if need > len(free):
             break
         plan.append(Admission(pick, tuple(free[:need])))
         free, slots = free[need:], slots - 1
-        held[pick.account] = held[pick.account].plus(Held.of(pick))
-        queues[pick.account].pop(0)
+        held[account] = held[account].plus(Held.of(pick))
+        queues[account].pop(0)
+        entry = _entry(account, queues, held, limits, capacity.slots)
+        if entry is not None:
+            heapq.heappush(heap, entry)
     return plan
 
 
-def _fairest_head(queues: dict[str, list[RunRow]], held: dict[str, Held], limits: dict[str, Limits],
-                  slots: int) -> Optional[RunRow]:
-    """The head run of the account with the smallest dominant share, among heads within their limits."""
-    heads = [q[0] for account, q in queues.items()
-             if q and held[account].plus(Held.of(q[0])).within(limits[account])]
-    if not heads:
+def _entry(account: str, queues: dict[str, list[RunRow]], held: dict[str, Held], limits: dict[str, Limits],
+           slots: int) -> Optional[tuple[float, int, str]]:
+    """An account's place among the candidates: (its dominant share, its head's seq, the account);
+    None when its queue is empty or its head would take it over its limits (it waits: FIFO)."""
+    queue = queues[account]
+    if not queue or not held[account].plus(Held.of(queue[0])).within(limits[account]):
         return None
-    return min(heads, key=lambda r: (held[r.account].share(limits[r.account], slots), r.seq))
+    return held[account].share(limits[account], slots), queue[0].seq, account

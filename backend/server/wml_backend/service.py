@@ -7,12 +7,12 @@ import logging
 import secrets
 import threading
 import time
-from pathlib import Path
 from typing import Optional
 
 from cachetools import LRUCache
 
 from wml_core.errors import Conflict, InvalidInput, NotFound, Unauthorized, quoted
+from wml_backend import scoped_credentials
 from wml_backend.accounts import ADMIN_ACCOUNT, Accounts
 from wml_backend.eventbus import EventBus
 from wml_backend.executors import Executor
@@ -23,11 +23,13 @@ from wml_backend.ownership import DataOwnership
 from wml_core.models import (DataClaim, Experiment, ExperimentRequest, LogChunk, MetricPoint, Run, Usage)
 from wml_core.private_files import write_private
 from wml_backend.settings import Settings
-from wml_core.states import ACTIVE, RunState
+from wml_core.states import RunState
 from wml_backend.rundb import Account, RunRow, RunStore
 from wml_backend.rundb.base import Replica
 from wml_backend.submit import NewExperiment, build_experiment, rerun_of
 from wml_backend.search.driver import SweepDriver
+from wml_backend.outlook import Outlook, outlook_of, queue_usage
+from wml_backend.scheduler import limits_of
 from wml_backend.views import experiment_view, run_view, step_seconds, usage_view
 
 log = logging.getLogger("wml_backend")
@@ -52,18 +54,20 @@ class Service:
         self.leadership = Leadership(store, this_replica(settings.listen_url), self.lifecycle.lead,
                                      self.lifecycle.follow)
         self.sweeps = SweepDriver(store, self.lifecycle)
-        self.accounts = Accounts(settings, store, self.lifecycle.stop, executor.isolation_gap)
+        self.accounts = Accounts(settings, store, self.lifecycle.stop, executor.isolation_gap, executor.sync_account)
         self.data = DataOwnership(settings, store)
         self._ended_cache: LRUCache[str, Experiment] = LRUCache(ENDED_CACHE)
         self._summarising = threading.Lock()
         self._cache_lock = threading.Lock()  # an LRU cache reorders itself on reads too
         self.lifecycle.on_end.append(self.sweeps.on_end)
+        self.lifecycle.on_move.append(scoped_credentials.revoker(settings))
         self.telemetry = Metrics(store, self.lifecycle, self.events, self.leadership)
 
     def start(self) -> None:
         """Create the admin account on first start, join the replicas; as their leader, recover
         runs and start admitting."""
         self.bootstrap_admin()
+        self.accounts.sync_all()  # the cluster's quotas (Kueue) as the accounts have them
         self.events.start()
         self.leadership.start()
         self.lifecycle.start()
@@ -131,7 +135,16 @@ class Service:
         if row is None:
             raise NotFound(f"no experiment {quoted(experiment_id)}")
         runs = self.runs(account, experiment=experiment_id)
-        return experiment_view(row, runs, self._step_times(runs))
+        view = experiment_view(row, runs, self._step_times(runs))
+        view.eta_seconds = self.outlook(account, runs).experiment_eta(experiment_id)
+        return view
+
+    def outlook(self, account: Account, shown: list[Run | Experiment]) -> Outlook:
+        """Why the account's queued runs wait and when its runs should start and its experiments end
+        (``wml_backend.outlook``); nothing to say (nothing read) when none of ``shown`` is live."""
+        if all(item.state.terminal for item in shown):
+            return Outlook()
+        return outlook_of(self.store, account.name, limits_of(account, self.settings), self.executor.capacity())
 
     def _step_times(self, runs: list[Run]) -> dict[str, float]:
         """Seconds per step of completed runs, when early stopping saved time to estimate."""
@@ -140,9 +153,13 @@ class Service:
         times = {r.id: step_seconds(self.store.metrics(r.id)) for r in runs if r.state is RunState.COMPLETED}
         return {k: v for k, v in times.items() if v is not None}
 
-    def experiments(self, account: Account, limit: int = EXPERIMENTS_PAGE) -> list[Experiment]:
-        """The account's ``limit`` newest experiments, newest first."""
-        ids = self.store.experiment_ids(account.name, limit)
+    def experiments(self, account: Account, limit: int = EXPERIMENTS_PAGE,
+                    after: Optional[str] = None) -> list[Experiment]:
+        """The account's ``limit`` newest experiments (listed after experiment ``after``), newest first."""
+        return self.experiments_of(account, self.store.experiment_ids(account.name, limit, after))
+
+    def experiments_of(self, account: Account, ids: list[str]) -> list[Experiment]:
+        """The experiments of ``ids`` (the account's, as its listing gave them), in that order."""
         ended = self._ended(ids)
         rows = self.store.experiments_by_id([i for i in ids if i not in ended])
         counts = self.store.state_counts(list(rows))
@@ -152,7 +169,12 @@ class Service:
         with self._summarising:  # one request at a time loads runs; the next reuses what it found ended
             ended.update(self._cached([i for i in rows if i not in waiting]))
             summaries = self._summaries(account, [r for i, r in rows.items() if i not in ended and i not in waiting])
-        return [ended.get(i) or waiting.get(i) or summaries[i] for i in ids if i in ended or i in rows]
+        listed = [ended.get(i) or waiting.get(i) or summaries[i] for i in ids if i in ended or i in rows]
+        outlook = self.outlook(account, listed)
+        for experiment in listed:
+            if not experiment.state.terminal:  # an ended one is a cached summary: left as it is
+                experiment.eta_seconds = outlook.experiment_eta(experiment.id)
+        return listed
 
     def _ended(self, experiment_ids: list[str]) -> dict[str, Experiment]:
         """The summaries of the ended ones among ``experiment_ids``: kept in memory, else in the store."""
@@ -203,7 +225,7 @@ class Service:
     def run(self, account: Account, run_id: str) -> Run:
         """One run, with queue position, GPU time and what reproduces it."""
         row = self._row(account, run_id)
-        run = run_view(row)
+        run = self.outlook(account, [row]).apply(run_view(row))
         origin = self.store.experiment(row.experiment_id).definition.provenance
         run.provenance = {**origin, "hparams": row.hparams}
         return run
@@ -216,9 +238,9 @@ class Service:
                        self.store.secret(experiment.id))
         return self._queue(account, new)
 
-    def runs(self, account: Account, experiment: Optional[str] = None,
-             state: Optional[str] = None) -> list[Run]:
-        """The account's runs, filtered by experiment and state."""
+    def runs(self, account: Account, experiment: Optional[str] = None, state: Optional[str] = None,
+             after: Optional[str] = None, limit: Optional[int] = None) -> list[Run]:
+        """The account's runs, filtered by experiment and state; at most ``limit``, submitted after run ``after``."""
         if experiment and self.store.experiment(experiment, account.name) is None:
             raise NotFound(f"no experiment {quoted(experiment)}")
         states = None
@@ -228,9 +250,11 @@ class Service:
             except ValueError:
                 known = ", ".join(s.value for s in RunState)
                 raise InvalidInput(f"state: {quoted(state)} is not one of {known}") from None
-        rows = self.store.runs(account=account.name, experiment=experiment, states=states, positions=True)
+        rows = self.store.runs(account=account.name, experiment=experiment, states=states, positions=True,
+                               after=after, limit=limit)
         now = time.time()
-        return [run_view(r, now) for r in rows]
+        outlook = self.outlook(account, rows)
+        return [outlook.apply(run_view(r, now)) for r in rows]
 
     def cancel_run(self, account: Account, run_id: str) -> Run:
         """Halt one run (stored partial results included)."""
@@ -253,6 +277,8 @@ class Service:
         """The account's quota, GPUs in use and queued, and GPU time per experiment."""
         now = time.time()
         runs = [run_view(r, now) for r in self.store.runs(account=account.name, transitions="live")]
-        return usage_view(account, self.store.experiments(account.name), runs)
+        usage = usage_view(account, self.store.experiments(account.name), runs)
+        return queue_usage(usage, runs, limits_of(account, self.settings), self.executor.capacity(),
+                           self.outlook(account, runs))
 
 

@@ -21,6 +21,10 @@ MAX_CODE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_QUEUED = 10_000
 #: Seconds a started run may wait to be placed (an image pulled, a node found) before it fails.
 DEFAULT_PENDING_TIMEOUT_S = 1800
+#: Seconds a run's scoped credential of the default store lasts (STS allows 900 to 43200 on AWS).
+DEFAULT_STORE_CREDENTIAL_S = 3600
+#: ``WML_STORE_CREDENTIALS`` that hands runs the operator's keys of the default store.
+OPERATOR_STORE_KEYS = "operator"
 #: The variable naming the host folders manifests may use as data stores, colon-separated.
 HOST_PATHS_ENV = "WML_HOST_PATHS"
 
@@ -77,6 +81,29 @@ class Settings:
     #: (``mount_volume``, ``host_mount``, a ``file`` store): the operator's allow-list,
     #: ``WML_HOST_PATHS``. Empty: a manifest may name no host path.
     host_paths: tuple[str, ...] = field(default_factory=lambda: host_paths_from(os.environ.get(HOST_PATHS_ENV)))
+    #: How runs reach the default S3 store (``scoped_credentials``): ``scoped``, a short-lived
+    #: credential per run from the store's STS; ``operator``, the operator's own keys (a store
+    #: without STS; every run's code can then reach all of the store). ``WML_STORE_CREDENTIALS``.
+    store_credentials: str = field(default_factory=lambda: os.environ.get("WML_STORE_CREDENTIALS") or "scoped")
+    #: The role runs' sessions assume (AWS; MinIO and moto ignore it). ``WML_STORE_ROLE_ARN``.
+    store_role_arn: str = field(default_factory=lambda: os.environ.get("WML_STORE_ROLE_ARN")
+                                or "arn:aws:iam::000000000000:role/wml-runs")
+    #: Seconds each scoped credential lasts; runners fetch a new one before. ``WML_STORE_CREDENTIAL_SECONDS``.
+    store_credential_s: int = field(default_factory=lambda: int(os.environ.get("WML_STORE_CREDENTIAL_SECONDS")
+                                                                or DEFAULT_STORE_CREDENTIAL_S))
+
+    def __post_init__(self) -> None:
+        from wml_core.errors import InvalidInput
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            # not a SQLite file of its own: a template's placeholder must not become one silently
+            raise InvalidInput("database: --database (or WML_DATABASE) must be a postgresql:// URL; "
+                               "leave it unset for SQLite under $WML_HOME")
+
+    @property
+    def operator_store_keys(self) -> bool:
+        """Whether runs on the default S3 store are handed the operator's own keys (only when the
+        operator says ``operator``: any other value means scoped credentials)."""
+        return self.store_credentials == OPERATOR_STORE_KEYS
 
     @property
     def database(self) -> str:

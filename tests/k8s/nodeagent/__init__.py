@@ -37,9 +37,12 @@ Limits, by design (this is a test double for a node, not a container runtime):
   first in ``PATH`` (``python3`` is the venv's interpreter, so ``python3 -m wml_runner`` runs the
   runner as installed there). A container without ``command`` cannot run (an image's
   entrypoint is unknown). An image from a registry under ``.invalid`` fails to pull.
-* **Little isolation**: processes run as the agent's user and ``securityContext`` is ignored (a
-  pod admitted under Pod Security ``restricted`` runs like any other); they share this host's
-  network (pod IP 127.0.0.1: two pods listening on one port collide), file system and users.
+* **Some isolation**: a container's process runs as its ``securityContext`` says (user, groups,
+  capabilities, ``no_new_privs``, ``runAsNonRoot`` refused with the kubelet's error; see
+  ``security``), and a non-root one sees of the folders it cannot pass only its pod's folder,
+  mounts and the interpreter; with no user namespace, seccomp or AppArmor. Pods share this host's
+  network (each pod has a loopback address of its own, 127.x.y.z, as its pod IP: pods that bind
+  it do not collide; one that binds 0.0.0.0 takes the port on every address), file system and users.
   Where ``unshare`` allows it (root, or user namespaces) each container gets PID, mount and UTS
   namespaces: it is PID 1 (a SIGTERM it does not handle is ignored, as in a container), has its
   own ``/proc``, the pod's hostname and the pod's ``/etc/hosts`` (its own name, under its

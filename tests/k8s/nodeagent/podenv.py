@@ -19,15 +19,24 @@ its node read.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
 from .api import Api, ApiError, path
 from .quantity import parse
 
+#: The node's address (``hostIP``, its InternalIP): this host's loopback.
 POD_IP = "127.0.0.1"
+#: Pod addresses: each pod of this agent gets one of 127.1.0.1-127.254.255.254 of its own (all of
+#: 127/8 is this host's loopback), so pods that listen on one port (replicas of a Deployment
+#: binding ``status.podIP``) do not collide. Pods still reach each other at any of them.
+_POD_ADDRESSES = 254 << 16
+_pod_ips: dict[str, str] = {}
+_pod_ips_lock = threading.Lock()
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 _FIELD_KEY = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
@@ -201,6 +210,29 @@ def _items(data: dict[str, bytes], items: Optional[list[dict]]) -> dict[str, byt
     return {item["path"]: data[item["key"]] for item in items if item["key"] in data}
 
 
+def pod_ip(pod: dict) -> str:
+    """The pod's own address (``status.podIP``), the same for its life on this agent."""
+    uid = pod["metadata"]["uid"]
+    with _pod_ips_lock:
+        if uid not in _pod_ips:
+            used = set(_pod_ips.values())
+            n = int(hashlib.sha256(uid.encode()).hexdigest(), 16) % _POD_ADDRESSES  # spread over agents
+            while _address(n) in used or _address(n).endswith((".0", ".255")):
+                n = (n + 1) % _POD_ADDRESSES
+            _pod_ips[uid] = _address(n)
+        return _pod_ips[uid]
+
+
+def release_pod_ip(uid: str) -> None:
+    """The pod with ``uid`` is gone from this agent: its address may be given again."""
+    with _pod_ips_lock:
+        _pod_ips.pop(uid, None)
+
+
+def _address(n: int) -> str:
+    return f"127.{1 + (n >> 16)}.{(n >> 8) & 255}.{n & 255}"
+
+
 def field_value(pod: dict, field_path: str) -> str:
     """A downward-API ``fieldPath`` of ``pod``."""
     meta, spec = pod["metadata"], pod["spec"]
@@ -213,7 +245,8 @@ def field_value(pod: dict, field_path: str) -> str:
     simple = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
               "metadata.uid": meta.get("uid", ""), "spec.nodeName": spec.get("nodeName", ""),
               "spec.serviceAccountName": spec.get("serviceAccountName", ""),
-              "status.hostIP": POD_IP, "status.hostIPs": POD_IP, "status.podIP": POD_IP, "status.podIPs": POD_IP}
+              "status.hostIP": POD_IP, "status.hostIPs": POD_IP, "status.podIP": pod_ip(pod),
+              "status.podIPs": pod_ip(pod)}
     if field_path not in simple:
         raise ConfigError(f"unsupported fieldPath {field_path!r}")
     return simple[field_path]

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
 from .api import ApiError, path, retrying
-from .podenv import POD_IP
+from .podenv import POD_IP, pod_ip, release_pod_ip
 
 if TYPE_CHECKING:
     from .node import Node
@@ -102,6 +102,7 @@ class PodWorker:
         except Exception:  # a bug here must not take the node down: say it, and leave the pod
             log.exception("%r failed", self)
         finally:
+            release_pod_ip(self.uid)
             self.node.forget(self, deleted)
 
     def run(self) -> None:  # pragma: no cover - subclasses
@@ -125,8 +126,8 @@ class PodWorker:
             _condition("Initialized", initialized, "" if initialized else "ContainersNotInitialized"),
             _condition("ContainersReady", ready, not_ready), _condition("Ready", ready, not_ready)]
         status: dict[str, Any] = {
-            "phase": phase, "hostIP": POD_IP, "hostIPs": [{"ip": POD_IP}], "podIP": POD_IP,
-            "podIPs": [{"ip": POD_IP}], "startTime": self.start_time, "containerStatuses": containers,
+            "phase": phase, "hostIP": POD_IP, "hostIPs": [{"ip": POD_IP}], "podIP": pod_ip(self.pod),
+            "podIPs": [{"ip": pod_ip(self.pod)}], "startTime": self.start_time, "containerStatuses": containers,
             "conditions": conditions}
         if init is not None:
             status["initContainerStatuses"] = init

@@ -1,7 +1,8 @@
 """Containers as local processes: what a container runtime would do, on this host.
 
-Each container's ``command`` + ``args`` runs as a process of the agent's user, with the project's
-venv first in ``PATH``; its image is not pulled (an image whose registry host ends in
+Each container's ``command`` + ``args`` runs as a process of this host, as the user, groups and
+capabilities its ``securityContext`` asks for (see ``security``), with the project's venv first in
+``PATH``; its image is not pulled (an image whose registry host ends in
 ``.invalid`` fails to pull, for tests of ``ErrImagePull``). Where ``unshare`` can make
 namespaces (root, or user namespaces allowed), the command is PID 1 of a PID namespace of its
 own, with its own ``/proc``, hostname and ``/etc/hosts`` (mount and UTS namespaces): as in a
@@ -29,6 +30,7 @@ from .dns import Member
 from .pods import PodWorker, exit_code, log, now, terminated, waiting
 from .podenv import POD_IP, ConfigError, PodFiles, container_env, expand, remap
 from .quantity import parse
+from .security import Identity, identity, own_volumes
 
 try:
     import psutil
@@ -81,13 +83,16 @@ class Container:
         return "terminated" in self.state
 
     def start(self, argv: list[str], env: dict[str, str], cwd: str, procs_dir: Path, hostname: str,
-              hosts_file: Path) -> None:
+              hosts_file: Path, user: Identity, shown: list[Path]) -> None:
+        """Start the container's process as ``user``, seeing of the folders it cannot pass only
+        ``shown`` (its pod's folder, volumes, working directory)."""
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.logs_dir / f"{self.name}-{self.restarts}.log"
         setup = self.isolation + [hostname, str(hosts_file)] if self.isolation else []
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(setup + argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(setup + user.argv() + argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=user.preexec([*shown, Path(cwd)]))
         (procs_dir / str(self.proc.pid)).touch()  # for kube-down, should the agent be killed
         self.started_at, self.oom, self.term_sent = now(), False, False
         self.state = {"running": {"startedAt": self.started_at}}
@@ -203,7 +208,7 @@ class ProcessPod(PodWorker):
                 node.agent.headless.leave(self.ns, spec["subdomain"], self.uid)
 
     # -- before the first process ---------------------------------------------------------------
-    def _prepare(self) -> Optional[dict[str, tuple[list[str], dict, str]]]:
+    def _prepare(self) -> Optional[dict[str, tuple]]:
         """Pull (check) images, set up volumes, resolve every container's command line, env and
         working directory; retried like the kubelet while something is missing. None: the pod
         was deleted meanwhile."""
@@ -215,6 +220,7 @@ class ProcessPod(PodWorker):
                     check_image(c.spec.get("image", ""))
                 files = PodFiles(self.api, self.pod, self.dir, self.node.name)
                 files.prepare()
+                own_volumes(self.pod, files.volumes, self.dir)
                 self._write_hosts()
                 return {c.name: self._command(files, c) for c in self.init + self.main}
             except ImagePullError as exc:  # ErrImagePull, then ImagePullBackOff until the next try
@@ -263,14 +269,18 @@ class ProcessPod(PodWorker):
     def _image(self, exc: Exception) -> str:
         return str(exc).split('"')[1]
 
-    def _command(self, files: PodFiles, c: Container) -> tuple[list[str], dict, str]:
+    def _command(self, files: PodFiles, c: Container) -> tuple[list[str], dict, str, Identity, list[Path]]:
+        """The container's command line, env, working directory, identity, and the folders
+        it sees (its pod's and its mounts')."""
+        user = identity(self.pod, c.spec)
         mounts = files.mounts(c.spec)
         env = container_env(files, c.spec, self.node.agent.image_env(self.pod, self.dir), self.node.allocatable)
         if not c.spec.get("command"):
             raise ConfigError(f'container "{c.name}": no command: the node agent runs no image entrypoint')
         argv = [remap(expand(a, env), mounts) for a in c.spec["command"] + (c.spec.get("args") or [])]
         cwd = self._working_dir(c.spec.get("workingDir"), mounts)
-        return argv, {k: remap(v, mounts) for k, v in env.items()}, cwd
+        shown = [self.dir, *(host for _, host in mounts)]
+        return argv, {k: remap(v, mounts) for k, v in env.items()}, cwd, user, shown
 
     def _working_dir(self, working_dir: Optional[str], mounts: list) -> str:
         """``workingDir`` under a mount is the mount's directory; another one is made in the pod's
@@ -307,12 +317,12 @@ class ProcessPod(PodWorker):
 
     # -- running ---------------------------------------------------------------------------------
     def _start(self, c: Container, envs: dict) -> None:
-        argv, env, cwd = envs[c.name]
+        argv, env, cwd, user, shown = envs[c.name]
         gpus = int(parse(((c.spec.get("resources") or {}).get("limits") or {}).get(GPU, 0)))
         if gpus and self.gpus:  # the device plugin's variable (it wins over the pod's own)
             env = {**env, "NVIDIA_VISIBLE_DEVICES": ",".join(map(str, self.gpus[:gpus]))}
         try:
-            c.start(argv, env, cwd, self.procs_dir, self.hostname, self.hosts_file)
+            c.start(argv, env, cwd, self.procs_dir, self.hostname, self.hosts_file, user, shown)
         except OSError as exc:  # no such command, say: the runtime's StartError
             c.state = terminated(128, "StartError", None, f"failed to start container: {exc}")
 

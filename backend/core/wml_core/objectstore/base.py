@@ -14,6 +14,9 @@ from typing import Callable, Iterator, Optional
 from wml_core.errors import StorageError
 from wml_core.objectstore.progress import format_bytes
 
+#: A run's store entry with this key set: the runner asks the backend for a credential scoped to
+#: the run (and again before it expires) instead of being given keys.
+SCOPED_STORE = "scoped"
 #: Called with the number of bytes just transferred (for progress bars).
 Progress = Optional[Callable[[int], None]]
 

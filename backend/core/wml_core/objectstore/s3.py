@@ -20,7 +20,9 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import boto3
 import botocore.session
@@ -28,6 +30,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 from botocore import exceptions as bex
 from botocore.config import Config
+from botocore.credentials import CredentialProvider, CredentialResolver, Credentials, RefreshableCredentials
 from botocore.handlers import add_expect_header
 from botocore.utils import determine_content_length
 from s3transfer.manager import TransferManager
@@ -46,6 +49,8 @@ OPERATION_ATTEMPTS = 5
 #: Attempts and connect timeout when probing a bucket, so a bad endpoint is reported in seconds.
 PROBE_ATTEMPTS = 2
 PROBE_CONNECT_TIMEOUT_S = 1
+#: Seconds before a refreshing credential expires when it is fetched again, at least.
+REFRESH_MARGIN_S = 120
 #: S3's limits on a multipart upload: at most 10,000 parts of at least 5 MiB (but the last).
 MAX_PARTS = 10_000
 MIN_PART = 5 * 1024 * 1024
@@ -120,15 +125,54 @@ class _ProgressSubscriber(BaseSubscriber):
             self._progress(bytes_transferred)
 
 
-class S3Store(ObjectStore):
-    """Buckets and objects of an S3-compatible service, reached through boto3."""
+def refreshing_credentials(fetch: Callable[[], dict], time_fetcher: Callable[[], datetime] | None = None
+                           ) -> RefreshableCredentials:
+    """Credentials that call ``fetch`` again (a dict of ``access_key``, ``secret_key``, ``token``,
+    ``expiry_time``) when a third of their life, but at least ``REFRESH_MARGIN_S``, is left."""
+    first = fetch()
+    life = (_as_utc(first["expiry_time"]) - datetime.now(timezone.utc)).total_seconds()
+    margin = max(REFRESH_MARGIN_S, life / 3)
+    extra = {"time_fetcher": time_fetcher} if time_fetcher else {}
+    return RefreshableCredentials(first["access_key"], first["secret_key"], first["token"],
+                                  _as_utc(first["expiry_time"]), fetch, "wml-runner", advisory_timeout=margin,
+                                  mandatory_timeout=margin / 2, **extra)
 
-    def __init__(self, config: StoreConfig, transfer: TransferConfig | None = None):
+
+class _Given(CredentialProvider):
+    """A credential provider that hands out the credentials it was given."""
+
+    METHOD = "wml-given"
+
+    def __init__(self, credentials: Credentials):
+        super().__init__()
+        self._credentials = credentials
+
+    def load(self) -> Credentials:
+        return self._credentials
+
+
+def _as_utc(when) -> datetime:
+    """An expiry as an aware UTC datetime (botocore compares it with its clock's)."""
+    when = datetime.fromisoformat(when) if isinstance(when, str) else when
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+class S3Store(ObjectStore):
+    """Buckets and objects of an S3-compatible service, reached through boto3.
+
+    ``credentials`` (botocore's, e.g. ``refreshing_credentials``) win over the configuration's keys
+    and boto3's chain: a run's scoped, short-lived credential."""
+
+    def __init__(self, config: StoreConfig, transfer: TransferConfig | None = None,
+                 credentials: Credentials | None = None):
         self.config = config
         self.transfer = transfer or DEFAULT_TRANSFER
+        self.credentials = credentials
         core = botocore.session.get_session()
         # Keep timestamps as text: parsing them was half the client's time on big listings.
         core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+        if credentials is not None:
+            core.register_component("credential_provider", CredentialResolver([_Given(credentials)]))
         self._session = boto3.session.Session(aws_access_key_id=config.access_key,
                                               aws_secret_access_key=config.secret_key,
                                               region_name=config.region, botocore_session=core)
@@ -223,7 +267,11 @@ class S3Store(ObjectStore):
     # -- buckets ----------------------------------------------------------------------------
 
     def bucket_exists(self, bucket: str) -> bool:
-        """Whether ``bucket`` exists and these credentials may use it (False on 404 and 403)."""
+        """Whether ``bucket`` exists and these credentials may use it (False on 404 and 403). A
+        scoped credential (``credentials``) is issued for buckets that exist, and may not look at a
+        whole bucket (HEAD): True."""
+        if self.credentials is not None:
+            return True
         try:
             self._probe_client().head_bucket(Bucket=bucket)
             return True

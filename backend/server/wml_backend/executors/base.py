@@ -40,6 +40,9 @@ class Capacity:
     slots: int
     #: False when the GPUs are counted slots on a machine without GPUs (said in `status`).
     real_gpus: bool = True
+    #: False: the cluster holds each account's GPU quota (Kueue, ``Executor.sync_account``): the
+    #: backend starts runs as slots allow, hands out no GPU ids, and the cluster admits them.
+    counts_gpus: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,18 @@ class Executor(ABC):
         """After a backend restart, once every live run is re-attached: remove what earlier
         attempts left behind (a Kubernetes Job of a run that ended while no backend watched it).
         ``live(run_id, attempt)`` says whether that attempt of the run is still on."""
+
+    def sync_account(self, name: str, gpus: int, cpus: Optional[float] = None,
+                     memory_bytes: Optional[int] = None) -> None:  # noqa: B027 - optional hook
+        """Make the cluster hold account ``name``'s quota as the backend has it (Kueue: its
+        ClusterQueue and LocalQueue), after the account was created or changed and at start.
+        Nothing to do where the backend alone admits runs."""
+
+    def pending_since(self, run_id: str, started: float) -> Optional[float]:
+        """Since when a started run has waited to be placed, for the pending timeout: ``started``,
+        or later when it first waited in the cluster's own queue (Kueue admitted it since);
+        None while it still waits there (the queue is a queue: no timeout runs)."""
+        return started
 
     def close(self) -> None:  # noqa: B027 - optional hook; most executors hold nothing
         """Stop watching runs (runners themselves keep running)."""

@@ -1,10 +1,14 @@
-"""The Kubernetes objects starting a run creates, as pure functions: its Job, Secret and Service.
+"""The Kubernetes objects starting a run creates, as pure functions: its Job, Secret, Service
+and NetworkPolicy.
 
 A run of one learner is a plain Job of one pod. A run of N learners is an Indexed Job
 (completions = parallelism = N, one pod per learner with the manifest's per-learner resources)
 plus a headless Service that gives every pod a stable name, ``<job>-<index>.<service>``: learner
-1 (index 0) is the rendezvous (``MASTER_ADDR``) of ``torch.distributed``. The Job is made first;
-its Secret and Service are then made ``owned_by`` it, so that they go when it goes.
+1 (index 0) is the rendezvous (``MASTER_ADDR``) of ``torch.distributed``, and a NetworkPolicy
+that lets its learners, and no other run's pods, connect to each other (the namespace's policy,
+``backend/deploy/networkpolicy.yaml``, lets a run pod accept connections from the backend only).
+The Job is made first; its Secret, Service and NetworkPolicy are then made ``owned_by`` it, so
+that they go when it goes.
 
 Nothing here talks to a cluster, so every object can be compared with reference YAML and
 validated against the Kubernetes OpenAPI schema offline (``tests/k8s``).
@@ -52,6 +56,10 @@ def run_labels(launch: Launch) -> dict[str, str]:
     return {**MANAGED_BY, ACCOUNT_LABEL: label_value(launch.account),
             EXPERIMENT_LABEL: label_value(launch.experiment_id), RUN_LABEL: label_value(launch.run_id),
             ATTEMPT_LABEL: str(launch.attempt)}
+
+
+#: The labels of the backend's own pods (``backend/deploy/deployment.yaml``).
+BACKEND_POD_LABELS = {"app.kubernetes.io/name": "wml-backend"}
 
 
 # -- the run's objects ----------------------------------------------------------------------------
@@ -106,6 +114,24 @@ def service_object(launch: Launch, options: K8sOptions, name: str,
     return owned_by(service, name, job_uid) if job_uid else service
 
 
+def network_policy_object(launch: Launch, options: K8sOptions, name: str,
+                          job_uid: Optional[str] = None) -> dict[str, Any]:
+    """The NetworkPolicy of a multi-learner run: the pods of its Job ``name`` may connect to each
+    other (on any port: the rendezvous, then torch.distributed's own) and accept connections
+    from each other and the backend only. With the namespace's policy (a run pod reaches the
+    backend, DNS and the store, and accepts nothing but the backend) no other run reaches them.
+
+    Owned by the Job (``job_uid``), so it goes when the Job goes: no write of its own to delete it.
+    """
+    learners = {"podSelector": {"matchLabels": {JOB_NAME_LABEL: name}}}
+    backend = {"podSelector": {"matchLabels": dict(BACKEND_POD_LABELS)}}
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": name, "namespace": options.namespace, "labels": run_labels(launch)},
+              "spec": {"podSelector": learners["podSelector"], "policyTypes": ["Ingress", "Egress"],
+                       "ingress": [{"from": [learners, backend]}], "egress": [{"to": [learners]}]}}
+    return owned_by(policy, name, job_uid) if job_uid else policy
+
+
 def owned_by(obj: Mapping[str, Any], job_name: str, job_uid: str) -> dict[str, Any]:
     """``obj`` with the Job ``job_name`` (uid ``job_uid``) as its owner: it goes when the Job goes."""
     owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job_name, "uid": job_uid,
@@ -116,8 +142,10 @@ def owned_by(obj: Mapping[str, Any], job_name: str, job_uid: str) -> dict[str, A
 def run_objects(launch: Launch, options: K8sOptions, name: str,
                 job_uid: Optional[str] = None) -> list[dict[str, Any]]:
     """What starting ``launch`` creates, in order, all named ``name``: its Job, its Secret and,
-    for several learners, the headless Service; those two owned by the Job once it has a uid."""
+    for several learners, the headless Service and the NetworkPolicy; all but the Job owned by
+    the Job once it has a uid."""
     objects = [job_object(launch, options, name), secret_object(launch, options, name, job_uid)]
     if is_distributed(launch):
-        objects.append(service_object(launch, options, name, job_uid))
+        objects += [service_object(launch, options, name, job_uid),
+                    network_policy_object(launch, options, name, job_uid)]
     return objects

@@ -66,9 +66,32 @@ def pod_over(pod: Optional[Mapping[str, Any]]) -> bool:
         condition(pod, "DisruptionTarget") is not None
 
 
+def pod_finished(pod: Optional[Mapping[str, Any]]) -> bool:
+    """Whether the pod's runner ended by itself, which says alone how its Job ends (``backoffLimit``
+    0, ``restartPolicy: Never``): its phase is Succeeded or Failed, and nobody deleted or disrupted it
+    (then the Job's own status says why: suspended by Kueue, past its deadline, evicted)."""
+    if pod is None or (pod.get("metadata") or {}).get("deletionTimestamp") or condition(pod, "DisruptionTarget"):
+        return False
+    status = pod.get("status") or {}
+    return status.get("phase") in ("Succeeded", "Failed") and status.get("reason") != "Evicted"
+
+
 def exit_code(pod: Optional[Mapping[str, Any]]) -> Optional[int]:
     """The runner container's exit code, when it has one."""
     return (container_state(pod).get("terminated") or {}).get("exitCode")
+
+
+def job_started_at(job: Optional[Mapping[str, Any]]) -> Optional[float]:
+    """When the Job last started (``status.startTime``: set again when a suspended Job resumes)."""
+    return _timestamp(((job or {}).get("status") or {}).get("startTime"))
+
+
+def _timestamp(value: Optional[str]) -> Optional[float]:
+    """An API timestamp (``2026-01-02T03:04:05Z``) as UNIX time; None for none."""
+    try:
+        return datetime.fromisoformat(value).timestamp() if value else None
+    except (TypeError, ValueError):
+        return None
 
 
 def scheduled_at(pod: Optional[Mapping[str, Any]]) -> Optional[float]:
@@ -187,12 +210,13 @@ def failure_reason(job: Optional[Mapping[str, Any]], pod: Optional[Mapping[str, 
     return None
 
 
-def disruption_reason(job: Optional[Mapping[str, Any]], pod: Optional[Mapping[str, Any]]) -> Optional[str]:
+def disruption_reason(job: Optional[Mapping[str, Any]], pod: Optional[Mapping[str, Any]],
+                      kueue_stop: Optional[str] = None) -> Optional[str]:
     """Why the cluster stopped a run's pod for a reason of its own, which the backend did not ask
     for: its DisruptionTarget condition (the eviction API of a node drain, a lost node...), Kueue
-    suspending its admitted Job again (preemption by a higher-priority workload), or its deletion
-    (a ``deletionTimestamp``) by someone; None for none (or for a time limit: that is a failure).
-    The backend ignores it when it had asked the run to stop itself."""
+    suspending its admitted Job again (``kueue_stop``: Kueue's event, which says whose workload
+    preempted it), or its deletion (a ``deletionTimestamp``) by someone; None for none (or for a
+    time limit: that is a failure). The backend ignores it when it had asked the run to stop itself."""
     if deadline_reason(job):
         return None
     node = ((pod or {}).get("spec") or {}).get("nodeName")
@@ -204,9 +228,22 @@ def disruption_reason(job: Optional[Mapping[str, Any]], pod: Optional[Mapping[st
         return DISRUPTIONS.get(disrupted.get("reason"), f"disrupted ({disrupted.get('reason')})") + \
             (f" (node {node})" if node else "")
     if suspended(job):
-        return "its Job was suspended by Kueue (preempted by a higher-priority workload, or its queue's quota shrank)"
+        return kueue_preemption(kueue_stop)
     if ((pod or {}).get("status") or {}).get("reason") == "Evicted":
         return f"evicted{on}: {pod['status'].get('message', '')}".rstrip(": ")
     if ((pod or {}).get("metadata") or {}).get("deletionTimestamp"):
         return f"its pod was deleted{on} (not by the backend)"
     return None
+
+
+def kueue_preemption(message: Optional[str]) -> str:
+    """Kueue's reason for suspending an admitted Job, in a user's words: which workload it gave
+    the run's quota to and why, when its event says so, else what it says."""
+    found = re.search(r"Preempted to accommodate a workload \(UID: ([^,]+), JobUID: [^)]*\) due to ([^;]+)"
+                      r"(?:; preemptor path: ([^;\s]+))?", message or "")
+    if found:
+        uid, why, path = found.groups()
+        return f"Kueue gave its GPUs to workload {uid}" + (f" of {path}" if path else "") + f" ({why.strip()})"
+    if message:
+        return f"its Job was suspended by Kueue: {message}"
+    return "its Job was suspended by Kueue (preempted by a higher-priority workload, or its queue's quota shrank)"

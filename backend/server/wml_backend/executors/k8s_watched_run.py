@@ -17,8 +17,10 @@ from wml_backend.executors.k8s_status import (
     create_failure,
     deadline_reason,
     job_finished,
+    job_started_at,
     learner_failure,
     pod_failed,
+    pod_finished,
     pod_index,
     pod_over,
     scheduled_at,
@@ -30,6 +32,9 @@ from wml_backend.executors.k8s_status import (
 #: Seconds a finished Job waits for its pod's last state from the pod watch (the two streams
 #: are not ordered with each other) before the run ends without it.
 POD_LAG_S = 5.0
+#: Seconds a run whose Job Kueue suspended again waits for Kueue's event that says why (which
+#: workload preempted it: another watch, not ordered with the Job's) before it ends without it.
+KUEUE_EVENT_LAG_S = 3.0
 
 
 @dataclass
@@ -60,6 +65,8 @@ class WatchedRun:
     create_error: Optional[str] = None
     #: Why the cluster is stopping the run (its deadline), once said (``"stopping"``).
     stopping: Optional[str] = None
+    #: What Kueue said when it suspended the admitted Job again (whose workload preempted it).
+    kueue_stop: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.pods = {} if self.pods is None else self.pods
@@ -96,6 +103,13 @@ class WatchedRun:
         self.bound = self.bound or at is not None
         return at
 
+    def admitted_at(self, started: float) -> Optional[float]:
+        """None while the Job waits suspended for Kueue; then when Kueue admitted it (the Job's
+        ``startTime``, which the Job controller sets as it resumes), else ``started``."""
+        if suspended(self.job) and not self.bound:
+            return None
+        return job_started_at(self.job) or started
+
     def decide(self, options: K8sOptions) -> Optional[str]:
         """What to do now: ``"end"``, ``"fail"`` (a learner failed), ``"stopping"`` (the cluster
         stops it: ``stopping`` says why), ``"stop"`` (stuck), ``"note"``, or None."""
@@ -115,10 +129,13 @@ class WatchedRun:
 
     def _over(self) -> bool:
         """Whether the Job and its pod are both over (the pod's last state given ``POD_LAG_S``)."""
-        job_over = self.job_gone or job_finished(self.job) or self.failure is not None or self.suspended_again
+        job_over = self.job_gone or job_finished(self.job) or self.failure is not None or self.suspended_again \
+            or (self.learners <= 1 and pod_finished(self.live_pod) and not suspended(self.job))
         self.over_since = (self.over_since or time.monotonic()) if job_over else None
-        unseen = self.pod is None and not self.pod_gone and time.monotonic() - (self.over_since or 0) < POD_LAG_S
-        return job_over and pod_over(self.live_pod) and not unseen
+        waited = time.monotonic() - (self.over_since or 0)
+        unseen = self.pod is None and not self.pod_gone and waited < POD_LAG_S
+        unexplained = self.suspended_again and self.kueue_stop is None and waited < KUEUE_EVENT_LAG_S
+        return job_over and pod_over(self.live_pod) and not unseen and not unexplained
 
     @property
     def suspended_again(self) -> bool:

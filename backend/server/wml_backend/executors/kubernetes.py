@@ -13,12 +13,14 @@ them again and ``reconcile`` deletes those of runs that ended meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 from typing import Any, Callable, Optional
 
 from wml_backend.executors.base import Capacity, Executor, Launch
+from wml_backend.executors.k8s_kueue import KueueQueues
 from wml_backend.executors.k8s_client import (
     CALL_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
@@ -48,6 +50,8 @@ from wml_backend.executors.k8s_watch import Informer
 SWEEP_S = 0.5
 #: The events that say the Job controller could not create a Job's pod (Pod Security, a quota...).
 FAILED_CREATE = "involvedObject.kind=Job,reason=FailedCreate"
+#: The events in which Kueue says why it stopped (suspended) an admitted Job: preempted by whom.
+KUEUE_STOPPED = "involvedObject.kind=Job,reason=Stopped"
 #: GPUs and run slots the backend admits into the cluster when ``--gpus``/``--slots`` are not given.
 DEFAULT_GPUS, DEFAULT_SLOTS = 8, 100
 #: Lines of the pod's log kept with a run whose runner died without reporting.
@@ -68,6 +72,9 @@ class KubernetesExecutor(Executor):
         from kubernetes import client
         self.options, self._capacity, self.ns = options, capacity, options.namespace
         self._core, self._batch = client.CoreV1Api(api), client.BatchV1Api(api)
+        #: How a multi-learner run's other objects are created, by kind.
+        self._create = {"Service": self._core.create_namespaced_service,
+                        "NetworkPolicy": client.NetworkingV1Api(api).create_namespaced_network_policy}
         self._lock = threading.RLock()
         self._runs: dict[str, WatchedRun] = {}
         self._by_job: dict[str, str] = {}
@@ -76,8 +83,14 @@ class KubernetesExecutor(Executor):
         self.pods = Informer(self._core.list_namespaced_pod, self.ns, self._on_pod, self._lock)
         self.events = Informer(self._core.list_namespaced_event, self.ns, self._on_event, self._lock,
                                label_selector=None, field_selector=FAILED_CREATE)
+        self._informers = [self.jobs, self.pods, self.events]
+        self.queues: Optional[KueueQueues] = None
+        if options.kueue_queue:  # Kueue holds the accounts' GPU quotas; it says why it preempts
+            self.queues = KueueQueues(api, self.ns, options.kueue_queue)
+            self._informers.append(Informer(self._core.list_namespaced_event, self.ns, self._on_kueue_stop,
+                                            self._lock, label_selector=None, field_selector=KUEUE_STOPPED))
         self._first_sync()
-        for target in (self.jobs.run, self.pods.run, self.events.run, self._sweep):
+        for target in [i.run for i in self._informers] + [self._sweep]:
             threading.Thread(target=target, args=(self._stop,), daemon=True, name="wml-k8s").start()
 
     @classmethod
@@ -91,7 +104,7 @@ class KubernetesExecutor(Executor):
 
     def _first_sync(self) -> None:
         try:
-            for informer in (self.jobs, self.pods, self.events):
+            for informer in self._informers:
                 informer.sync()
         except Exception as exc:
             raise ClusterError(f"kubernetes: cannot list Jobs, Pods and events in namespace {self.ns!r}: "
@@ -99,15 +112,30 @@ class KubernetesExecutor(Executor):
 
     # -- the executor seam ----------------------------------------------------------------------
     def capacity(self) -> Capacity:
-        """The GPUs and run slots the backend admits into the cluster."""
-        return self._capacity
+        """The GPUs and run slots the backend admits into the cluster (with Kueue, slots only:
+        Kueue holds each account's GPU quota)."""
+        return dataclasses.replace(self._capacity, counts_gpus=False) if self.queues else self._capacity
+
+    def sync_account(self, name: str, gpus: int, cpus: Optional[float] = None,
+                     memory_bytes: Optional[int] = None) -> None:
+        """With Kueue: make or update the account's ClusterQueue (its GPU quota) and LocalQueue."""
+        if self.queues is not None:
+            self.queues.apply(name, gpus, cpus, memory_bytes)
+
+    def pending_since(self, run_id: str, started: float) -> Optional[float]:
+        """With Kueue: None while Kueue has not admitted the run's Job, then since its admission."""
+        with self._lock:
+            run = self._runs.get(run_id)
+            if self.queues is None or run is None:
+                return started
+            return run.admitted_at(started)
 
     def start(self, launch: Launch) -> dict[str, Any]:
-        """Create the run's Job, then its Secret (and headless Service) owned by the Job; the
-        handle names the Job. A run the cluster cannot hold (a data volume with no claim) is
-        an ``InvalidInput`` before any write."""
+        """Create the run's Job, then its Secret (and headless Service and NetworkPolicy) owned
+        by the Job; the handle names the Job. A run the cluster cannot hold (a data volume with
+        no claim) is an ``InvalidInput`` before any write."""
         name = fresh_name(launch)
-        job, secret, *service = run_objects(launch, self.options, name)
+        job, secret, *peers = run_objects(launch, self.options, name)
         self._supersede(launch.run_id)
         learners = max(launch.learners or 1, 1)
         with self._lock:
@@ -119,8 +147,8 @@ class KubernetesExecutor(Executor):
             created = call(self._batch.create_namespaced_job, self.ns, job)
             uid = created["metadata"]["uid"]
             call(self._core.create_namespaced_secret, self.ns, owned_by(secret, name, uid))
-            for headless in service:  # a multi-learner run's
-                call(self._core.create_namespaced_service, self.ns, owned_by(headless, name, uid))
+            for obj in peers:  # a multi-learner run's headless Service and NetworkPolicy
+                call(self._create[obj["kind"]], self.ns, owned_by(obj, name, uid))
         except ClusterError:
             self._forget(launch.run_id)
             if created is not None:
@@ -179,7 +207,7 @@ class KubernetesExecutor(Executor):
     def close(self) -> None:
         """Stop the watches and the sweep; the runs' Jobs run on."""
         self._stop.set()
-        for informer in (self.jobs, self.pods, self.events):
+        for informer in self._informers:
             informer.stop()
 
     # -- what the watches say -----------------------------------------------------------------------
@@ -193,6 +221,11 @@ class KubernetesExecutor(Executor):
         """A FailedCreate event of a Job: the API refused to create its pod, and says why."""
         if kind != "DELETED":  # an event that expired says nothing new
             self._observe((event.get("involvedObject") or {}).get("name"), create_error=event.get("message"))
+
+    def _on_kueue_stop(self, kind: str, event: dict) -> None:
+        """Kueue's word on why it suspended an admitted Job (preempted to accommodate a workload)."""
+        if kind != "DELETED":
+            self._observe((event.get("involvedObject") or {}).get("name"), kueue_stop=event.get("message"))
 
     def _observe(self, job_name: Optional[str], **seen: Any) -> None:
         """Record what a watch said about a run's Job or pod, then evaluate the run."""
@@ -230,23 +263,24 @@ class KubernetesExecutor(Executor):
             self.on_note(run_id, run.note)
 
     def _end(self, run_id: str, run: WatchedRun) -> None:
+        """Say the run ended (``on_exit``), then clean up what it leaves."""
         code = exit_code(run.pod)
         reason = run.failure
         if reason is None and not (run.job and condition(run.job, "Complete")):
             reason = failure_reason(run.job, run.pod)
         tail = self._log_tail(run.pod) if code not in (0, None) and not run.pod_gone else []
-        disruption = None if run.failure is not None else disruption_reason(run.job, run.pod)
+        disruption = None if run.failure is not None else disruption_reason(run.job, run.pod, run.kueue_stop)
+        self.on_exit(run_id, run.attempt, code, reason=reason, log_tail=tail, disruption=disruption)
         self._delete_secret(run.job_name)  # now: its credentials need not wait for the Job's TTL
         if run.suspended_again:  # Kueue would admit it again later, with a token that is no more
             self._delete_job(run.job_name, "Background")
-        self.on_exit(run_id, run.attempt, code, reason=reason, log_tail=tail, disruption=disruption)
 
     def _fail(self, run_id: str, run: WatchedRun) -> None:
         """A learner of a multi-learner run failed: the run fails now, and the Job's deletion
         stops the other learners (their runners store what they have; learner 1 reports nothing)."""
         pod = run.failed_pod
-        self._delete_secret(run.job_name)
         self.on_exit(run_id, run.attempt, exit_code(pod), reason=run.failure, log_tail=self._log_tail(pod))
+        self._delete_secret(run.job_name)
         self._delete_job(run.job_name, "Foreground")
 
     # -- housekeeping ---------------------------------------------------------------------------

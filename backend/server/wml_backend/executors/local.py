@@ -13,13 +13,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import psutil
 
 from wml_core.private_files import write_private
 from wml_backend.executors.base import Capacity, Executor, Launch
+from wml_backend.executors.zygotes import Zygotes
 from wml_runner.isolation import POOL, RUN_USER_ENV, isolation_gap
+from wml_runner.zygote import FRAMEWORK_MODULES, ZYGOTE_ENV
 
 log = logging.getLogger("wml_backend")
 
@@ -76,9 +78,12 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, work_dir: Path, gpus: Optional[int] = None, slots: Optional[int] = None):
+    def __init__(self, work_dir: Path, gpus: Optional[int] = None, slots: Optional[int] = None,
+                 warm: Mapping[str, tuple[str, ...]] = FRAMEWORK_MODULES):
         super().__init__()
         self.work_dir = Path(work_dir)
+        #: Runs of these frameworks start warm: forked from an interpreter that imported these modules.
+        self.zygotes = Zygotes(self.work_dir, warm)
         detected = detect_gpus()
         self._real = gpus is None and detected > 0 or (gpus is not None and gpus <= detected)
         count = detected if gpus is None else gpus
@@ -100,6 +105,9 @@ class LocalExecutor(Executor):
             env["WML_VIRTUAL_GPUS"] = "1"
         if self.isolation_gap is None:
             env[RUN_USER_ENV] = POOL
+        zygote = self.zygotes.socket_for(launch.framework, launch.framework_version, env, launch.cpus)
+        if zygote:
+            env[ZYGOTE_ENV] = zygote
         proc = _FORKSERVER.Process(target=_run_runner, args=(env, str(run_dir), launch.env[TOKEN_ENV]), daemon=False)
         proc.start()
         handle = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "attempt": launch.attempt}
@@ -134,6 +142,10 @@ class LocalExecutor(Executor):
                          handle["pid"], run_id, handle.get("attempt", 1))
                 self.kill(run_id, handle)
             note.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Stop the warm interpreters (each ends once the commands it started have)."""
+        self.zygotes.close()
 
     def cancel(self, run_id: str, handle: dict[str, Any]) -> None:
         process = self._process(handle)

@@ -71,6 +71,10 @@ class RunRow(Run):
     #: ends so when the executor says the runner has exited, not before (its GPUs are held and
     #: billed until then).
     reported_state: Optional[RunState] = None
+    #: When (UNIX seconds) its runner, asked to stop or having reported its end, must have
+    #: exited: past it, the leader kills the runner and ends the run as asked or reported. Kept
+    #: here, not in a timer of one process, so that it holds whichever replica leads.
+    deadline: Optional[float] = None
 
     def wire(self) -> Run:
         """The public view of this run (its fields are validated already: no second validation)."""
@@ -176,8 +180,9 @@ class RunStore(ABC):
         """An account's experiments, newest first (by ``created``, then the later stored); at most ``limit``."""
 
     @abstractmethod
-    def experiment_ids(self, account: str, limit: Optional[int] = None) -> list[str]:
-        """The ids of ``experiments(account, limit)``, in the same order, without reading the rows."""
+    def experiment_ids(self, account: str, limit: Optional[int] = None, after: Optional[str] = None) -> list[str]:
+        """The ids of ``experiments(account, limit)``, in the same order, without reading the rows;
+        ``after``: only those listed after experiment ``after`` (a page's last), none if it is unknown."""
 
     @abstractmethod
     def experiments_by_id(self, experiment_ids: list[str]) -> dict[str, ExperimentRow]:
@@ -194,13 +199,22 @@ class RunStore(ABC):
     @abstractmethod
     def runs(self, account: Optional[str] = None, experiment: Optional[str | list[str]] = None,
              states: Optional[Iterable[RunState]] = None, transitions: str = "all",
-             positions: bool = False) -> list[RunRow]:
+             positions: bool = False, after: Optional[str] = None, limit: Optional[int] = None) -> list[RunRow]:
         """Runs matching every filter given (``experiment``: one id or a list), in submission order.
 
         ``transitions``: load each run's transitions for ``all`` runs, only ``live`` (not ended)
         ones, or ``none`` (lists that show no GPU time or history need none). ``positions``: fill
         the QUEUED runs' ``queue_position`` (as ``run`` does), which costs a count per queued run.
+        ``after`` and ``limit`` page: only runs submitted after run ``after`` (a page's last; none if
+        it is unknown, or not ``account``'s), at most ``limit`` of them. The order's key, ``seq``,
+        never changes, so pages neither skip nor repeat a run whose state changes meanwhile.
         """
+
+    @abstractmethod
+    def queue_heads(self, wanted: dict[str, int]) -> dict[str, list[RunRow]]:
+        """The first ``wanted[account]`` QUEUED runs of each account, in submission order, without
+        transitions or positions: what admission considers, read from the queue index whatever
+        its length."""
 
     @abstractmethod
     def state_counts(self, experiment_ids: list[str]) -> dict[str, dict[str, int]]:
@@ -259,6 +273,11 @@ class RunStore(ABC):
     @abstractmethod
     def metrics(self, run_id: str, since: int = -1) -> list[MetricPoint]:
         """Points with ``seq > since``, in order."""
+
+    @abstractmethod
+    def metrics_of(self, since: dict[str, int]) -> dict[str, list[MetricPoint]]:
+        """For each run id of ``since``, its points with ``seq > since[run_id]`` in order: ``metrics``
+        of many runs in one read."""
 
     @abstractmethod
     def append_log(self, run_id: str, learner: int, offset: int, data: bytes) -> int:

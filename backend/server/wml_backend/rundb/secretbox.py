@@ -13,20 +13,30 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from wml_core.errors import WmlError
+from wml_core.errors import InvalidInput, WmlError
 from wml_core.private_files import private_dir
 
 
 class SecretBox:
-    """Seals JSON payloads for storage and opens them again, with one key."""
+    """Seals JSON payloads for storage and opens them again.
+
+    The key file holds one key a line: the first seals, any of them opens. While a key is
+    rotated it holds the new key then the old one (``python -m wml_backend.rotate_key``)."""
 
     def __init__(self, key_file: Optional[Path]):
-        """The key in ``key_file`` (created, 0600, if missing); None: a key of this process only
-        (an in-memory database)."""
+        """The keys in ``key_file`` (one created, 0600, if missing); None: a key of this process
+        only (an in-memory database)."""
         self.key_file = key_file
-        self._fernet = Fernet(load_or_create_key(key_file) if key_file else Fernet.generate_key())
+        self._fernet = fernet(load_or_create_key(key_file) if key_file else Fernet.generate_key(), key_file)
+
+    def reseal(self, sealed: str) -> str:
+        """What ``seal`` made with any key of the file, sealed again with the first."""
+        try:
+            return self._fernet.rotate(sealed.encode("ascii")).decode("ascii")
+        except (InvalidToken, ValueError):
+            raise self._unreadable() from None
 
     def seal(self, payload: dict) -> str:
         """``payload`` as JSON, encrypted: text that says nothing without the key."""
@@ -37,8 +47,21 @@ class SecretBox:
         try:
             return json.loads(self._fernet.decrypt(sealed.encode("ascii")))
         except (InvalidToken, ValueError):
-            raise WmlError(f"stored credentials cannot be decrypted with the key in {self.key_file}: "
-                           "was the key file replaced?") from None
+            raise self._unreadable() from None
+
+    def _unreadable(self) -> WmlError:
+        return WmlError(f"stored credentials cannot be decrypted with the key in {self.key_file}: "
+                        "was the key file replaced?")
+
+
+def fernet(keys: bytes, where: Optional[Path]) -> MultiFernet:
+    """The cipher of ``keys`` (one a line, read from ``where``: the first seals, any opens); a
+    one-line error if one is no Fernet key."""
+    try:
+        return MultiFernet([Fernet(key) for key in keys.split()])
+    except ValueError:
+        raise InvalidInput(f"the key in {where} is not a Fernet key (32 url-safe base64-encoded bytes: "
+                           "docs/operations.md says how to make one)") from None
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
   preemptions INTEGER NOT NULL DEFAULT 0, preempted TEXT);
 CREATE INDEX IF NOT EXISTS runs_experiment ON runs(experiment_id);
 CREATE INDEX IF NOT EXISTS runs_queue ON runs(state, account, seq);
+CREATE INDEX IF NOT EXISTS runs_account ON runs(account, seq);
 CREATE TABLE IF NOT EXISTS transitions (
   {rowid}run_id TEXT NOT NULL, state TEXT NOT NULL, time {real} NOT NULL, attempt INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS transitions_run ON transitions(run_id);
@@ -64,7 +65,7 @@ _RUN_COLUMNS = ("seq", "id", "experiment_id", "account", "name", "state", "hpara
                 "learners", "exit_code", "reason", "log_tail", "metrics", "results", "attempt",
                 "created", "gpu_ids", "handle", "runner_token_hash", "max_retries", "gpu_seconds",
                 "gpu_wait_seconds", "waiting_since", "stop_state", "stop_reason", "cpus", "memory_bytes",
-                "reported_state", "preemptions", "preempted")
+                "reported_state", "preemptions", "preempted", "deadline")
 #: The one key of a stored secret's payload: the credentials' JSON, encrypted (``secretbox``).
 SEALED = "sealed"
 #: An account's columns, in ``Account``'s terms (``admin`` and ``disabled`` are 0 or 1).
@@ -93,7 +94,8 @@ ADDED_COLUMNS = (("runs", "gpu_seconds", "{real} NOT NULL DEFAULT 0"),
                  ("accounts", "disabled", "INTEGER NOT NULL DEFAULT 0"),
                  ("runs", "reported_state", "TEXT"),
                  ("runs", "preemptions", "INTEGER NOT NULL DEFAULT 0"),
-                 ("runs", "preempted", "TEXT"))
+                 ("runs", "preempted", "TEXT"),
+                 ("runs", "deadline", "{real}"))
 
 
 #: Tables added since the first schema, by name (each created when missing at open).
@@ -124,6 +126,10 @@ def check_version(found: Optional[int]) -> None:
                                  f"{SCHEMA_VERSION}: upgrade this backend to the version that wrote it")
 
 
+#: Accounts whose queue heads one statement reads (SQLite allows 500 terms in a compound SELECT).
+_HEADS_PER_STATEMENT = 200
+
+
 def _insert(table: str, columns: Sequence[str]) -> str:
     return f"INSERT INTO {table} ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
 
@@ -133,9 +139,17 @@ def _account_values(fields: dict[str, Any], columns: Iterable[str] = _ACCOUNT_CO
     return tuple(int(fields[c]) if c in ("admin", "disabled") else fields[c] for c in columns)
 
 
+#: The JSON text of an empty object and list, most runs' ``handle``, ``gpu_ids``, ``log_tail``...:
+#: made without parsing, which is most of reading a long list of runs.
+_EMPTY_JSON = {"{}": dict, "[]": list}
+
+
 def _load(value: Any) -> Any:
     """A JSON field as read: text from SQLite, already parsed by psycopg."""
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
+    if isinstance(value, str):
+        empty = _EMPTY_JSON.get(value)
+        return empty() if empty is not None else json.loads(value)
+    return json.loads(value) if isinstance(value, bytes) else value
 
 
 class Db(Protocol):
@@ -278,6 +292,7 @@ class SqlRunStore(SqlCoordination, SqlDataClaims, RunStore):
                 for row in self._newest(where, args, limit, _EXPERIMENT_COLUMNS)]
 
     def _newest(self, where: str, args: Sequence[Any], limit: Optional[int], columns: Sequence[str]) -> list[tuple]:
+        """Experiments matching ``where``, newest first (the later stored first among equal times)."""
         return self._query(f"SELECT {','.join(columns)} FROM experiments WHERE {where} "
                            f"ORDER BY created DESC, rowid DESC{f' LIMIT {int(limit)}' if limit else ''}", args)
 
@@ -289,8 +304,12 @@ class SqlRunStore(SqlCoordination, SqlDataClaims, RunStore):
     def experiments(self, account: str, limit: Optional[int] = None) -> list[ExperimentRow]:
         return self._experiment_rows("account=?", (account,), limit)
 
-    def experiment_ids(self, account: str, limit: Optional[int] = None) -> list[str]:
-        return [row[0] for row in self._newest("account=?", (account,), limit, ("id",))]
+    def experiment_ids(self, account: str, limit: Optional[int] = None, after: Optional[str] = None) -> list[str]:
+        where, args = "account=?", [account]
+        if after is not None:  # the order's key (created, rowid) of the page's last, which never changes
+            where += " AND (created, rowid) < (SELECT created, rowid FROM experiments WHERE id=? AND account=?)"
+            args += [after, account]
+        return [row[0] for row in self._newest(where, args, limit, ("id",))]
 
     def experiments_by_id(self, experiment_ids: list[str]) -> dict[str, ExperimentRow]:
         if not experiment_ids:
@@ -304,9 +323,15 @@ class SqlRunStore(SqlCoordination, SqlDataClaims, RunStore):
         return db.execute(sql, tuple(args)).fetchall() if db is not None else self._query(sql, args)
 
     def _run_rows(self, where: str, args: list, transitions: str = "all", positions: bool = True,
-                  db: Optional[Db] = None) -> list[RunRow]:
+                  db: Optional[Db] = None, limit: Optional[int] = None) -> list[RunRow]:
         position = _QUEUE_POSITION if positions else "NULL"
-        rows = self._read(db, f"SELECT {','.join(_RUN_COLUMNS)}, {position} FROM runs WHERE {where} ORDER BY seq", args)
+        page = f" LIMIT {int(limit)}" if limit is not None else ""
+        rows = self._read(db, f"SELECT {','.join(_RUN_COLUMNS)}, {position} FROM runs WHERE {where} ORDER BY seq{page}",
+                          args)
+        return self._rows_to_runs(rows, transitions, db)
+
+    def _rows_to_runs(self, rows: list[tuple], transitions: str, db: Optional[Db] = None) -> list[RunRow]:
+        """Runs from rows of ``_RUN_COLUMNS`` and a queue position, with the ``transitions`` asked for."""
         if not rows:
             return []
         state = _RUN_COLUMNS.index("state")
@@ -334,7 +359,7 @@ class SqlRunStore(SqlCoordination, SqlDataClaims, RunStore):
 
     def runs(self, account: Optional[str] = None, experiment: Optional[str | list[str]] = None,
              states: Optional[Iterable[RunState]] = None, transitions: str = "all",
-             positions: bool = False) -> list[RunRow]:
+             positions: bool = False, after: Optional[str] = None, limit: Optional[int] = None) -> list[RunRow]:
         where, args = ["1=1"], []
         if account is not None:
             where.append("account=?")
@@ -347,7 +372,23 @@ class SqlRunStore(SqlCoordination, SqlDataClaims, RunStore):
             states = [RunState(s).value for s in states]
             where.append(f"state IN ({','.join('?' * len(states))})" if states else "1=0")
             args.extend(states)
-        return self._run_rows(" AND ".join(where), args, transitions, positions)
+        if after is not None:
+            mine = "" if account is None else " AND last.account=?"
+            where.append(f"seq>(SELECT last.seq FROM runs AS last WHERE last.id=?{mine})")
+            args.extend([after] if account is None else [after, account])
+        return self._run_rows(" AND ".join(where), args, transitions, positions, limit=limit)
+
+    def queue_heads(self, wanted: dict[str, int]) -> dict[str, list[RunRow]]:
+        heads: dict[str, list[RunRow]] = {account: [] for account in wanted}
+        asked = [(account, int(n)) for account, n in wanted.items() if n > 0]
+        for start in range(0, len(asked), _HEADS_PER_STATEMENT):
+            chunk = asked[start:start + _HEADS_PER_STATEMENT]
+            one = (f"SELECT * FROM (SELECT {','.join(_RUN_COLUMNS)}, NULL FROM runs WHERE state=? AND account=? "
+                   "ORDER BY seq LIMIT ?) AS head")  # each from the queue index, however long the queue
+            args = [a for account, n in chunk for a in (RunState.QUEUED.value, account, n)]
+            for run in self._rows_to_runs(self._query(" UNION ALL ".join([one] * len(chunk)), args), "none"):
+                heads[run.account].append(run)
+        return {account: sorted(runs, key=lambda r: r.seq) for account, runs in heads.items()}
 
     def state_counts(self, experiment_ids: list[str]) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {e: {} for e in experiment_ids}
@@ -429,6 +470,18 @@ class SqlRunStore(SqlCoordination, SqlDataClaims, RunStore):
                            (run_id, since))
         return [MetricPoint(seq=s, time=t, step=st, values=_load(v)) for s, t, st, v in rows]
 
+    def metrics_of(self, since: dict[str, int]) -> dict[str, list[MetricPoint]]:
+        out: dict[str, list[MetricPoint]] = {run_id: [] for run_id in since}
+        asked = list(since.items())
+        for start in range(0, len(asked), _HEADS_PER_STATEMENT):
+            chunk = asked[start:start + _HEADS_PER_STATEMENT]
+            rows = self._query('SELECT run_id, seq, time, step, "values" FROM metrics WHERE '
+                               + " OR ".join(["(run_id=? AND seq>?)"] * len(chunk)) + " ORDER BY run_id, seq",
+                               [a for run_id, seq in chunk for a in (run_id, seq)])
+            for run_id, s, t, st, v in rows:
+                out[run_id].append(MetricPoint(seq=s, time=t, step=st, values=_load(v)))
+        return out
+
     def append_log(self, run_id: str, learner: int, offset: int, data: bytes) -> int:
         with self._tx() as db:
             row = db.execute('SELECT "offset" + length(data) FROM logs WHERE run_id=? AND learner=? '
@@ -477,6 +530,17 @@ class SqlRunStore(SqlCoordination, SqlDataClaims, RunStore):
     def _unsealed(self, payload: dict) -> dict:
         """A stored secret: sealed, or in clear as a version before sealing stored it."""
         return self.box.open(payload[SEALED]) if set(payload) == {SEALED} else payload
+
+    def reseal_secrets(self) -> int:
+        """Seal every stored secret again with the first key of the key file, in one transaction
+        (the file's other keys then open nothing stored: they may go); how many were."""
+        with self._tx() as db:
+            rows = db.execute(f"SELECT experiment_id, payload FROM secrets{self.LOCK_ROW}").fetchall()
+            for experiment_id, payload in rows:
+                sealed = self.box.reseal(_load(payload)[SEALED])
+                db.execute("UPDATE secrets SET payload=? WHERE experiment_id=?",
+                           (json.dumps({SEALED: sealed}), experiment_id))
+        return len(rows)
 
     def seal_plain_secrets(self, db: Db) -> None:
         """Encrypt the secrets a version before sealing stored in clear (at open, in ``db``'s transaction)."""

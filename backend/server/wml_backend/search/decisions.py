@@ -169,6 +169,23 @@ def rung_steps(search: Search, up_to: float) -> list[int]:
     return [stopping.min_steps * stopping.reduction_factor ** k for k in range(count)]
 
 
+def awaits_evidence(search: Search, trials: dict[str, Trial], run_id: str) -> bool:
+    """Whether ASHA must wait before judging run ``run_id`` at the rung it has just reached: fewer
+    runs reached it than the bootstrap count, the reduction factor (or all the runs that can: those
+    there and the running ones still on their way). Meanwhile the run trains on, neither promoted
+    nor stopped: the first runs of a rung are not promoted on no evidence, and are judged, at that
+    rung, once the evidence is there."""
+    trial = trials[run_id]
+    if search.early_stopping is None or search.early_stopping.type != "asha" or not trial.curve:
+        return False
+    rungs = rung_steps(search, max(trial.curve))
+    if not rungs:
+        return False
+    arrived = sum(_value_at(t, rungs[-1]) is not None for t in trials.values())
+    coming = sum(t.state == "running" and _value_at(t, rungs[-1]) is None for t in trials.values())
+    return arrived < min(search.early_stopping.reduction_factor, arrived + coming)
+
+
 def early_stop(search: Search, space: Mapping[str, ParamSpec], trials: dict[str, Trial],
                run_id: str) -> Optional[str]:
     """Why run ``run_id`` should stop now (it fell below its rung's cut-off), or None."""

@@ -4,11 +4,11 @@ and, for TPE, ask for new points as results come in (sequential-in-parallel)."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from wml_core.definition import ParamSpec, Search
 from wml_core.models import MetricPoint
-from wml_backend.search.decisions import Trial, early_stop, next_points, rung_steps, startup_runs
+from wml_backend.search.decisions import Trial, awaits_evidence, early_stop, next_points, rung_steps, startup_runs
 from wml_core.states import RunState
 from wml_backend.rundb import ExperimentRow, RunRow, RunStore
 from wml_backend.submit import run_rows
@@ -63,15 +63,29 @@ class SweepDriver:
             due = [r for r in rung_steps(search, max(steps, default=0)) if r > self._checked.get(run.id, 0)]
             if not due:
                 return
-            self._checked[run.id] = max(due)
             trials = trials_of(self.store, run.experiment_id, search.metric)
-            # ASHA judges a run at each rung it passed, in order, even when one batch of points
-            # carries several (its first cut-off applies); the median rule at the latest step only.
-            judged = due if search.early_stopping.type == "asha" else due[-1:]
-            reason = next(filter(None, (early_stop(search, space, _up_to(trials, run.id, rung), run.id)
-                                        for rung in judged)), None)
+            reason = self._judge(search, space, trials, run.id, due)
         if reason:
             self.lifecycle.stop(self.store.run(run.id), RunState.STOPPED, reason)
+
+    def _judge(self, search: Search, space: dict[str, ParamSpec], trials: dict[str, Trial], run_id: str,
+               due: list[float]) -> Optional[str]:
+        """Why the run stops at one of the ``due`` rungs, or None. ASHA judges it at each rung it
+        passed, in order, even when one batch of points carries several (its first cut-off
+        applies), and not yet at a rung too few runs reached (``awaits_evidence``): that rung and
+        those after it are judged again with its next points. The median rule: the latest step only."""
+        if search.early_stopping.type != "asha":
+            self._checked[run_id] = max(due)
+            return early_stop(search, space, _up_to(trials, run_id, due[-1]), run_id)
+        for rung in due:
+            upto = _up_to(trials, run_id, rung)
+            if awaits_evidence(search, upto, run_id):
+                return None
+            self._checked[run_id] = rung
+            reason = early_stop(search, space, upto, run_id)
+            if reason:
+                return reason
+        return None
 
     def on_end(self, run: RunRow) -> None:
         """A run ended: a TPE search draws new points from every result so far."""

@@ -1,0 +1,81 @@
+"""A notebook in the browser as a test sees it: write one, open it, run it, read its outputs, switch
+the theme, and tell what colour the page and a picture of an element are."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+#: JupyterLab's themes by darkness.
+THEMES = {False: "JupyterLab Light", True: "JupyterLab Dark"}
+
+
+def open_notebook(page, root: Path, name: str, cells: list[str]):
+    """Write ``cells`` (code) as notebook ``name`` under ``root``, open it; return its panel."""
+    content = {"cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
+                          "source": source} for source in cells],
+               "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+               "nbformat": 4, "nbformat_minor": 5}
+    (root / name).write_text(json.dumps(content))
+    page.evaluate("(path) => { window.jupyterapp.commands.execute('docmanager:open', {path}); }", name)
+    panel = page.locator('.jp-NotebookPanel:visible:has(.jp-Cell)').last
+    panel.locator(".jp-Cell").nth(len(cells) - 1).wait_for()
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.ready.then(() => true)")
+    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel?.status"
+                           " === 'idle'", timeout=60_000)
+    return panel
+
+
+def start(page, command: str) -> None:
+    """Start a JupyterLab command without waiting for it to finish (it may open a dialog)."""
+    page.evaluate("(id) => { window.jupyterapp.commands.execute(id); }", command)
+
+
+def set_theme(page, dark: bool) -> None:
+    """Switch JupyterLab to its dark (or light) theme and wait for its colours to apply."""
+    page.evaluate("(theme) => window.jupyterapp.commands.execute('apputils:change-theme', {theme})", THEMES[dark])
+    page.locator(f'body[data-jp-theme-light="{str(not dark).lower()}"]').wait_for(state="attached")
+    page.wait_for_timeout(800)  # the theme's CSS applies after the attribute
+
+
+def backdrop(locator) -> tuple[int, int, int]:
+    """The colour an element is drawn on: the first opaque background among it and its ancestors."""
+    rgb = locator.evaluate("""(node) => {
+        for (let n = node; n; n = n.parentElement) {
+            const c = getComputedStyle(n).backgroundColor.match(/[\\d.]+/g).map(Number);
+            if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
+        }
+        return [255, 255, 255];
+    }""")
+    return tuple(round(c) for c in rgb)
+
+
+def dominant_color(png: bytes) -> tuple[int, int, int]:
+    """The most frequent colour of a screenshot."""
+    import numpy as np
+    from PIL import Image
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).reshape(-1, 3).tolist()
+    return tuple(Counter(map(tuple, pixels)).most_common(1)[0][0])
+
+
+def blend(rgba, under) -> tuple[float, float, float]:
+    """The colour ``rgba`` (alpha optional, 0…1) shows as over the opaque colour ``under``."""
+    alpha = rgba[3] if len(rgba) > 3 else 1.0
+    return tuple(alpha * c + (1 - alpha) * u for c, u in zip(rgba[:3], under))
+
+
+def luminance(rgb) -> float:
+    """Relative luminance (0 black … 1 white), as WCAG defines it."""
+    def channel(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = (channel(c) for c in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a, b) -> float:
+    """WCAG contrast ratio of two colours (1 … 21)."""
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)

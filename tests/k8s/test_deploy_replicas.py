@@ -256,4 +256,10 @@ def test_two_replicas_survive_their_leader_pod_killed_and_a_disruption_keeps_one
     pods = ready_replicas(kube_ns)
     budget = wait_budget(kube_ns, allowed=1)
     assert budget["spec"]["minAvailable"] == 1
-    assert [evict(kube_ns, pods[0]), evict(kube_ns, pods[1])] == [201, 429]
+    assert evict(kube_ns, pods[0]) == 201
+    # The Deployment replaces an evicted replica at once (and this agent runs no probes: ready at
+    # start), so the last-replica case is taken with one replica wanted.
+    kube_ns.cluster.kubectl("scale", "deployment/wml-backend", "--replicas=1", "-n", kube_ns.name)
+    wait_budget(kube_ns, allowed=0)
+    [last] = ready_replicas(kube_ns, count=1)
+    assert evict(kube_ns, last) == 429

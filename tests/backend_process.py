@@ -45,6 +45,16 @@ def backend_in_environment(home: Path, **extra_env: str) -> Iterator["BackendPro
         proc.close()
 
 
+@contextmanager
+def started_backend(home: Path, gpus: int = 2) -> Iterator["BackendProcess"]:
+    """A running backend with ``gpus`` GPU slots for the block, closed after it."""
+    proc = BackendProcess(home, gpus=gpus).start()
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
 class BackendProcess:
     """``wml backend serve`` in a subprocess, plus helpers to drive it like a user would."""
 

@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from backend_process import TINY, BackendProcess, tiny_manifest
+from backend_process import TINY, BackendProcess, started_backend, tiny_manifest
 
 import wml_jupyter.client
 from wml_jupyter import Client
@@ -18,9 +18,8 @@ SWEEP = 40
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
-    proc = BackendProcess(tmp_path_factory.mktemp("paging"), gpus=2).start()
-    yield proc
-    proc.close()
+    with started_backend(tmp_path_factory.mktemp("paging")) as proc:
+        yield proc
 
 
 def _pages(backend: BackendProcess, path: str, limit: int, pause_s: float = 0.0, **params) -> list[list[dict]]:

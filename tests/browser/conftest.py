@@ -10,7 +10,7 @@ import os
 import shutil
 
 import pytest
-from backend_process import BackendProcess
+from backend_process import started_backend
 from lab_process import LabProcess
 from sidebar_page import SidebarPage
 
@@ -26,9 +26,8 @@ STEP_TIMEOUT_MS = 30_000
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     """A real backend with 2 GPU slots (quota 2), shared by the module's tests."""
-    proc = BackendProcess(tmp_path_factory.mktemp("wml-home"), gpus=2).start()
-    yield proc
-    proc.close()
+    with started_backend(tmp_path_factory.mktemp("wml-home")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="module")

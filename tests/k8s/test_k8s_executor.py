@@ -24,6 +24,8 @@ from types import SimpleNamespace
 import pytest
 from wml_core.errors import InvalidInput
 from wml_backend.executors.base import Launch
+from wml_backend.executors.k8s_options import load_options
+from wml_backend.executors.k8s_watched_run import WatchedRun
 from wml_backend.executors.kubernetes import KubernetesExecutor
 from wml_backend.settings import Settings
 from testcluster import BackendNamespace, start_nodes, stop_nodes
@@ -113,21 +115,34 @@ def named(objects: list[dict]) -> list[str]:
     return sorted(o["metadata"]["name"] for o in objects)
 
 
-def test_happy_path_is_three_writes_per_run_and_no_polling(recorder, kube_ns, pools):
-    handles = {f"hp{i}-01": recorder.executor.start(launch(f"hp{i}-01", pools.quick)) for i in range(4)}
-    ended = sorted(recorder.exit() for _ in handles)
-    assert ended == [(run_id, 0, None) for run_id in sorted(handles)]
-    # on_exit comes first, then the Secret's deletion (the run's end waits for no cleanup)
-    wait_for(lambda: kube_ns.writes()["delete secrets"] == 4, timeout=10)
-    assert kube_ns.writes() == {"create jobs": 4, "create secrets": 4, "delete secrets": 4}
+def test_happy_path_is_two_writes_per_run_and_no_polling(kube_ns, monkeypatch, pools):
+    recorder = Recorder(monkeypatch, kube_ns, WML_K8S_JOB_TTL_S="1")
+    try:
+        handles = {f"hp{i}-01": recorder.executor.start(launch(f"hp{i}-01", pools.quick)) for i in range(4)}
+        ended = sorted(recorder.exit() for _ in handles)
+        assert ended == [(run_id, 0, None) for run_id in sorted(handles)]
+        # the Secrets (a token revoked as the run ends) go with their Jobs after the TTL: no write of ours
+        wait_for(lambda: kube_ns.objects("jobs") == kube_ns.objects("secrets") == [], timeout=60)
+        assert kube_ns.writes() == {"create jobs": 4, "create secrets": 4}
+    finally:
+        recorder.executor.close()
     calls = [(c["verb"], c["objectRef"]["resource"]) for c in kube_ns.calls()]
     assert [r for v, r in calls if v == "list"] == ["jobs", "pods", "events"]  # once, at start: then watches
     assert not [c for c in calls if c[0] == "get"]  # no per-run reads
-    assert not [c for c in calls if c[1] == "secrets" and c[0] != "create" and c[0] != "delete"]  # none read
-    assert kube_ns.objects("secrets") == []
+    assert not [c for c in calls if c[1] == "secrets" and c[0] != "create"]  # none read
     for run_id, handle in handles.items():
         assert handle["job"].startswith(f"wml-{run_id}-a1-") and handle["attempt"] == 1
         assert handle["namespace"] == kube_ns.name
+
+
+def test_a_secret_with_store_keys_is_deleted_as_its_run_ends(recorder, kube_ns, pools):
+    keys = {"WML_STORE_ACCESS_KEY": "ak", "WML_STORE_SECRET_KEY": "sk"}  # a manifest's: no attempt's end revokes them
+    run = launch("sk-01", pools.quick)
+    handle = recorder.executor.start(dataclasses.replace(run, env={**run.env, **keys}))
+    assert recorder.exit() == ("sk-01", 0, None)
+    wait_for(lambda: kube_ns.objects("secrets") == [], timeout=10)  # on_exit first, then the Secret's deletion
+    assert named(kube_ns.objects("jobs")) == [handle["job"]], "the Job stays until its TTL"
+    assert kube_ns.writes() == {"create jobs": 1, "create secrets": 1, "delete secrets": 1}
 
 
 def test_the_job_is_made_first_and_owns_its_secret(recorder, kube_ns, pools):
@@ -221,7 +236,7 @@ def test_a_new_executor_reattaches_to_running_jobs(kube_ns, monkeypatch, pools):
         assert not second.executor.reattach("gone-01", {"job": "wml-gone-01-a1-xxxx"})
         second.executor.cancel("ra-01", handle)
         assert second.exit()[0] == "ra-01"
-        wait_for(lambda: kube_ns.objects("secrets") == [])  # the first executor's Secret, deleted by the second
+        wait_for(lambda: kube_ns.objects("secrets") == [])  # the first executor's Secret, gone with the Job
     finally:
         second.executor.close()
 
@@ -313,9 +328,32 @@ def test_learners_are_pods_of_an_indexed_job_with_a_headless_service(recorder, k
     assert owner["uid"] == handle["uid"]
     # two writes more than a one-learner run: the Service and the NetworkPolicy, deleted with their Job
     assert kube_ns.writes() == {"create jobs": 1, "create secrets": 1, "create services": 1,
-                                "create networkpolicies": 1, "delete secrets": 1}
+                                "create networkpolicies": 1}
     recorder.executor.cancel("ix-01", handle)  # deleting the Job takes its Service along
     wait_for(lambda: kube_ns.objects("services") == [] and kube_ns.objects("jobs") == [])
+
+
+def learner_pod(index: int, phase: str, code: int | None = None) -> dict:
+    """A learner's pod as its node reports it: ``phase``, and its runner's exit ``code`` once it ended."""
+    state = {"running": {}} if code is None else {"terminated": {"exitCode": code, "reason": "Completed"}}
+    return {"metadata": {"name": f"wml-x-{index}", "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
+            "status": {"phase": phase, "containerStatuses": [{"name": "runner", "state": state}]}}
+
+
+def test_a_multi_learner_run_ends_once_every_learner_succeeded_without_waiting_for_its_job():
+    options = load_options({}, "wml")
+    run = WatchedRun(job_name="wml-x", attempt=1, started=time.monotonic(), learners=2,
+                     job={"metadata": {"name": "wml-x"}, "spec": {}, "status": {"active": 2}})
+    run.record_pod(learner_pod(0, "Succeeded", 0), False)
+    run.record_pod(learner_pod(1, "Running"), False)
+    assert run.decide(options) is None, "learner 2 still runs"
+    run.record_pod(learner_pod(1, "Succeeded", 0), False)
+    assert run.decide(options) == "end", "the Job says Complete later, in its controller's next batch"
+    suspended = WatchedRun(job_name="wml-x", attempt=1, started=time.monotonic(), learners=2,
+                           job={"metadata": {"name": "wml-x"}, "spec": {"suspend": True}, "status": {}})
+    for index in (0, 1):
+        suspended.record_pod(learner_pod(index, "Succeeded", 0), False)
+    assert suspended.decide(options) is None, "a Job Kueue suspended again says itself how the run ends"
 
 
 def test_a_failed_learner_fails_the_run_by_name_and_stops_the_others(recorder, kube_ns, pools):

@@ -87,11 +87,24 @@ def secret_env(launch: Launch) -> dict[str, str]:
     return {k: v for k, v in sorted(launch.env.items()) if is_secret_env(k)}
 
 
+#: The runner variables that are worth nothing once the attempt is over: its token, which the
+#: backend revokes when the attempt ends.
+REVOKED_AT_END = frozenset({"WML_RUNNER_TOKEN"})
+
+
+def secret_outlives_attempt(launch: Launch) -> bool:
+    """Whether the run's Secret holds a credential that the attempt's end does not revoke (the
+    store keys a manifest names, or the operator's with ``WML_STORE_CREDENTIALS=operator``): such
+    a Secret is deleted as the run ends; any other goes with its Job, after the TTL."""
+    return bool(set(secret_env(launch)) - REVOKED_AT_END)
+
+
 def secret_object(launch: Launch, options: K8sOptions, name: str, job_uid: Optional[str] = None) -> dict[str, Any]:
     """The run's Secret: the runner's token and store credentials, read by the pod as env.
 
-    Owned by the Job (``job_uid``): if the backend cannot delete it when the run ends, the
-    garbage collector does when the Job goes (nothing needs to list Secrets to find it).
+    Owned by the Job (``job_uid``): the garbage collector deletes it when the Job goes (nothing
+    needs to list Secrets to find it), or the backend as the run ends if it holds more than the
+    runner's token (``secret_outlives_attempt``).
     """
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "immutable": True,
               "metadata": {"name": name, "namespace": options.namespace, "labels": run_labels(launch)},

@@ -59,6 +59,11 @@ class WatchedRun:
     pods: dict = None  # type: ignore[assignment]
     #: The pod of the first learner that failed (a multi-learner run).
     failed_pod: Optional[dict] = None
+    #: The indexes of the learners whose pods succeeded (a multi-learner run): all of them, and
+    #: the run is over without waiting for its Job's status (the Job controller's is later).
+    succeeded: set = None  # type: ignore[assignment]
+    #: Whether the run's Secret is deleted as the run ends (``secret_outlives_attempt``).
+    delete_secret: bool = False
     #: Whether the executor has said that the run's GPUs are bound.
     bound: bool = False
     #: The last FailedCreate message of the Job (the API refused to create a pod), if any.
@@ -70,6 +75,7 @@ class WatchedRun:
 
     def __post_init__(self) -> None:
         self.pods = {} if self.pods is None else self.pods
+        self.succeeded = set() if self.succeeded is None else self.succeeded
 
     @property
     def live_pod(self) -> Optional[dict]:
@@ -94,6 +100,8 @@ class WatchedRun:
             self.pods[index] = pod
         if pod_failed(pod) and self.failed_pod is None:
             self.failed_pod = pod
+        elif pod_finished(pod) and not pod_failed(pod):
+            self.succeeded.add(index)
         if index == 0:  # learner 1 reports the run's states; its pod stands for the run
             self.pod, self.pod_gone = pod, gone
 
@@ -130,12 +138,20 @@ class WatchedRun:
     def _over(self) -> bool:
         """Whether the Job and its pod are both over (the pod's last state given ``POD_LAG_S``)."""
         job_over = self.job_gone or job_finished(self.job) or self.failure is not None or self.suspended_again \
-            or (self.learners <= 1 and pod_finished(self.live_pod) and not suspended(self.job))
+            or (self._pods_finished() and not suspended(self.job))
         self.over_since = (self.over_since or time.monotonic()) if job_over else None
         waited = time.monotonic() - (self.over_since or 0)
         unseen = self.pod is None and not self.pod_gone and waited < POD_LAG_S
         unexplained = self.suspended_again and self.kueue_stop is None and waited < KUEUE_EVENT_LAG_S
         return job_over and pod_over(self.live_pod) and not unseen and not unexplained
+
+    def _pods_finished(self) -> bool:
+        """Whether the pods' own statuses say how the Job ends, before the Job controller does
+        (``backoffLimit`` 0, ``restartPolicy: Never``): the one learner's pod ended by itself, or
+        every learner's pod succeeded (one that fails fails the run sooner: ``failed_pod``)."""
+        if self.learners <= 1:
+            return pod_finished(self.live_pod)
+        return len(self.succeeded) >= self.learners
 
     @property
     def suspended_again(self) -> bool:

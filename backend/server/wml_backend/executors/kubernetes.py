@@ -1,14 +1,17 @@
 """The Kubernetes executor: each run one batch/v1 Job, followed by watches of Jobs, Pods and events.
 
-A run's start is three writes at most on the happy path: its Job, its Secret (runner token,
-store credentials; owned by the Job, so the garbage collector deletes it if the backend does
-not) and the Secret's deletion once the Job is over. The pod waits for its Secret, made just
-after the Job. A run of N learners is an Indexed Job of N pods plus a headless Service (owned by
-the Job too): four writes. The first learner pod that fails fails the run, naming the learner,
-and the Job's deletion stops the others. Its state comes from three list-then-watch streams (Jobs
-and Pods with our labels, and the Jobs' FailedCreate events), never from polling a run; nothing
-lists Secrets. Jobs have no owner, so they run on while the backend restarts; ``reattach`` finds
-them again and ``reconcile`` deletes those of runs that ended meanwhile.
+A run is two writes on the happy path: its Job and its Secret (the runner's token; owned by the
+Job, so the garbage collector deletes it with the Job after the TTL: the token is revoked when the
+attempt ends). The pod waits for its Secret, made just after the Job. A Secret that also holds
+store keys, which outlive the attempt, is deleted as the run ends: a third write. A run of N
+learners is an Indexed Job of N pods plus a headless Service and a NetworkPolicy (owned by the Job
+too): four writes. It ends once every learner's pod has succeeded; the first learner pod that
+fails fails the run, naming the learner, and the Job's deletion stops the others. Its state comes
+from three list-then-watch streams (Jobs and Pods with our labels, and the Jobs' FailedCreate
+events), never from polling a run; nothing lists Secrets. A run's end (``on_exit``, then its
+cleanup) is handled off the watch threads, so that no API call or state write delays what the
+watches say next. Jobs have no owner, so they run on while the backend restarts; ``reattach``
+finds them again and ``reconcile`` deletes those of runs that ended meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import dataclasses
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from wml_backend.executors.base import Capacity, Executor, Launch
@@ -32,7 +36,7 @@ from wml_backend.executors.k8s_client import (
     why,
 )
 from wml_backend.executors.k8s_names import ATTEMPT_LABEL, RUN_LABEL, label_value
-from wml_backend.executors.k8s_objects import fresh_name, owned_by, run_objects
+from wml_backend.executors.k8s_objects import fresh_name, owned_by, run_objects, secret_outlives_attempt
 from wml_backend.executors.k8s_options import K8sOptions, load_options, with_store
 from wml_backend.executors.k8s_pod import TERMINATION_GRACE_S
 from wml_backend.executors.k8s_watched_run import WatchedRun
@@ -56,6 +60,9 @@ KUEUE_STOPPED = "involvedObject.kind=Job,reason=Stopped"
 DEFAULT_GPUS, DEFAULT_SLOTS = 8, 100
 #: Lines of the pod's log kept with a run whose runner died without reporting.
 LOG_TAIL_LINES = 20
+#: Threads that end runs (``on_exit``: the run's state write) and clean up after them (API calls),
+#: apart from the watch threads: one slow call does not hold up the other runs' ends.
+ENDING_THREADS = 4
 
 
 class KubernetesExecutor(Executor):
@@ -79,6 +86,7 @@ class KubernetesExecutor(Executor):
         self._runs: dict[str, WatchedRun] = {}
         self._by_job: dict[str, str] = {}
         self._stop = threading.Event()
+        self._ending = ThreadPoolExecutor(ENDING_THREADS, thread_name_prefix="wml-k8s-end")
         self.jobs = Informer(self._batch.list_namespaced_job, self.ns, self._on_job, self._lock)
         self.pods = Informer(self._core.list_namespaced_pod, self.ns, self._on_pod, self._lock)
         self.events = Informer(self._core.list_namespaced_event, self.ns, self._on_event, self._lock,
@@ -138,9 +146,10 @@ class KubernetesExecutor(Executor):
         job, secret, *peers = run_objects(launch, self.options, name)
         self._supersede(launch.run_id)
         learners = max(launch.learners or 1, 1)
+        delete_secret = secret_outlives_attempt(launch)
         with self._lock:
             self._runs[launch.run_id] = WatchedRun(job_name=name, attempt=launch.attempt, started=time.monotonic(),
-                                                 learners=learners)
+                                                   learners=learners, delete_secret=delete_secret)
             self._by_job[name] = launch.run_id
         created = None
         try:
@@ -154,7 +163,8 @@ class KubernetesExecutor(Executor):
             if created is not None:
                 self._delete_job(name, "Background")  # its Secret and Service, if made, with it
             raise
-        handle = {"namespace": self.ns, "job": name, "uid": created["metadata"]["uid"], "attempt": launch.attempt}
+        handle = {"namespace": self.ns, "job": name, "uid": created["metadata"]["uid"], "attempt": launch.attempt,
+                  "delete_secret": delete_secret}
         if learners > 1:
             handle["learners"] = learners
         return handle
@@ -181,7 +191,7 @@ class KubernetesExecutor(Executor):
             pods = [p for p in self.pods.objects.values() if job_of(p) == name]
             learners = handle.get("learners") or (job.get("spec") or {}).get("completions") or 1
             run = WatchedRun(job_name=name, attempt=handle.get("attempt", 1), started=time.monotonic(), job=job,
-                           learners=learners)
+                             learners=learners, delete_secret=handle.get("delete_secret", True))
             for pod in pods:
                 run.record_pod(pod, False)
             self._runs[run_id] = run
@@ -205,10 +215,12 @@ class KubernetesExecutor(Executor):
                 self._delete_job(name, "Background")
 
     def close(self) -> None:
-        """Stop the watches and the sweep; the runs' Jobs run on."""
+        """Stop the watches and the sweep, and end the runs whose ends were seen; the runs'
+        Jobs run on."""
         self._stop.set()
         for informer in self._informers:
             informer.stop()
+        self._ending.shutdown(wait=True)
 
     # -- what the watches say -----------------------------------------------------------------------
     def _on_job(self, kind: str, job: dict) -> None:
@@ -252,15 +264,27 @@ class KubernetesExecutor(Executor):
         if bound_at is not None:
             self.on_bound(run_id, run.attempt, bound_at)
         if action == "end":
-            self._end(run_id, run)
+            self._later(self._end, run_id, run)
         elif action == "fail":
-            self._fail(run_id, run)
+            self._later(self._fail, run_id, run)
         elif action == "stop":
-            self._delete_job(run.job_name, "Foreground")
+            self._later(self._delete_job, run.job_name, "Foreground")
         elif action == "stopping":
             self.on_stopping(run_id, run.attempt, run.stopping)
         elif action == "note":
             self.on_note(run_id, run.note)
+
+    def _later(self, action: Callable[..., None], *args: Any) -> None:
+        """Do ``action`` on an ending thread, not the watch's (a failure is logged)."""
+        def logged() -> None:
+            try:
+                action(*args)
+            except Exception:
+                log.exception("kubernetes: %s%r failed", action.__name__, args[:1])
+        try:
+            self._ending.submit(logged)
+        except RuntimeError:  # closed: a later executor sees the run again (``reattach``)
+            pass
 
     def _end(self, run_id: str, run: WatchedRun) -> None:
         """Say the run ended (``on_exit``), then clean up what it leaves."""
@@ -271,7 +295,8 @@ class KubernetesExecutor(Executor):
         tail = self._log_tail(run.pod) if code not in (0, None) and not run.pod_gone else []
         disruption = None if run.failure is not None else disruption_reason(run.job, run.pod, run.kueue_stop)
         self.on_exit(run_id, run.attempt, code, reason=reason, log_tail=tail, disruption=disruption)
-        self._delete_secret(run.job_name)  # now: its credentials need not wait for the Job's TTL
+        if run.delete_secret:  # now: its store keys need not wait for the Job's TTL
+            self._delete_secret(run.job_name)
         if run.suspended_again:  # Kueue would admit it again later, with a token that is no more
             self._delete_job(run.job_name, "Background")
 
@@ -280,8 +305,7 @@ class KubernetesExecutor(Executor):
         stops the other learners (their runners store what they have; learner 1 reports nothing)."""
         pod = run.failed_pod
         self.on_exit(run_id, run.attempt, exit_code(pod), reason=run.failure, log_tail=self._log_tail(pod))
-        self._delete_secret(run.job_name)
-        self._delete_job(run.job_name, "Foreground")
+        self._delete_job(run.job_name, "Foreground")  # its Secret, Service and NetworkPolicy with it
 
     # -- housekeeping ---------------------------------------------------------------------------
     def _sweep(self, stop: threading.Event) -> None:

@@ -4,6 +4,7 @@ disruptions (an eviction, Kueue preemption, ``wml backend stop --drain``)."""
 from __future__ import annotations
 
 import textwrap
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -43,3 +44,13 @@ def resuming_run(backend, folder: Path, steps: int = 12, sleep: float = 1.0, max
     result = backend.cli("train", str(path), str(code), token=token)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1] + "-01"
+
+
+def drain(backend) -> None:
+    """Stop ``backend`` (a ``BackendProcess``) with ``wml backend stop --drain``; it must exit by
+    itself (0), not be killed. Its process is reaped at once: ``stop`` waits while it is a zombie."""
+    reaped = threading.Thread(target=backend.proc.wait)
+    reaped.start()
+    backend.cli("backend", "stop", "--drain", "--json", check=True)
+    reaped.join(30)
+    assert backend.proc.returncode == 0, backend.proc.returncode

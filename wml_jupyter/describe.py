@@ -60,6 +60,18 @@ def why(run: models.Run) -> str:
     return reason
 
 
+def preempted_text(run: models.Run) -> str:
+    """Why a disruption (a node drain, Kueue preemption, ``backend stop --drain``) ended the run's
+    last disrupted attempt and where it resumes, in the backend's words (``run.preempted``), with the
+    attempt it is on: ``preempted: ...; resumed at step 12 · attempt 2``; empty if never preempted."""
+    return f"{run.preempted} · attempt {run.attempt}" if run.preempted else ""
+
+
+def joined(*parts: str) -> str:
+    """The non-empty ``parts`` as one cell: ``a · b``."""
+    return " · ".join(part for part in parts if part)
+
+
 def num(value: Any) -> str:
     """A metric or hyperparameter value: floats with 4 significant digits."""
     return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -28,8 +28,8 @@ from wml_core.states import RunState
 
 from .chart_svg import curves_svg
 from .charts import MAX_DRAW_POINTS, CurveRuns, curves_png, downsample, png_img, snapshot_png, warm_up
-from .describe import (TEXT_COLUMNS, Html, all_failed, best_text, counts_text, eta_text, html_table, num,
-                       numeric_columns, progress_text, waiting_text, why)
+from .describe import (TEXT_COLUMNS, Html, all_failed, best_text, counts_text, eta_text, html_table, joined,
+                       num, numeric_columns, preempted_text, progress_text, waiting_text, why)
 from .livemodel import ExperimentFeed, ExperimentModel, FeedSource
 from .state_colors import state_color
 
@@ -104,7 +104,8 @@ def table_rows(model: ExperimentModel) -> tuple[list[str], list[list[str]], list
     """Columns, rows (strings) and run states of the runs table: state with queue position,
     hyperparameters, step (``3 / 10`` where the code declared a total), latest metrics (the drawn
     metric first), GPU time (where runs use GPUs), elapsed since submitted (the queue included),
-    and why each ended run ended or what each queued run waits for (where one did or does)."""
+    and (where one did or does) why a disruption preempted a run and which attempt it is on, why
+    each ended run ended, what each queued run waits for."""
     now, metric, gpus = time.time(), model.metric, _uses_gpus(model)
     with model.lock:
         runs = sorted(model.runs.values(), key=lambda r: r.id)
@@ -115,7 +116,7 @@ def table_rows(model: ExperimentModel) -> tuple[list[str], list[list[str]], list
         rows = [_row(r, params, names, model.latest.get(r.id, {}), now, gpus) for r in runs]
     if any(steps):
         rows = [row[:2 + len(params)] + [step] + row[2 + len(params):] for row, step in zip(rows, steps)]
-    reasons = [why(r) or waiting_text(r) for r in runs]
+    reasons = [joined(preempted_text(r), why(r) or waiting_text(r)) for r in runs]
     columns = ["run", "state", *params, *(["step"] if any(steps) else []), *names,
                *(["GPU time"] if gpus else []), "elapsed"]
     if any(reasons):

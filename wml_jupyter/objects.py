@@ -10,7 +10,8 @@ from wml_core import models
 from wml_core.billing import format_gpu_time
 from wml_core.errors import WmlError
 
-from .describe import TEXT_COLUMNS, best_text, counts_text, html_table, num, numeric_columns, quota_text, why
+from .describe import (TEXT_COLUMNS, best_text, counts_text, html_table, joined, num, numeric_columns,
+                       preempted_text, quota_text, why)
 
 if TYPE_CHECKING:
     from .charts import Comparison
@@ -164,7 +165,7 @@ def run_row(run: models.Run) -> dict[str, str]:
     """A run as the strings a table shows."""
     state = run.state.value + (f" (#{run.queue_position})" if run.queue_position else "")
     return {"id": run.id, "state": state, "hparams": _fmt(run.hparams), "metrics": _fmt(run.metrics),
-            "GPU time": format_gpu_time(run.gpu_seconds), "reason": why(run)}
+            "GPU time": format_gpu_time(run.gpu_seconds), "reason": joined(preempted_text(run), why(run))}
 
 
 def run_fields(run: models.Run) -> list[tuple[str, str]]:

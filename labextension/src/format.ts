@@ -94,6 +94,16 @@ export function waitingText(run: Run): string {
   return parts.join(' · ');
 }
 
+/**
+ * Why a disruption (a node drain, Kueue preemption, `backend stop --drain`) ended the run's last
+ * disrupted attempt and where it resumes, in the backend's words (`run.preempted`), with the attempt
+ * it is on: `preempted: ...; resumed at step 12 · attempt 2`; empty if never preempted. Mirrors
+ * `describe.preempted_text`.
+ */
+export function preemptedText(run: Run): string {
+  return run.preempted ? `${run.preempted} · attempt ${run.attempt}` : '';
+}
+
 /** Seconds since the run got its GPUs (its latest PENDING), to now or to its end; null before. */
 export function runElapsed(run: Run, now: number): number | null {
   const started = [...run.transitions].reverse().find(t => t.state === RunState.Pending);

@@ -30,6 +30,7 @@ import {
   formatHparams,
   formatValue,
   etaText,
+  preemptedText,
   progressText,
   quotaBar,
   quotaWords,
@@ -355,6 +356,7 @@ interface RunItemProps {
 function RunItem({ run, metric, sparkline, actions }: RunItemProps): JSX.Element {
   const value = metric ? run.metrics[metric] : undefined;
   const why = runWhy(run) || waitingText(run);
+  const preempted = preemptedText(run);
   const progress = progressText(run.metrics);
   const elapsed = runElapsed(run, Date.now());
   return (
@@ -414,6 +416,11 @@ function RunItem({ run, metric, sparkline, actions }: RunItemProps): JSX.Element
           GPU {formatGpuTime(run.gpu_seconds)}
         </span>
       </div>
+      {preempted && (
+        <div className="jp-wml-reason jp-wml-preempted" title={preempted}>
+          {preempted}
+        </div>
+      )}
       {why && (
         <div
           className={`jp-wml-reason jp-wml-reason-${stateKind(run.state)}`}

@@ -6,6 +6,7 @@ import {
   formatGpuTime,
   formatHparams,
   formatValue,
+  preemptedText,
   FormError,
   etaText,
   progressText,
@@ -161,6 +162,15 @@ describe('queue truth and progress', () => {
       'waits for Kueue admission'
     );
     expect(waitingText(makeRun())).toBe('');
+  });
+
+  it("shows the backend's preemption text as it is, with the attempt the run is on", () => {
+    // the cases of tests/test_preempted_display.py::test_the_preemption_is_worded_once_with_the_attempt
+    const preempted = 'preempted: the backend was stopped with --drain; resumed at step 7';
+    expect(preemptedText(makeRun({ state: RunState.Queued, preempted, preemptions: 1, attempt: 2 }))).toBe(
+      'preempted: the backend was stopped with --drain; resumed at step 7 · attempt 2'
+    );
+    expect(preemptedText(makeRun({ attempt: 2 }))).toBe('');
   });
 
   it('writes estimates, progress and elapsed time as describe.py does', () => {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -32,6 +33,9 @@ from wml_core.objectstore.resolve import wml_home
 #: Idle seconds a client connection is kept open: longer than clients' own pools keep them
 #: (httpx: 5 s), so the server never closes a connection a client is about to reuse.
 KEEP_ALIVE_S = 65
+#: Seconds a stopping daemon lets requests in flight finish before it cancels them (under
+#: ``stop``'s own 10 s wait before it kills the daemon).
+GRACEFUL_SHUTDOWN_S = 5.0
 #: How long ``start`` waits for a new daemon to answer /healthz.
 START_TIMEOUT_S = 30.0
 #: Seconds ``stop --drain`` waits, beyond a plain stop's, for the runs to store their checkpoints
@@ -81,14 +85,27 @@ def serve(settings: Settings) -> None:
     own_log = {"log_config": None} if settings.log_format == "json" else {}  # the web server's lines as JSON too
     config = uvicorn.Config(create_app(service), host=settings.host, port=settings.port,
                             log_level="warning", access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                             ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, **own_log)
-    server = uvicorn.Server(config)
+    server = _server(config, service)
     signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=_drain, args=(service, server), daemon=True,
                                                               name="wml-drain").start())
     try:
         server.run()
     finally:
         service.stop()
+
+
+def _server(config, service):
+    """uvicorn's server, which ends the event streams when it stops: it waits for the requests
+    in flight to end, and a stream (a live display's, the sidebar's) never ends by itself."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            await asyncio.to_thread(service.events.close)
+            await super().shutdown(sockets)
+    return Server(config)
 
 
 def _drain(service, server) -> None:

@@ -53,9 +53,11 @@ class EventBus:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop watching."""
+        """Stop watching, and end every stream (a stopping server waits for its requests to end,
+        and a stream never ends by itself)."""
         self._stop.set()
         self._poke.set()
+        self._wake_streams()
         if self._thread:
             self._thread.join(timeout=5)
 
@@ -78,12 +80,15 @@ class EventBus:
                 self._wake_all()
 
     def _wake_all(self) -> None:
+        self._wake_streams()
+        for listener in self.listeners:
+            listener()
+
+    def _wake_streams(self) -> None:
         with self._lock:
             waiters = list(self._waiters)
         for loop, woken in waiters:
             loop.call_soon_threadsafe(woken.set)
-        for listener in self.listeners:
-            listener()
 
     async def subscribe(self, account: str, after: Optional[int] = None) -> "Subscription":
         """A stream of ``account``'s events after seq ``after`` (None: from now on)."""
@@ -106,11 +111,12 @@ class Subscription:
         self._bus, self.account, self.last, self._waiter = bus, account, after, waiter
 
     async def stream(self, heartbeat: float = 15.0) -> AsyncIterator[Optional[tuple[int, dict]]]:
-        """Yield (seq, event) as they are recorded, ``None`` every ``heartbeat`` idle seconds;
-        unsubscribes at the end."""
+        """Yield (seq, event) as they are recorded, ``None`` every ``heartbeat`` idle seconds,
+        until the bus closes (after the events recorded before); unsubscribes at the end."""
         woken = self._waiter[1]
         try:
             while True:
+                closing = self._bus._stop.is_set()
                 woken.clear()  # before reading: an event recorded after the read wakes the wait
                 batch = await run_in_threadpool(self._bus.store.events, self.last, self.account, BATCH)
                 for seq, event in batch:
@@ -118,6 +124,8 @@ class Subscription:
                     yield seq, event
                 if batch:
                     continue
+                if closing:
+                    return
                 try:
                     await asyncio.wait_for(woken.wait(), heartbeat)
                 except asyncio.TimeoutError:

@@ -78,8 +78,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from wml_core.objectstore.sync import tqdm_progress
-    summary = _client().upload(args.path, args.bucket, progress=tqdm_progress())
+    from wml_core.objectstore.progress import tqdm_progress
+
+    from .config import load_profile
+    from .storage import claimed_upload
+    profile = load_profile()
+    if profile.backend:  # no HTTP client library, no pydantic: a cold command starts sending at once
+        summary = claimed_upload(profile, args.path, args.bucket, progress=tqdm_progress())
+    else:  # the client may start the embedded backend
+        summary = _client().upload(args.path, args.bucket, progress=tqdm_progress())
     print(summary.line())
     return 0
 

@@ -13,7 +13,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from wml_core import models
-from wml_core.errors import ERRORS_BY_CODE, BackendUnavailable, InvalidInput, WmlError, quoted
+from wml_core.errors import BackendUnavailable, InvalidInput, WmlError, error_of_answer, quoted
 from wml_core.manifest import read_manifest_text
 from wml_core.pages import Summary
 from wml_core.objectstore.resolve import wml_home
@@ -286,11 +286,7 @@ def _next_cursor(response: httpx.Response) -> Optional[str]:
 
 def error_of(response: httpx.Response) -> WmlError:
     """The ``WmlError`` a failed answer of the backend stands for (its ``{code, message}`` body)."""
-    try:
-        body = response.json()
-        return ERRORS_BY_CODE.get(body.get("code"), WmlError)(body.get("message") or response.reason_phrase)
-    except ValueError:
-        return WmlError(f"the backend answered {response.status_code} {response.reason_phrase}")
+    return error_of_answer(response.status_code, response.reason_phrase, response.content)
 
 
 def _checked(model: type[BaseModel], **fields: Any) -> BaseModel:

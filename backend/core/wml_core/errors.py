@@ -99,3 +99,13 @@ class BackendUnavailable(WmlError):
 ERRORS_BY_CODE = {cls.code: cls for cls in
                   (WmlError, InvalidInput, NotFound, Unauthorized, Forbidden,
                    QuotaExceeded, Conflict, StorageError, BackendFull, BackendUnavailable)}
+
+
+def error_of_answer(status: int, reason: str, body: bytes) -> WmlError:
+    """The ``WmlError`` a failed answer of the backend stands for (its ``{code, message}`` body)."""
+    import json
+    try:
+        data = json.loads(body)
+        return ERRORS_BY_CODE.get(data.get("code"), WmlError)(data.get("message") or reason)
+    except (ValueError, AttributeError):
+        return WmlError(f"the backend answered {status} {reason}")

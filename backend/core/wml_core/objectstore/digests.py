@@ -1,7 +1,10 @@
-"""MD5 digests (S3-style ETags) of local files, remembered while a file's size and mtime do not change.
+"""MD5 digests (S3-style ETags) of local files, remembered while a file's metadata does not change.
 
 ``file_etag`` hashes a file; ``DigestCache`` remembers the result in a small SQLite table keyed
-by (path, part size) and valid for one (size, mtime_ns), so an unchanged file is read once.
+by (path, part size) and valid for one (size, mtime_ns, ctime_ns, inode), so an unchanged file is
+read once. The change time and inode are there because a writer may restore the modification
+time (``cp -p``, ``rsync -t``, ``touch -d``, a build tool): no one but the kernel sets the change
+time, and a file replaced by a rename is another inode.
 The cache is only a cache: one that cannot be opened, is locked too long or is not a
 database never fails the caller, who at worst hashes again.
 """
@@ -75,16 +78,18 @@ def file_etag(path: Path, part_size: int = 0) -> str:
 
 @dataclass(frozen=True)
 class FileStat:
-    """What the cache keys on: a changed size or modification time means new content."""
+    """What the cache keys on: a changed size, modification or change time, or inode may mean new content."""
 
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
+    inode: int = 0
 
 
 def file_stat(path: Path) -> FileStat:
-    """The size and modification time of ``path`` (symlinks followed)."""
+    """The size, times and inode of ``path`` (symlinks followed)."""
     st = os.stat(path)
-    return FileStat(st.st_size, st.st_mtime_ns)
+    return FileStat(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def user_cache_path() -> Path:
@@ -114,7 +119,7 @@ def _discard_if_corrupt(db: Path, err: Exception) -> bool:
 
 
 class DigestCache:
-    """Remembers local files' ETags by (path, size, mtime_ns, part size) in SQLite.
+    """Remembers local files' ETags by (path, part size), valid for one ``FileStat``, in SQLite.
 
     Only rows under ``scope`` are loaded, once; new rows are written by ``save``. A cache
     that cannot be opened (read-only home) degrades to memory only; a file that is not a
@@ -126,8 +131,8 @@ class DigestCache:
     def __init__(self, db: Path | None, scope: Path, settle_s: float = 0.0):
         self._db, self._lock = db, threading.Lock()
         self._settle_ns = int(settle_s * 1e9)
-        self._rows: dict[tuple[str, int], tuple[int, int, str]] = {}
-        self._new: dict[tuple[str, int], tuple[int, int, str]] = {}
+        self._rows: dict[tuple[str, int], tuple[int, int, int, int, str]] = {}
+        self._new: dict[tuple[str, int], tuple[int, int, int, int, str]] = {}
         try:
             self._load(str(scope))
         except (OSError, sqlite3.Error) as err:
@@ -139,8 +144,8 @@ class DigestCache:
         private_open(self._db, "ab").close()  # created private before SQLite opens it
         conn = sqlite3.connect(self._db, timeout=10)
         os.chmod(self._db, 0o600)
-        conn.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT, part INTEGER, size INTEGER,"
-                     " mtime_ns INTEGER, etag TEXT, PRIMARY KEY (path, part))")
+        conn.execute("CREATE TABLE IF NOT EXISTS file_digests (path TEXT, part INTEGER, size INTEGER,"
+                     " mtime_ns INTEGER, ctime_ns INTEGER, inode INTEGER, etag TEXT, PRIMARY KEY (path, part))")
         return conn
 
     def _load(self, scope: str) -> None:
@@ -148,15 +153,15 @@ class DigestCache:
             return
         below = scope.rstrip(os.sep) + os.sep
         with closing(self._connect()) as conn:
-            rows = conn.execute("SELECT path, part, size, mtime_ns, etag FROM digests"
+            rows = conn.execute("SELECT path, part, size, mtime_ns, ctime_ns, inode, etag FROM file_digests"
                                 " WHERE path = ? OR (path >= ? AND path < ?)",
                                 (scope, below, below[:-1] + chr(ord(os.sep) + 1)))
-            self._rows = {(p, part): (size, mtime, etag) for p, part, size, mtime, etag in rows}
+            self._rows = {(p, part): tuple(rest) for p, part, *rest in rows}
 
     def known(self, path: Path, stat: FileStat, part_size: int) -> str | None:
         """The remembered ETag of ``path`` as of ``stat``, or None."""
         row = self._rows.get((str(path), part_size))
-        return row[2] if row and row[:2] == (stat.size, stat.mtime_ns) else None
+        return row[4] if row and row[:4] == (stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode) else None
 
     def etag(self, path: Path, stat: FileStat, part_size: int) -> str:
         """The ETag of ``path`` in parts of ``part_size``, hashing only if not remembered."""
@@ -174,7 +179,7 @@ class DigestCache:
         """Record that ``path`` as of ``stat`` has ``etag`` in parts of ``part_size``."""
         with self._lock:
             self._rows[(str(path), part_size)] = self._new[(str(path), part_size)] = \
-                (stat.size, stat.mtime_ns, etag)
+                (stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode, etag)
 
     def save(self) -> None:
         """Write the rows learnt since loading (best effort: it is only a cache)."""
@@ -183,7 +188,7 @@ class DigestCache:
         rows = [(p, part, *value) for (p, part), value in self._new.items()]
         try:
             with closing(self._connect()) as conn, conn:
-                conn.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", rows)
+                conn.executemany("INSERT OR REPLACE INTO file_digests VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             self._new.clear()
         except (OSError, sqlite3.Error):
             pass

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
-import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +36,8 @@ from s3transfer.subscribers import BaseSubscriber
 
 from wml_core.errors import StorageError
 from wml_core.objectstore.base import ObjectInfo, ObjectStore, Progress, StoreConfig
-from wml_core.objectstore.digests import multipart_etag, span_md5
+from wml_core.objectstore.s3rules import (MULTIPART_THRESHOLD, PART_SIZE, FileSpan, Span, missing_message,
+                                          part_size_for, refusal, scrub, send_parts)
 
 #: Seconds to wait for a TCP connection: a dead endpoint fails fast.
 CONNECT_TIMEOUT_S = 2
@@ -51,24 +50,16 @@ PROBE_ATTEMPTS = 2
 PROBE_CONNECT_TIMEOUT_S = 1
 #: Seconds before a refreshing credential expires when it is fetched again, at least.
 REFRESH_MARGIN_S = 120
-#: S3's limits on a multipart upload: at most 10,000 parts of at least 5 MiB (but the last).
-MAX_PARTS = 10_000
-MIN_PART = 5 * 1024 * 1024
 #: HTTP connections kept per client: sync workers plus part uploads run at once.
 POOL_CONNECTIONS = 50
 #: Bodies from this size on ask ``Expect: 100-continue`` first (as the AWS SDK for Go v2 does, at
 #: 2 MB): for a small PUT, waiting for the server's go-ahead is a round trip that saves nothing.
 EXPECT_CONTINUE_MIN_BYTES = 2 * 1024 * 1024
 
-DEFAULT_TRANSFER = TransferConfig(multipart_threshold=8 * 1024 * 1024,
-                                  multipart_chunksize=8 * 1024 * 1024, max_concurrency=8,
+DEFAULT_TRANSFER = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD,
+                                  multipart_chunksize=PART_SIZE, max_concurrency=8,
                                   max_io_queue=16)
 
-_MISSING = {"NoSuchBucket"}
-_NO_OBJECT = {"NoSuchKey", "404", "NotFound"}
-_BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
-                    "ExpiredToken", "InvalidClientTokenId", "AuthorizationHeaderMalformed"}
-_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 _UNREACHABLE = (bex.EndpointConnectionError, bex.ConnectTimeoutError,
                 bex.ConnectionClosedError, bex.ReadTimeoutError)
 
@@ -82,36 +73,6 @@ def _expect_continue_if_large(model, params, **kwargs) -> None:
     size = determine_content_length(params.get("body"))
     if size is None or size >= EXPECT_CONTINUE_MIN_BYTES:
         add_expect_header(model, params, **kwargs)
-
-
-class _FileSpan:
-    """``length`` bytes of a file from ``offset``, read like a file of their own: a part is sent
-    from disk, not held in memory, and can be re-read (signing, retries seek back to 0)."""
-
-    def __init__(self, path: Path, offset: int, length: int):
-        self._file, self._offset, self._length, self._pos = open(path, "rb"), offset, length, 0
-        self._file.seek(offset)
-
-    def read(self, size: int | None = -1) -> bytes:
-        left = self._length - self._pos
-        data = self._file.read(left if size is None or size < 0 else min(size, left))
-        self._pos += len(data)
-        return data
-
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
-        self._pos = max(0, min(self._length, base + pos))
-        self._file.seek(self._offset + self._pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def __len__(self) -> int:
-        return self._length
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class _ProgressSubscriber(BaseSubscriber):
@@ -258,11 +219,7 @@ class S3Store(ObjectStore):
 
     def _scrub(self, message: str) -> str:
         """Never show a key, even if a server echoes one back."""
-        secrets = {self.config.access_key, self.config.secret_key,
-                   os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")}
-        for secret in filter(None, secrets):
-            message = message.replace(secret, "***")
-        return " ".join(message.split())
+        return scrub(message, (self.config.access_key, self.config.secret_key))
 
     # -- buckets ----------------------------------------------------------------------------
 
@@ -297,7 +254,7 @@ class S3Store(ObjectStore):
             self._probe_client().list_objects_v2(Bucket=bucket, MaxKeys=1)
 
     def missing(self, bucket: str) -> StorageError:
-        return StorageError(_missing(bucket, self.endpoint))
+        return StorageError(missing_message(bucket, self.endpoint))
 
     # -- objects ----------------------------------------------------------------------------
 
@@ -333,10 +290,7 @@ class S3Store(ObjectStore):
 
     def part_size(self, size: int) -> int:
         """The part size a file of ``size`` bytes is uploaded with; 0 means a single PUT."""
-        if size < self.transfer.multipart_threshold:
-            return 0
-        needed = math.ceil(size / MAX_PARTS / (1 << 20)) << 20
-        return max(self.transfer.multipart_chunksize, needed, MIN_PART)
+        return part_size_for(size, self.transfer.multipart_threshold, self.transfer.multipart_chunksize)
 
     def put_file_etag(self, bucket: str, key: str, path: Path, progress: Progress = None) -> str:
         """``put_file`` that returns the object's MD5-style ETag (computed as the bytes go)."""
@@ -359,26 +313,12 @@ class S3Store(ObjectStore):
     def _put_multipart(self, bucket: str, key: str, path: Path, part: int,
                        progress: Progress) -> str:
         upload_id, done = self._open_upload(bucket, key)
-        size = path.stat().st_size
-        ranges = [(n + 1, offset, min(part, size - offset))
-                  for n, offset in enumerate(range(0, size, part))]
-        futures = [self._pool().submit(self._send_part, bucket, key, upload_id, path, r,
-                                       done.get(r[0])) for r in ranges]
-        try:
-            results = []
-            for future, (_, _, length) in zip(futures, ranges):
-                results.append(future.result())
-                if progress:
-                    progress(length)
-        except BaseException:  # leave the upload open: the next put resumes it
-            for future in futures:
-                future.cancel()
-            wait(futures)
-            raise
-        parts = [{"PartNumber": n, "ETag": etag} for (n, _, _), (_, etag) in zip(ranges, results)]
-        self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                              MultipartUpload={"Parts": parts})
-        return multipart_etag([digest for digest, _ in results])
+        parts, etag = send_parts(self._pool(), path, part, done,
+                                 lambda span, digest: self._upload_part(bucket, key, upload_id, path, span, digest),
+                                 progress)
+        self.client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={
+            "Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]})
+        return etag
 
     def _open_upload(self, bucket: str, key: str) -> tuple[str, dict[int, tuple[int, str]]]:
         """The newest unfinished upload of ``key`` and its parts, or a new upload."""
@@ -393,23 +333,15 @@ class S3Store(ObjectStore):
         return upload_id, {p["PartNumber"]: (p["Size"], p["ETag"].strip('"'))
                            for page in pages for p in page.get("Parts", ())}
 
-    def _send_part(self, bucket: str, key: str, upload_id: str, path: Path,
-                   span: tuple[int, int, int], existing: tuple[int, str] | None
-                   ) -> tuple[bytes, str]:
-        """Upload one part, streamed from the file, unless the open upload already holds these
-        exact bytes. The part is read twice (its MD5 goes first, in a header) but never held."""
+    def _upload_part(self, bucket: str, key: str, upload_id: str, path: Path, span: Span, digest) -> str:
+        """Send one part, streamed from the file; its ETag."""
         number, offset, length = span
-        digest = span_md5(path, offset, length)
-        if existing == (length, digest.hexdigest()):
-            return digest.digest(), f'"{existing[1]}"'
-        body = _FileSpan(path, offset, length)
+        body = FileSpan(path, offset, length)
         try:
-            answer = self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
-                                             PartNumber=number, Body=body,
-                                             ContentMD5=base64.b64encode(digest.digest()).decode())
+            return self.client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                                           ContentMD5=base64.b64encode(digest.digest()).decode())["ETag"]
         finally:
             body.close()
-        return digest.digest(), answer["ETag"]
 
     def delete_prefix(self, bucket: str, prefix: str) -> None:
         """Remove every object under ``prefix`` (used by tests, benchmarks and cleanup)."""
@@ -422,22 +354,7 @@ class S3Store(ObjectStore):
 
 def _refusal(exc: bex.ClientError, bucket: str, endpoint: str, key: str | None) -> str:
     """The message for an error answer of the S3 service at ``endpoint``."""
-    code, where = _code(exc), f"bucket {bucket!r} at {endpoint}"
-    if code in _MISSING:
-        return _missing(bucket, endpoint)
-    if key is not None and code in _NO_OBJECT:
-        return f"no object {key!r} in {where}"
-    if code in _BAD_CREDENTIALS:
-        return f"S3 credentials rejected ({code}) for {where}"
-    if code in _DENIED:
-        return f"access denied to {where} for these credentials"
-    detail = exc.response.get("Error", {}).get("Message", "")
-    return f"S3 error {code} for {where}: {detail}".rstrip(": ")
-
-
-def _missing(bucket: str, endpoint: str) -> str:
-    """What a missing bucket is said to be."""
-    return f"bucket {bucket!r} does not exist at {endpoint}"
+    return refusal(_code(exc), exc.response.get("Error", {}).get("Message", ""), bucket, endpoint, key)
 
 
 def _code(exc: Exception) -> str:

@@ -156,6 +156,15 @@ def test_runs_are_counted_by_account_and_state(store):
     assert store.count_runs("alice", []) == 0
 
 
+def test_runs_held_are_counted_with_their_gpus_by_account_and_state(store):
+    add_experiment(store, "e1", runs=3, learners=2)
+    add_experiment(store, "e2", account="bob", runs=1)
+    move(store, "e1-1", P)
+    assert store.held("alice", [Q]) == (2, 4) and store.held("alice", [P, D]) == (1, 2)
+    assert store.held("bob", [Q]) == (1, 1) and store.held("carol", [Q]) == (0, 0)
+    assert store.held("alice", []) == (0, 0)
+
+
 def test_a_run_keeps_the_cpus_and_memory_it_asks_for(store):
     add_experiment(store, runs=1, cpus=2.5, memory_bytes=3 * 2**30)
     run = store.run("e1-1")
@@ -248,6 +257,14 @@ def test_experiments_are_newest_first_and_scoped_to_their_account(store):
     assert store.experiment("missing") is None
 
 
+def test_an_experiment_read_before_it_was_stored_is_found_once_stored(connect):
+    first, second = connect(), connect()
+    assert first.experiment("e1") is None and first.experiments_by_id(["e1"]) == {}
+    add_experiment(second, "e1")  # by another replica
+    assert first.experiment("e1").name == "exp e1" and first.experiment("e1", account="bob") is None
+    assert first.experiment("e1").definition == second.experiment("e1").definition
+
+
 # -- runs -------------------------------------------------------------------------------------
 def test_runs_filter_by_account_experiment_and_states_in_submission_order(store):
     add_experiment(store, "e1", runs=3)
@@ -283,6 +300,35 @@ def test_the_heads_of_each_accounts_queue_are_its_first_queued_runs(store):
         "alice": ["e1-2", "e1-3", "e3-1"], "bob": ["e2-1"], "carol": [], "dave": []}
     assert all(r.transitions == [] and r.queue_position is None for r in heads["alice"])
     assert store.queue_heads({}) == {}
+
+
+def test_an_accounts_queue_order_is_read_as_run_and_experiment_ids(store):
+    add_experiment(store, "e1", runs=3)
+    add_experiment(store, "e2", account="bob")
+    add_experiment(store, "e3", runs=2)
+    move(store, "e1-2", P)
+    assert store.queue("alice", 10) == [("e1-1", "e1"), ("e1-3", "e1"), ("e3-1", "e3"), ("e3-2", "e3")]
+    assert store.queue("alice", 2) == [("e1-1", "e1"), ("e1-3", "e1")]
+    assert store.queue("bob", 1) == [("e2-1", "e2")] and store.queue("carol", 5) == []
+
+
+def test_queued_runs_that_ran_before_are_found_by_account(store):
+    add_experiment(store, "e1", runs=3)
+    add_experiment(store, "e2", account="bob", runs=1)
+    move(store, "e1-1", P, Q, attempt=2)  # retried
+    move(store, "e1-3", P)
+    store.update_run("e1-2", preemptions=1)
+    move(store, "e2-1", P, Q, attempt=2)
+    assert store.requeued("alice") == ["e1-1", "e1-2"] and store.requeued("bob") == ["e2-1"]
+    assert store.requeued("carol") == []
+
+
+def test_an_experiments_runs_are_only_its_accounts(store):
+    add_experiment(store, "e1", runs=2)
+    add_experiment(store, "e2", account="bob", runs=2)
+    assert [r.id for r in store.runs(account="alice", experiment=["e1", "e2"])] == ["e1-1", "e1-2"]
+    assert store.runs(account="alice", experiment="e2") == []
+    assert [r.id for r in store.runs(account="bob", experiment="e2", after="e2-1")] == ["e2-2"]
 
 
 def test_runs_page_by_seq_and_every_run_is_listed_once_whatever_its_state_becomes(store):

@@ -20,10 +20,11 @@ from statistics import mean
 from typing import Optional
 
 from wml_backend.executors import Capacity
-from wml_backend.rundb import RunRow, RunStore
+from wml_backend.rundb import Account, RunRow, RunStore
 from wml_backend.scheduler import Held, Limits
-from wml_core.models import Run, Usage
-from wml_core.states import ACTIVE, RunState
+from wml_backend.views import usage_view
+from wml_core.models import Experiment, Run, Usage
+from wml_core.states import ACTIVE, ExperimentState, RunState
 
 #: Queued runs played forward at most (past them, an estimate says nothing useful).
 MOST_SIMULATED = 10_000
@@ -100,16 +101,17 @@ def outlook_of(store: RunStore, account: str, limits: Limits, capacity: Capacity
     now = time.time() if now is None else now
     everyone = store.runs(states=ACTIVE, transitions="live")
     mine = [r for r in everyone if r.account == account]
-    queued = store.runs(account=account, states=[RunState.QUEUED], transitions="none", limit=MOST_SIMULATED)
+    queued = store.queue(account, MOST_SIMULATED)  # ids only: the queue may be long
+    head = store.queue_heads({account: 1})[account][:1] if queued else []
     out = Outlook()
-    if queued:
-        reason = waiting_for(queued[0], mine, everyone, limits, capacity)
-        out.reasons = {run.id: reason for run in queued}
+    if head:
+        reason = waiting_for(head[0], mine, everyone, limits, capacity)
+        out.reasons = {run_id: reason for run_id, _ in queued}
     for run in mine:
         if run.state is RunState.PENDING and run.waiting_since is not None:
             out.reasons[run.id] = "Kueue admission" if not capacity.counts_gpus else "the cluster to place it"
-    durations = _durations(store, {r.experiment_id for r in mine + queued})
-    _play(out, mine, queued, durations, lanes(queued[0], limits, capacity) if queued else 1, now)
+    durations = _durations(store, {r.experiment_id for r in mine} | {experiment for _, experiment in queued})
+    _play(out, mine, queued, durations, lanes(head[0], limits, capacity) if head else 1, now)
     return out
 
 
@@ -125,10 +127,10 @@ def _durations(store: RunStore, experiment_ids: set[str]) -> dict[str, float]:
     return {exp: mean(values) for exp, values in taken.items()}
 
 
-def _play(out: Outlook, active: list[RunRow], queued: list[RunRow], durations: dict[str, float],
+def _play(out: Outlook, active: list[RunRow], queued: list[tuple[str, str]], durations: dict[str, float],
           width: int, now: float) -> None:
     """Fill ``out.starts`` and ``out.ends`` (seconds from ``now``; ``inf``: unknown) by running the
-    queue forward on ``width`` lanes, the first ones freed as the active runs should end."""
+    queue (run id, experiment id) forward on ``width`` lanes, the first ones freed as the active runs should end."""
     ends: dict[str, float] = defaultdict(float)
     left = []
     for run in active:
@@ -138,12 +140,12 @@ def _play(out: Outlook, active: list[RunRow], queued: list[RunRow], durations: d
         ends[run.experiment_id] = max(ends[run.experiment_id], remaining)
         left.append(remaining)
     lanes_free = [0.0] * max(0, width - len(left)) + sorted(left)[:width]  # sorted: a heap already
-    for run in queued:
+    for run_id, experiment_id in queued:
         start = heapq.heappop(lanes_free)
-        end = start + durations.get(run.experiment_id, math.inf)
+        end = start + durations.get(experiment_id, math.inf)
         heapq.heappush(lanes_free, end)
-        out.starts[run.id] = start
-        ends[run.experiment_id] = max(ends[run.experiment_id], end)
+        out.starts[run_id] = start
+        ends[experiment_id] = max(ends[experiment_id], end)
     out.ends = dict(ends)
 
 
@@ -158,12 +160,33 @@ def _rounded(seconds: Optional[float]) -> Optional[float]:
     return None if seconds is None or math.isinf(seconds) else round(seconds, 1)
 
 
-def queue_usage(usage: Usage, runs: list[Run], limits: Limits, capacity: Capacity, outlook: Outlook) -> Usage:
-    """``usage`` with the run slots and queue counted as admission counts them (``runs``: the account's)."""
+def queue_usage(store: RunStore, account: Account, experiments: list[Experiment], limits: Limits,
+                capacity: Capacity) -> Usage:
+    """The account's usage (``experiments``: all of its, newest first), with the run slots and queue
+    counted as admission counts them, from counts and the queue's head: no run list is read whole."""
+    runs_in_use, gpus_in_use = store.held(account.name, ACTIVE)
+    queued_runs, queued_gpus = store.held(account.name, [RunState.QUEUED])
+    usage = usage_view(account, _with_requeued(store, account.name, experiments), gpus_in_use, queued_gpus)
     usage.real_gpus = capacity.real_gpus
     usage.run_slots = min(s for s in (limits.slots, capacity.slots) if s is not None)
-    usage.runs_in_use = sum(r.state.active for r in runs)
-    usage.queued_runs = sum(r.state is RunState.QUEUED for r in runs)
-    first = next((r for r in runs if r.state is RunState.QUEUED), None)
-    usage.waiting_for = outlook.reasons.get(first.id) if first else None
+    usage.runs_in_use, usage.queued_runs = runs_in_use, queued_runs
+    head = store.queue_heads({account.name: 1})[account.name] if queued_runs else []
+    if head:
+        everyone = store.runs(states=ACTIVE, transitions="none")
+        mine = [r for r in everyone if r.account == account.name]
+        usage.waiting_for = waiting_for(head[0], mine, everyone, limits, capacity)
     return usage
+
+
+def _with_requeued(store: RunStore, account: str, experiments: list[Experiment]) -> list[Experiment]:
+    """``experiments`` with the GPU time of the queued runs that ran before added to the experiments
+    summed up by their counts alone (every run queued: their runs were not read)."""
+    waiting = {e.id for e in experiments if e.state is ExperimentState.QUEUED}
+    ids = store.requeued(account) if waiting else []
+    spent: dict[str, float] = defaultdict(float)
+    for run_id in ids:
+        run = store.run(run_id)
+        if run is not None and run.experiment_id in waiting:
+            spent[run.experiment_id] += run.view().gpu_seconds
+    return [e.model_copy(update={"gpu_seconds": round(e.gpu_seconds + spent[e.id], 3)}) if e.id in spent else e
+            for e in experiments]

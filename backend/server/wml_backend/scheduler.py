@@ -102,15 +102,16 @@ HeadReader = Callable[[dict[str, int]], dict[str, list[RunRow]]]
 def plan_from_heads(read: HeadReader, active: list[RunRow], limits: dict[str, Limits],
                     capacity: Capacity) -> list[Admission]:
     """``plan_admissions`` over the whole queue, reading only its heads: one run per account, then,
-    while the plan uses up every run read of an account that may have more, twice as many of those."""
+    while the plan uses up every run read of an account that may have more, twice as many of those
+    (only those accounts' are read again)."""
     free = max(capacity.slots - len(active), 0)
     running = Counter(run.account for run in active)
     # No plan starts more runs of an account than the free slots, nor than its slot limit leaves.
     most = {account: free if limit.slots is None else min(free, max(limit.slots - running[account], 0))
             for account, limit in limits.items()}
     wanted = {account: min(1, n) for account, n in most.items()}
+    heads = read(wanted)
     while True:
-        heads = read(wanted)
         plan = plan_admissions([run for runs in heads.values() for run in runs], active, limits, capacity)
         taken = Counter(a.run.account for a in plan)
         short = {account: min(2 * wanted[account], most[account]) for account, runs in heads.items()
@@ -118,6 +119,7 @@ def plan_from_heads(read: HeadReader, active: list[RunRow], limits: dict[str, Li
         if not short:
             return plan
         wanted.update(short)
+        heads.update(read(short))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from wml_backend.submit import NewExperiment, build_experiment, rerun_of
 from wml_backend.search.driver import SweepDriver
 from wml_backend.outlook import Outlook, outlook_of, queue_usage
 from wml_backend.scheduler import limits_of
-from wml_backend.views import experiment_view, run_view, step_seconds, usage_view
+from wml_backend.views import experiment_view, run_view, step_seconds
 
 log = logging.getLogger("wml_backend")
 
@@ -275,10 +275,8 @@ class Service:
 
     def usage(self, account: Account) -> Usage:
         """The account's quota, GPUs in use and queued, and GPU time per experiment."""
-        now = time.time()
-        runs = [run_view(r, now) for r in self.store.runs(account=account.name, transitions="live")]
-        usage = usage_view(account, self.store.experiments(account.name), runs)
-        return queue_usage(usage, runs, limits_of(account, self.settings), self.executor.capacity(),
-                           self.outlook(account, runs))
+        experiments = self.experiments_of(account, self.store.experiment_ids(account.name))
+        return queue_usage(self.store, account, experiments, limits_of(account, self.settings),
+                           self.executor.capacity())
 
 

@@ -37,14 +37,16 @@ class Summaries:
                              for i, at in expanded.items() if i in experiments})
 
     def _runs(self, account: Account, experiment: Experiment, offset: int, limit: int) -> RunPage:
-        """A page of an experiment's runs, with the sparklines of its metric."""
+        """A page of an experiment's runs, with the sparklines of its metric (read up to the page's
+        end only: the total is the experiment's count)."""
         now = time.time()
-        runs = [run_view(r, now) for r in self.service.store.runs(account=account.name, experiment=experiment.id,
-                                                                  positions=True)]
-        outlook = self.service.outlook(account, runs[offset:offset + limit])  # why they wait, when they start
-        page = [outlook.apply(r) for r in runs[offset:offset + limit]]
+        rows = self.service.store.runs(account=account.name, experiment=experiment.id, positions=True,
+                                       limit=offset + limit)[offset:]
+        runs = [run_view(r, now) for r in rows]
+        outlook = self.service.outlook(account, runs)  # why they wait, when they start
+        page = [outlook.apply(r) for r in runs]
         metric = experiment.metric or _first_metric(page)
-        return RunPage(total=len(runs), offset=offset, items=page, metric=metric,
+        return RunPage(total=sum(experiment.runs.values()), offset=offset, items=page, metric=metric,
                        sparklines=self.sparklines.of(page, metric))
 
 

@@ -74,14 +74,10 @@ def experiment_view(row: ExperimentRow, runs: list[Run], step_times: Optional[di
         created=datetime.fromtimestamp(row.created, timezone.utc), definition=row.definition.redacted())
 
 
-def usage_view(account: Account, experiments: list[ExperimentRow], runs: list[Run]) -> Usage:
-    """An account's quota, GPUs held and waited for, and GPU time per experiment (newest first)."""
-    spent: Counter = Counter()
-    for run in runs:
-        spent[run.experiment_id] += run.gpu_seconds
+def usage_view(account: Account, experiments: list[Experiment], gpus_in_use: int, queued_gpus: int) -> Usage:
+    """An account's quota, GPUs held and waited for, and GPU time per experiment (``experiments``:
+    all of the account's, newest first)."""
     return Usage(
-        account=account.name, gpu_quota=account.gpu_quota,
-        gpus_in_use=sum(r.gpus * r.learners for r in runs if r.state.active),
-        queued_gpus=sum(r.gpus * r.learners for r in runs if r.state is RunState.QUEUED),
-        gpu_seconds=round(sum(spent.values()), 3),
-        experiments=[ExperimentUsage(id=e.id, name=e.name, gpu_seconds=round(spent[e.id], 3)) for e in experiments])
+        account=account.name, gpu_quota=account.gpu_quota, gpus_in_use=gpus_in_use, queued_gpus=queued_gpus,
+        gpu_seconds=round(sum(e.gpu_seconds for e in experiments), 3),
+        experiments=[ExperimentUsage(id=e.id, name=e.name, gpu_seconds=e.gpu_seconds) for e in experiments])

@@ -8,7 +8,7 @@ backend replicas may share one store. Times are UNIX seconds (floats) inside the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ContextManager, Iterable, Optional
+from typing import Any, ContextManager, Iterable, Optional, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -50,6 +50,27 @@ class ExperimentRow(BaseModel):
     created: float
 
 
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def trusted(cls: type[Model], values: dict[str, Any]) -> Model:
+    """What ``cls.model_construct(**values)`` makes, for ``values`` that give every field of ``cls``
+    (a model with no private attributes) already of its type, without its per-field work: most
+    of the time of reading a long list of runs went there."""
+    model = cls.__new__(cls)
+    object.__setattr__(model, "__dict__", values)
+    object.__setattr__(model, "__pydantic_fields_set__", set(values))
+    object.__setattr__(model, "__pydantic_extra__", None)
+    object.__setattr__(model, "__pydantic_private__", None)
+    return model
+
+
+#: The fields of the wire ``Run`` (``RunRow.wire``).
+_WIRE_FIELDS = tuple(Run.model_fields)
+#: A state by its stored name (``RunState(name)`` costs a dozen times more).
+_STATES = {state.value: state for state in RunState}
+
+
 class RunRow(Run):
     """A run as stored: the wire ``Run`` plus what only the backend needs."""
 
@@ -78,7 +99,8 @@ class RunRow(Run):
 
     def wire(self) -> Run:
         """The public view of this run (its fields are validated already: no second validation)."""
-        return Run.model_construct(**{name: getattr(self, name) for name in Run.model_fields})
+        mine = self.__dict__
+        return trusted(Run, {name: mine[name] for name in _WIRE_FIELDS})
 
     def view(self, now: Optional[float] = None) -> Run:
         """What users see of this run: ``wire`` with its GPU time as of ``now`` (ended runs keep
@@ -156,6 +178,11 @@ class RunStore(ABC):
     def count_runs(self, account: str, states: Iterable[RunState]) -> int:
         """How many runs of ``account`` are in one of ``states``."""
 
+    @abstractmethod
+    def held(self, account: str, states: Iterable[RunState]) -> tuple[int, int]:
+        """How many runs of ``account`` are in one of ``states``, and the GPUs they hold or ask for
+        (gpus x learners), counted from the queue index, without reading the runs."""
+
     # -- experiments and runs ------------------------------------------------------------
     @abstractmethod
     def insert_experiment(self, experiment: ExperimentRow, runs: list[RunRow], code: bytes,
@@ -215,6 +242,16 @@ class RunStore(ABC):
         """The first ``wanted[account]`` QUEUED runs of each account, in submission order, without
         transitions or positions: what admission considers, read from the queue index whatever
         its length."""
+
+    @abstractmethod
+    def queue(self, account: str, limit: int) -> list[tuple[str, str]]:
+        """The first ``limit`` QUEUED runs of ``account`` in queue order, as (run id, experiment id):
+        the queue's order from its index, without reading the runs."""
+
+    @abstractmethod
+    def requeued(self, account: str) -> list[str]:
+        """The ids of ``account``'s QUEUED runs that ran before (an attempt past the first, or a
+        preemption), in queue order: their GPU time so far is in their transitions."""
 
     @abstractmethod
     def state_counts(self, experiment_ids: list[str]) -> dict[str, dict[str, int]]:
@@ -377,6 +414,6 @@ class RunStore(ABC):
         from datetime import datetime, timezone
         out: dict[str, list[Transition]] = {}
         for run_id, state, time, attempt in rows:
-            out.setdefault(run_id, []).append(Transition(
-                state=RunState(state), time=datetime.fromtimestamp(time, timezone.utc), attempt=attempt))
+            out.setdefault(run_id, []).append(trusted(Transition, {
+                "state": _STATES[state], "time": datetime.fromtimestamp(time, timezone.utc), "attempt": attempt}))
         return out

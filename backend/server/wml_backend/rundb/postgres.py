@@ -17,9 +17,13 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the PostgreSQL run store needs psycopg: "
                       "pip install 'wml-backend[postgres]'") from exc
 
+from psycopg.types.json import set_json_loads
+from pydantic_core import from_json
+
 from wml_core.errors import BackendFull
 from wml_backend.rundb.secretbox import SecretBox
-from wml_backend.rundb.sql import SqlRunStore
+from wml_backend.rundb.sql import _RUN_COLUMNS, SqlRunStore
+from wml_core.states import RunState
 
 #: PostgreSQL's column types for the shared schema. JSON keeps the text as written (key order
 #: included), as SQLite does; ``rowid`` orders rows by insertion, as SQLite's implicit one.
@@ -37,6 +41,10 @@ ADMISSION_LOCK = 0x776D6C5F61646D  # "wml_adm"
 EVENTS_LOCK = 0x776D6C5F657674  # "wml_evt"
 #: The advisory lock a data claim holds from looking for other owners to its commit.
 CLAIMS_LOCK = 0x776D6C5F636C6D  # "wml_clm"
+
+
+# JSON columns parsed as ``json.loads`` would, several times faster (most of reading many runs).
+set_json_loads(from_json)
 
 
 def _pg(sql: str) -> str:
@@ -107,6 +115,15 @@ class PostgresRunStore(SqlRunStore):
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple]:
         with self._lock:
             return self._conn().execute(_pg(sql), tuple(args)).fetchall()
+
+    def _heads_read(self, chunk: list[tuple[str, int]]) -> tuple[str, list]:
+        """The queues' heads as one LATERAL join: PostgreSQL plans a union of a hundred LIMITs in
+        tens of milliseconds, this in a fraction of one."""
+        columns = ",".join(f"r.{column}" for column in _RUN_COLUMNS)
+        wanted = ",".join(["(CAST(? AS TEXT), CAST(? AS BIGINT))"] * len(chunk))
+        return (f"SELECT {columns}, NULL FROM (VALUES {wanted}) AS w(account, n) CROSS JOIN LATERAL "
+                "(SELECT * FROM runs WHERE state=? AND account=w.account ORDER BY seq LIMIT w.n) AS r",
+                [a for pair in chunk for a in pair] + [RunState.QUEUED.value])
 
     def _clock(self, db: _Tx) -> float:
         """The database server's clock, which every replica shares whatever its host's says."""

@@ -94,6 +94,8 @@ def test_a_warm_run_sees_exactly_what_a_cold_run_sees(host, tmp_path):
     cold_id, warm_id = submit(host, tmp_path / "cold", "custom"), submit(host, tmp_path / "warm", "pytorch")
     cold, warm = seen(host, cold_id), seen(host, warm_id)
     assert (cold.pop("warm"), warm.pop("warm")) == (False, True), "only the pytorch run started warm"
+    for seen_by in (cold, warm):  # each as the user its runner leased: any free one of the host
+        assert {seen_by["env"].pop(name).startswith("wml-run-") for name in ("USER", "LOGNAME")} == {True}
     assert warm["env"] == cold["env"]
     assert warm == cold
     assert warm["cuda_initialized"] is False and warm["uid_is_root"] is False and warm["secrets_in_own_memory"] == []

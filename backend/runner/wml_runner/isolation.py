@@ -24,6 +24,7 @@ import fcntl
 import importlib.util
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -87,6 +88,11 @@ def harden_runner() -> None:
     """Make this process non-dumpable (its memory and environment unreadable through ``/proc``
     by its own uid) and the reaper of the orphans of what it starts."""
     _prctl(_PR_SET_DUMPABLE, 0)
+    become_subreaper()
+
+
+def become_subreaper() -> None:
+    """Make this process the parent of the orphans of what it starts (and reap them as they end)."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
 
@@ -106,6 +112,12 @@ def take_token(env=os.environ) -> Optional[str]:
 
 
 # -- leased users --------------------------------------------------------------------------------
+#: What a lease's lock file says when its user was given back with nothing running and nothing
+#: left in the shared folders (``lease_left_clean``); anything else (its runner died, a new
+#: user): it is cleaned up when leased.
+LEFT_CLEAN, IN_USE = b"clean\n", b"inuse\n"  # the same length: each replaces the other in place
+
+
 def lease_user() -> tuple[RunUser, int]:
     """A user no other run of this host holds, with nothing of it left running, and the lock
     file that holds it (held until it is closed, or this process ends)."""
@@ -119,10 +131,29 @@ def lease_user() -> tuple[RunUser, int]:
             os.close(fd)
             continue
         user = _ensure_user(name)
-        kill_user(user)  # what a runner that died left running, and in /tmp
-        clear_shared_tmp(user)
+        if os.pread(fd, len(LEFT_CLEAN), 0) != LEFT_CLEAN:
+            kill_user(user)  # what a runner that died left running, and in /tmp
+            clear_shared_tmp(user)
+        lease_in_use(fd)
         return user, fd
     raise RuntimeError(f"all {MOST_USERS} run users ({USER_PREFIX}*) are in use on this host")
+
+
+def lease_in_use(fd: int) -> None:
+    """Note in a lease's lock file (``fd``) that its user may run something: until it is given
+    back clean, the next lease cleans up after it."""
+    _note_lease(fd, IN_USE)
+
+
+def lease_left_clean(fd: int) -> None:
+    """Note in a lease's lock file (``fd``) that its user runs nothing and left nothing in the
+    shared folders (``kill_user`` and ``clear_shared_tmp`` done since it last ran anything): the
+    next lease need not look."""
+    _note_lease(fd, LEFT_CLEAN)
+
+
+def _note_lease(fd: int, text: bytes) -> None:
+    os.pwrite(fd, text, 0)
 
 
 def _ensure_user(name: str) -> RunUser:
@@ -185,16 +216,19 @@ def _pids_of(uid: int) -> list[int]:
     return found
 
 
+_STATE_UID = re.compile(rb"^State:\s*(\S).*?^Uid:\s*(\d+)", re.MULTILINE | re.DOTALL)
+
+
 def _real_uid_alive(proc_dir: str) -> Optional[int]:
     """The real uid of the process in ``/proc/<pid>``; None when it is gone or a zombie."""
     try:
-        with open(f"{proc_dir}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        with open(f"{proc_dir}/status", "rb") as f:
+            found = _STATE_UID.search(f.read())
     except OSError:
         return None
-    if fields.get("State", "").strip().startswith("Z"):
+    if found is None or found.group(1) == b"Z":
         return None
-    return int(fields["Uid"].split()[0])
+    return int(found.group(2))
 
 
 def clear_shared_tmp(user: RunUser) -> None:
@@ -202,6 +236,19 @@ def clear_shared_tmp(user: RunUser) -> None:
     may be another account's)."""
     for top in SHARED_TMP:
         _clear_owned(top, user.uid)
+
+
+def clear_shared_tmp_later(user: RunUser, lease: int) -> None:
+    """``clear_shared_tmp`` in a child process that holds the user's lease (``lease``, its lock
+    file) until it is done, and then notes it clean: this process, whose exit ends its run, need
+    not wait, and the user is not leased again before. (A child orphaned so is reaped by the
+    local executor's fork server, a subreaper: ``wml_runner.preload``.)"""
+    if os.fork() == 0:
+        try:
+            clear_shared_tmp(user)
+            lease_left_clean(lease)
+        finally:
+            os._exit(0)
 
 
 def _clear_owned(folder: Path, uid: int) -> None:

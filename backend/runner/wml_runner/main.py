@@ -28,10 +28,11 @@ from wml_runner.isolation import (
     RUN_USER_ENV,
     RunUser,
     Sandbox,
-    clear_shared_tmp,
+    clear_shared_tmp_later,
     hand_over,
     harden_runner,
     kill_user,
+    lease_in_use,
     lease_user,
     open_run_file,
     runtime_paths,
@@ -86,6 +87,7 @@ def main(token: Optional[str] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s: %(message)s", force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     reporter = Reporter(os.environ["WML_BACKEND_URL"], os.environ["WML_RUN_ID"], token)
+    reporter.prefetch_code()
     ws = Workspace(Path(os.environ.get("WML_WORK_DIR") or "/job"))
     runner = Runner(reporter, ws, learner_of_pod(os.environ), isolate=os.environ.get(RUN_USER_ENV) == POOL)
     # The handler runs in the main thread, which may hold a learner's lock (starting its command)
@@ -93,6 +95,7 @@ def main(token: Optional[str] = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=runner.cancel, daemon=True).start())
     code = runner.run()
     reporter.close()
+    runner.release()
     return code
 
 
@@ -118,8 +121,12 @@ class Runner:
         self.learners: LearnerGroup | None = None
         self.failed_learner: int | None = None
         self.isolate = isolate
-        #: The leased user (held until this process ends) and whether it holds the run's folders now.
+        #: The leased user (held until this process ends: ``_lease`` is its lock file) and whether
+        #: it holds the run's folders now.
         self.user: RunUser | None = None
+        self._lease: int | None = None
+        #: Whether the user may have left files in the shared folders (``release`` clears them).
+        self._tmp_left = False
         self._handed = False
         #: Where the command's files are read from following no link: the run's folder when isolated.
         self.root = ws.root if isolate else None
@@ -208,7 +215,7 @@ class Runner:
         return code if 0 < code < 256 else 128 + (-code if code < 0 else 1)
 
     def _train(self, spec: RunSpec) -> int:
-        self.reporter.state(RunState.DOWNLOADING)
+        self.reporter.state(RunState.DOWNLOADING, wait=False)
         self.ws.reset(spec.learners)
         code = self.reporter.code()
         unpack_code(code, self.ws.model)
@@ -227,7 +234,7 @@ class Runner:
         self.learners = LearnerGroup({k: self._command(spec, env, k, sandbox) for k, env in envs.items()})
         if self.cancelled:
             self.learners.stop()
-        self.reporter.state(RunState.PROCESSING)
+        self.reporter.state(RunState.PROCESSING, wait=False)
         shippers = [Shipper(self.reporter, self.ws.training_log(k), self.ws.metrics_file(k), learner=k,
                             tensorboard_dir=_tensorboard_dir(spec, env) if k == 1 else None,
                             attempt=spec.attempt, root=self.root).start() for k, env in envs.items()]
@@ -236,7 +243,7 @@ class Runner:
         for shipper in shippers:
             shipper.finish()
         self.failed_learner = outcome.failed_learner or (1 if self._mine(spec) and outcome.exit_code else None)
-        self.reporter.state(RunState.STORING)
+        self.reporter.state(RunState.STORING, wait=False)
         if self.cancelled or outcome.exit_code != 0:  # first, within the grace: the next attempt resumes from them
             _retry(lambda: store_checkpoints(store, spec, self.ws), STORE_RETRY_S)
         _retry(lambda: store_results(store, spec, self.ws, code), STORE_RETRY_S)
@@ -252,7 +259,9 @@ class Runner:
         if not self.isolate:
             return None
         if self.user is None:
-            self.user, _ = lease_user()  # its lock is held until this process ends
+            self.user, self._lease = lease_user()  # its lock is held until this process ends
+        else:
+            lease_in_use(self._lease)
         for learner in range(1, learners + 1):  # the command's, though the runner may append to it first
             self.ws.metrics_file(learner).touch()
         hand_over(self.ws.root, self.ws.folders(learners), self.user)
@@ -261,13 +270,19 @@ class Runner:
 
     def _take_back(self) -> None:
         """Isolated, once the commands ended: kill what the run's user still runs (whatever it
-        forked or detached), take the run's folders back, clear what it left in /tmp."""
+        forked or detached), take the run's folders back (what it left in /tmp: ``release``)."""
         if self.user is None or not self._handed:
             return
         kill_user(self.user)
         take_back(self.ws.root, self.user)
-        clear_shared_tmp(self.user)
-        self._handed = False
+        self._handed, self._tmp_left = False, True
+
+    def release(self) -> None:
+        """Once the run's end is reported: clear what its user left in /tmp (and the like), in a
+        process of its own that holds the user until then; this one may exit at once."""
+        if self._tmp_left:
+            clear_shared_tmp_later(self.user, self._lease)
+            self._tmp_left = False
 
     def _end(self, state: RunState, exit_code: int | None, reason: str | None) -> None:
         tail = _tail(self.ws.training_log(self.failed_learner or 1), self.root) if state is RunState.FAILED else []

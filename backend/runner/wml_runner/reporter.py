@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from typing import Any, Optional
+from concurrent.futures import Future
+from typing import Any, Callable, Optional
 
 import httpx
 
@@ -16,10 +19,17 @@ log = logging.getLogger("wml_runner")
 
 #: How long a report keeps being retried while the backend is unreachable.
 REPORT_DEADLINE_S = 600.0
+#: Seconds before the first retry of a call (doubling up to a second): short, because the
+#: likeliest refusal is the spec asked for a few milliseconds before the runner's start is recorded.
+FIRST_RETRY_S = 0.005
 
 
 class Reporter:
-    """Calls the backend as one run's runner; retries through connection errors and 5xx."""
+    """Calls the backend as one run's runner; retries through connection errors and 5xx.
+
+    Progress reports (``state(..., wait=False)``) are sent in order by a thread of their own on
+    the kept-alive connection, so that the run goes on meanwhile; a report that waits (its end)
+    is sent after them, and the first of them that failed fails it."""
 
     def __init__(self, url: str, run_id: str, token: str, deadline_s: float = REPORT_DEADLINE_S):
         self.run_id, self.deadline_s = run_id, deadline_s
@@ -27,9 +37,13 @@ class Reporter:
         self._http = httpx.Client(base_url=f"{url.rstrip('/')}/v1/runner/{run_id}",
                                   headers={"Authorization": f"Bearer {token}"}, timeout=30.0,
                                   verify=url.startswith("https://"))
+        self._code: Optional[Future] = None
+        self._outbox: queue.Queue = queue.Queue()
+        self._sender: Optional[threading.Thread] = None
+        self._failure: Optional[Exception] = None
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        deadline, delay = time.monotonic() + self.deadline_s, 0.05
+        deadline, delay = time.monotonic() + self.deadline_s, FIRST_RETRY_S
         while True:
             late = time.monotonic() > deadline
             try:
@@ -49,9 +63,13 @@ class Reporter:
         """What to run."""
         return RunSpec.model_validate(self._call("GET", "/spec").json())
 
+    def prefetch_code(self) -> None:
+        """Ask for the code zip now, in the background, while the spec is asked for (``code``)."""
+        self._code = _in_background(lambda: self._call("GET", "/code").content)
+
     def code(self) -> bytes:
-        """The code zip."""
-        return self._call("GET", "/code").content
+        """The code zip (as ``prefetch_code`` got it, if it was asked for)."""
+        return self._code.result() if self._code is not None else self._call("GET", "/code").content
 
     def credential(self) -> dict:
         """A fresh store credential scoped to this run (botocore's refresh format); a one-line
@@ -64,10 +82,45 @@ class Reporter:
                 "expiry_time": found.expires.isoformat()}
 
     def state(self, state: RunState, exit_code: Optional[int] = None, reason: Optional[str] = None,
-              log_tail: Optional[list[str]] = None) -> None:
-        """Report that the run entered ``state``."""
-        report = StateReport(state=state, exit_code=exit_code, reason=reason, log_tail=log_tail or [])
-        self._call("POST", "/state", json=report.model_dump(mode="json"))
+              log_tail: Optional[list[str]] = None, wait: bool = True) -> None:
+        """Report that the run entered ``state``, after the reports before it; ``wait`` False:
+        return at once (the report is sent in the background; a failure surfaces at the next)."""
+        self._raise_failure()
+        body = StateReport(state=state, exit_code=exit_code, reason=reason,
+                           log_tail=log_tail or []).model_dump(mode="json")
+        if not wait:
+            self._start_sender()
+            self._outbox.put(body)
+            return
+        self.flush()
+        self._call("POST", "/state", json=body)
+
+    def flush(self) -> None:
+        """Wait until every report sent in the background is answered; raise the first failure."""
+        self._outbox.join()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _start_sender(self) -> None:
+        if self._sender is None:
+            self._sender = threading.Thread(target=self._send, name="wml-reports", daemon=True)
+            self._sender.start()
+
+    def _send(self) -> None:
+        """Send the reports put in the outbox, in order (after a failure: none)."""
+        while True:
+            body = self._outbox.get()
+            try:
+                if self._failure is None:
+                    self._call("POST", "/state", json=body)
+            except Exception as exc:  # said by the next report, or the end
+                log.warning("reporting %s failed: %s", body["state"], exc)
+                self._failure = exc
+            finally:
+                self._outbox.task_done()
 
     def metrics(self, points: list[MetricPoint]) -> None:
         """Ship metric points (idempotent by sequence number)."""
@@ -79,8 +132,22 @@ class Reporter:
         return self._call("POST", "/logs", json=body).json()["count"]
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection, once the reports sent in the background are answered."""
+        self._outbox.join()
         self._http.close()
+
+
+def _in_background(call: Callable[[], Any]) -> Future:
+    """``call()`` in a thread of its own; its result (or exception) in the future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - raised where the result is asked for
+            future.set_exception(exc)
+    threading.Thread(target=run, name="wml-prefetch", daemon=True).start()
+    return future
 
 
 def _message(response: httpx.Response) -> str:

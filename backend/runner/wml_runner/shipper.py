@@ -48,7 +48,7 @@ class Shipper:
         self.root = root
         self._tensorboard = EventFileTail(tensorboard_dir, root) if tensorboard_dir else None
         self._log_pos = 0          # bytes of the local file already sent
-        self._remote_offset = 0    # length of the log on the backend
+        self._remote_offset: Optional[int] = None  # length of the log on the backend (None: not asked yet)
         self._metrics_pos = 0
         # each attempt, and each learner in it, numbers its points apart
         self._seq = (attempt - 1) * ATTEMPT_SEQ_SPAN + (learner - 1) * LEARNER_SEQ_SPAN
@@ -56,8 +56,8 @@ class Shipper:
         self._thread = threading.Thread(target=self._loop, name="wml-shipper", daemon=True)
 
     def start(self) -> "Shipper":
-        """Start shipping in the background, after what earlier attempts left in the log."""
-        self._remote_offset = self.reporter.log(self.learner, 0, "")
+        """Start shipping in the background, after what earlier attempts left in the log (asked
+        before the first text is sent: the command does not wait for it)."""
         self._thread.start()
         return self
 
@@ -93,6 +93,8 @@ class Shipper:
             chunk = _read_complete(self.log_path, self._log_pos, LOG_CHUNK_BYTES, root=self.root)
             if not chunk:
                 return
+            if self._remote_offset is None:
+                self._remote_offset = self.reporter.log(self.learner, 0, "")
             self._remote_offset = self.reporter.log(self.learner, self._remote_offset,
                                                     chunk.decode("utf-8", "replace"))
             self._log_pos += len(chunk)

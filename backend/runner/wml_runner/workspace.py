@@ -151,12 +151,18 @@ def store_results(store: ObjectStore, spec: RunSpec, ws: Workspace, code: bytes)
     """Upload ``RESULT_DIR``, the training logs and the submitted code under ``training-<id>/``."""
     from wml_core.objectstore.sync import upload
     prefix = spec.results_prefix
-    upload(store, ws.results, spec.results_bucket, prefix.rstrip("/"))
+    if _holds_files(ws.results):  # nothing to sync otherwise (the logs below make the bucket)
+        upload(store, ws.results, spec.results_bucket, prefix.rstrip("/"))
     for learner in range(1, spec.learners + 1):
         log = ws.training_log(learner)
         if log.exists():
             store.put_file(spec.results_bucket, f"{prefix}learner-{learner}/training-log.txt", log)
     store.put_bytes(spec.results_bucket, f"{prefix}_submitted_code/model.zip", code)
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but (empty) folders."""
+    return any(files for _, _, files in os.walk(folder))
 
 
 def store_learner_log(store: ObjectStore, spec: RunSpec, ws: Workspace, learner: int) -> None:

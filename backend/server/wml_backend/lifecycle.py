@@ -37,7 +37,8 @@ STORE_CREDENTIAL_ENV = ("WML_STORE_ACCESS_KEY", "WML_STORE_SECRET_KEY")
 #: Lines of the training log kept with a failed run.
 LOG_TAIL_LINES = 20
 #: Seconds between two admission passes when nothing wakes the scheduler, and at least between
-#: two passes however often it is woken (every event recorded by any replica wakes it).
+#: two passes however often it is woken (every event recorded by any replica wakes it), unless a
+#: runner exited since the last pass began: its slot is filled at once.
 PASS_EVERY_S, PASS_GAP_S = 1.0, 0.1
 #: Why the runs of a backend stopped with ``--drain`` were preempted (the reason of their attempt).
 DRAINED = "the backend was stopped with --drain"
@@ -93,6 +94,8 @@ class Lifecycle:
     def __init__(self, settings: Settings, store: RunStore, executor: Executor, events: EventBus):
         self.settings, self.store, self.executor, self.events = settings, store, executor, events
         self._wake = threading.Event()
+        #: Set when a runner exits, freeing its slot: the next pass starts at once.
+        self._freed = threading.Event()
         self._stop = threading.Event()
         self._admit_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -204,6 +207,7 @@ class Lifecycle:
         """Stop admitting (running runs go on)."""
         self._stop.set()
         self._wake.set()
+        self._freed.set()
         if self._thread:
             self._thread.join(timeout=5)
         self.executor.close()
@@ -216,17 +220,18 @@ class Lifecycle:
         while not self._stop.is_set():
             self._wake.wait(timeout=PASS_EVERY_S)
             self._wake.clear()
+            self._freed.clear()
             if not self._leading.is_set():
                 continue
             try:
                 self._recover_once()
+                self.admit()  # first: a freed slot waits for nothing else
                 self.expire_pending()
                 self.enforce_deadlines()
-                self.admit()
                 self._prune()
             except Exception:  # keep scheduling whatever one bad run did
                 log.exception("admission failed")
-            self._stop.wait(PASS_GAP_S)
+            self._freed.wait(PASS_GAP_S)  # cut short by a runner's exit (or by shutdown)
 
     def _recover_once(self) -> None:
         """Recover the runs once per time this replica becomes the leader."""
@@ -458,6 +463,7 @@ class Lifecycle:
             disruption = disruption or DRAINED
         if current and not run.state.terminal and run.state is not RunState.QUEUED:
             self._end_lost(run, exit_code, reason, log_tail, disruption)
+        self._freed.set()
         self._wake.set()
 
     def _end_lost(self, run: RunRow, exit_code: Optional[int], reason: Optional[str] = None,

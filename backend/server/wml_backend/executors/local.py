@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -45,9 +46,11 @@ def detect_gpus() -> int:
 
 
 #: Runners are forked from a server that has already imported the runner, so starting one
-#: costs milliseconds instead of a Python start-up and its imports.
+#: costs milliseconds instead of a Python start-up and its imports. (The daemon too, which a child
+#: runs again as its main module, and this module, its entry; the runner's preload last: it
+#: freezes what is imported.)
 _FORKSERVER = multiprocessing.get_context("forkserver")
-_FORKSERVER.set_forkserver_preload(["wml_runner.preload", "wml_backend.daemon"])
+_FORKSERVER.set_forkserver_preload(["wml_backend.daemon", __name__, "wml_runner.preload"])
 
 
 #: The launch variable holding the runner's token: handed to the forked runner in the process
@@ -92,6 +95,8 @@ class LocalExecutor(Executor):
         self._capacity = Capacity(gpu_ids=tuple(range(count)),
                                   slots=slots or max(count, os.cpu_count() or 1), real_gpus=self._real)
         self.isolation_gap = isolation_gap(self.work_dir)
+        # The fork server starts now, not with the first run (its imports take a second).
+        threading.Thread(target=multiprocessing.forkserver.ensure_running, name="wml-forkserver", daemon=True).start()
 
     def capacity(self) -> Capacity:
         return self._capacity

@@ -41,7 +41,7 @@ PACED = '''
 import os, time
 from wml_jupyter import run
 n, rate = {n}, {rate}
-while not os.path.exists({gate!r}):
+while not os.path.exists("go"):  # in its working folder: a run sees no other of this host's folders
     time.sleep(0.01)
 batch, start = max(1, rate // 100), time.time()
 for i in range(n):
@@ -121,9 +121,9 @@ def mlflow_cost(n: int) -> tuple[float | None, str]:
 
 # -- 1 and 3: through a real backend ---------------------------------------------------------------
 
-def submit(client, gate: Path, runs: int, n: int, rate: int):
+def submit(client, runs: int, n: int, rate: int):
     """An experiment of ``runs`` paced runs, its live display attached (REDRAW timings recorded)."""
-    exp = client.train_code(PACED.format(n=n, rate=rate, gate=str(gate)), name="bench", runs=runs)
+    exp = client.train_code(PACED.format(n=n, rate=rate), name="bench", runs=runs)
     display = exp.live()
     display.redraw_log = []
     original = display.redraw
@@ -136,6 +136,13 @@ def submit(client, gate: Path, runs: int, n: int, rate: int):
     arrivals: list[tuple[float, float]] = []  # (logged, arrived) per point that came while live
     display.model.listeners.append(lambda rid, pts: arrivals.extend((p["time"], time.time()) for p in pts))
     return exp, display, arrivals
+
+
+def release(client, home: Path, exp_id: str) -> None:
+    """Let the experiment's waiting runs log: a ``go`` file in each one's working folder."""
+    for run in client.runs(exp_id):
+        for folder in home.rglob(f"{run.id}/model"):
+            (folder / "go").touch()
 
 
 def wait_running(client, exp_id: str, runs: int, timeout: float = 120) -> None:
@@ -161,12 +168,11 @@ def to_screen(arrivals: list[tuple[float, float]], redraws: list[tuple[float, fl
     return out
 
 
-def latency(client, work: Path, points: int) -> None:
-    gate = work / "go-latency"
-    exp, display, arrivals = submit(client, gate, runs=1, n=points, rate=250)
+def latency(client, home: Path, points: int) -> None:
+    exp, display, arrivals = submit(client, runs=1, n=points, rate=250)
     wait_running(client, exp.id, 1)
     display.feed.synced.wait(30)
-    gate.touch()
+    release(client, home, exp.id)
     display.wait(300)
     model_ms = [1000 * (a - t) for t, a in arrivals]
     print(f"1. log -> display model, {len(model_ms)} points: p50 {pct(model_ms, 50):.0f} ms, "
@@ -179,13 +185,13 @@ def latency(client, work: Path, points: int) -> None:
     display.close()
 
 
-def ingest(client, work: Path, runs: int, rate: int, seconds: float) -> None:
-    gate, n = work / "go-ingest", int(rate * seconds)
-    exp, display, arrivals = submit(client, gate, runs=runs, n=n, rate=rate)
+def ingest(client, home: Path, runs: int, rate: int, seconds: float) -> None:
+    n = int(rate * seconds)
+    exp, display, arrivals = submit(client, runs=runs, n=n, rate=rate)
     wait_running(client, exp.id, runs)
     display.feed.synced.wait(30)
     started = time.time()
-    gate.touch()
+    release(client, home, exp.id)
     display.wait(600)
     model = display.model
     got = {rid: model.count(rid, "value") for rid in model.runs}
@@ -229,8 +235,8 @@ def main() -> None:
         os.environ.update(WML_HOME=str(backend.home))
         try:
             client = backend.client()
-            latency(client, work, args.points)
-            ingest(client, work, args.runs, args.rate, args.seconds)
+            latency(client, backend.home, args.points)
+            ingest(client, backend.home, args.runs, args.rate, args.seconds)
         finally:
             backend.close()
 

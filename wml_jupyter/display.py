@@ -27,6 +27,7 @@ from wml_core.ranking import ranked
 from wml_core.states import RunState
 
 from .chart_svg import curves_svg
+from .chart_widget import live_chart
 from .charts import MAX_DRAW_POINTS, CurveRuns, curves_png, downsample, png_img, snapshot_png, warm_up
 from .describe import (TEXT_COLUMNS, Html, all_failed, best_text, counts_text, eta_text, html_table, joined,
                        num, numeric_columns, preempted_text, progress_text, waiting_text, why)
@@ -169,9 +170,10 @@ class LiveDisplay:
         self.feed = ExperimentFeed(client, self.model)
         self.max_points = max_points
         self.summary, self.table = widgets.HTML(), widgets.HTML()
-        #: The metric chart: inline SVG in the theme's colours, its points hoverable (``chart_svg``).
-        self.chart = widgets.HTML()
-        self.widget = widgets.VBox([self.summary, self.chart, self.table])
+        #: The metric chart: an ipympl canvas (zoom, pan) where ipympl is installed, else inline
+        #: SVG in the theme's colours, its points hoverable (``chart_widget``).
+        self.chart = live_chart()
+        self.widget = widgets.VBox([self.summary, self.chart.widget, self.table])
         #: Redraws so far, the time the last one took, and the time the last figure took.
         self.redraws, self.redraw_s, self.figure_s = 0, 0.0, 0.0
         self.finished = threading.Event()
@@ -248,7 +250,7 @@ class LiveDisplay:
         self.table.value = table_html(self.model)
         if figure:
             drawing = time.monotonic()
-            self.chart.value = self.curves_svg()
+            self.chart.draw(self.curves(), self.model.metric, empty_chart_text(self.model), self.curve_runs())
             self.figure_s = time.monotonic() - drawing
         self.redraws += 1
         self.redraw_s = time.monotonic() - started

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from backend_process import started_backend
 from lab_process import LabProcess
 from sidebar_page import SidebarPage
+
+from wml_jupyter.chart_widget import CHART_ENV
 
 #: Debian's Chromium; override with $WML_TEST_CHROMIUM.
 CHROMIUM = os.environ.get("WML_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -31,11 +35,23 @@ def backend(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def lab(backend, tmp_path_factory):
-    """JupyterLab whose server extension talks to ``backend`` (through WML_BACKEND/WML_TOKEN/WML_HOME)."""
-    proc = LabProcess(tmp_path_factory.mktemp("lab"), backend.env).start()
+def lab(request, backend, tmp_path_factory):
+    """JupyterLab whose server extension talks to ``backend`` (through WML_BACKEND/WML_TOKEN/WML_HOME).
+    Its kernels' live charts are the inline SVG unless the module sets ``WML_CHART = "ipympl"``."""
+    env = {**backend.env, CHART_ENV: getattr(request.module, CHART_ENV, "svg")}
+    proc = LabProcess(tmp_path_factory.mktemp("lab"), env).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def gate():
+    """A file a run can wait for (the test touches it to let the run end), in a folder the runs'
+    own OS users can see."""
+    folder = Path(tempfile.mkdtemp(prefix="wml-gate-"))
+    folder.chmod(0o755)
+    yield folder / "gate"
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,14 @@ def open_notebook(page, root: Path, name: str, cells: list[str]):
                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
                "nbformat": 4, "nbformat_minor": 5}
     (root / name).write_text(json.dumps(content))
+    return reopen_notebook(page, name, len(cells))
+
+
+def reopen_notebook(page, name: str, cells: int):
+    """Open notebook ``name`` (of ``cells`` cells) as saved, with a kernel; return its panel."""
     page.evaluate("(path) => { window.jupyterapp.commands.execute('docmanager:open', {path}); }", name)
     panel = page.locator('.jp-NotebookPanel:visible:has(.jp-Cell)').last
-    panel.locator(".jp-Cell").nth(len(cells) - 1).wait_for()
+    panel.locator(".jp-Cell").nth(cells - 1).wait_for()
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.ready.then(() => true)")
     page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel?.status"
                            " === 'idle'", timeout=60_000)
@@ -50,6 +55,22 @@ def backdrop(locator) -> tuple[int, int, int]:
         return [255, 255, 255];
     }""")
     return tuple(round(c) for c in rgb)
+
+
+def assert_follows_theme(element, dark: bool) -> None:
+    """The element shows the page's own background (its pixels, mostly), and is not a white or
+    black box on a page of the other kind."""
+    page_color = backdrop(element)
+    assert (sum(page_color) < 3 * 128) == dark, page_color
+    shown = dominant_color(element.screenshot())
+    assert max(abs(a - b) for a, b in zip(shown, page_color)) <= 6, (shown, page_color)
+
+
+def text_contrast(locator) -> float:
+    """WCAG contrast of an element's text colour against the colour it is drawn on."""
+    rgba = locator.evaluate("(n) => getComputedStyle(n).color.match(/[\\d.]+/g).map(Number)")
+    under = backdrop(locator)
+    return contrast(blend(rgba, under), under)
 
 
 def dominant_color(png: bytes) -> tuple[int, int, int]:

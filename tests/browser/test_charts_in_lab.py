@@ -7,12 +7,9 @@ ends follows the theme too."""
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
-from notebook_page import backdrop, blend, contrast, dominant_color, open_notebook, set_theme, start
+from notebook_page import assert_follows_theme, backdrop, blend, contrast, open_notebook, set_theme, start
 
 #: Runs of the sweep: more than the legend names one by one (``charts.MAX_LEGEND``).
 RUNS = 16
@@ -27,15 +24,6 @@ for step in range(4):
 while x == 1 and not os.path.exists({gate!r}):
     time.sleep(0.1)
 """
-
-
-@pytest.fixture(scope="module")
-def gate():
-    """The gate file, in a folder the runs' own OS users can see."""
-    folder = Path(tempfile.mkdtemp(prefix="wml-gate-"))
-    folder.chmod(0o755)
-    yield folder / "gate"
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,20 +43,11 @@ def chart_cell(page, lab, sidebar, gate):
     gate.touch()
 
 
-def _assert_follows_theme(element, dark: bool) -> None:
-    """The element shows the page's own background (its pixels, mostly), and is not a white or
-    black box on a page of the other kind."""
-    page_color = backdrop(element)
-    assert (sum(page_color) < 3 * 128) == dark, page_color
-    shown = dominant_color(element.screenshot())
-    assert max(abs(a - b) for a, b in zip(shown, page_color)) <= 6, (shown, page_color)
-
-
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
 def test_the_live_chart_follows_the_theme_and_its_legend_names_the_best_and_groups_the_rest(page, chart_cell, dark):
     set_theme(page, dark)
     chart = chart_cell.locator("svg.wml-chart")
-    _assert_follows_theme(chart, dark)
+    assert_follows_theme(chart, dark)
     fill = chart.locator("text").first.evaluate("(t) => getComputedStyle(t).fill.match(/[\\d.]+/g).map(Number)")
     label_color = blend(fill, backdrop(chart))
     assert contrast(label_color, backdrop(chart)) >= 3, label_color  # the axes' text reads on the page
@@ -98,7 +77,7 @@ def test_the_static_view_that_replaces_it_follows_the_theme(page, chart_cell, ga
     image = chart_cell.locator('img[alt="metric curves"]')
     image.wait_for(timeout=120_000)
     set_theme(page, dark)
-    _assert_follows_theme(image, dark)
+    assert_follows_theme(image, dark)
     page.screenshot(path=_artifact(f"chart-static-{'dark' if dark else 'light'}.png"))
 
 

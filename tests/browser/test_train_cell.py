@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 
-from notebook_page import open_notebook
+import pytest
+from notebook_page import assert_follows_theme, open_notebook, set_theme
 from playwright.sync_api import expect
 
 #: The cell to train: three points of acc per run.
@@ -22,12 +23,15 @@ def _source(page) -> str:
     return page.evaluate("() => window.jupyterapp.shell.currentWidget.content.activeCell.model.sharedModel.getSource()")
 
 
-def test_train_this_cell_writes_the_magic_line_and_shows_the_live_display(page, lab):
-    panel = open_notebook(page, lab.root, "train-me.ipynb", [CELL_SOURCE])
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_train_this_cell_writes_the_magic_line_and_shows_the_live_display(page, lab, dark):
+    set_theme(page, dark)
+    notebook = f"train-me-{'dark' if dark else 'light'}"
+    panel = open_notebook(page, lab.root, f"{notebook}.ipynb", [CELL_SOURCE])
     panel.locator(".jp-Cell .cm-content").first.click()
     panel.locator('[data-jp-item-name="wml-train-cell"] button, [data-jp-item-name="wml-train-cell"]').first.click()
     dialog = page.locator(".jp-Dialog")
-    assert dialog.locator('input[name="name"]').input_value() == "train-me"  # named after the notebook
+    assert dialog.locator('input[name="name"]').input_value() == notebook  # named after the notebook
     assert dialog.locator('input[name="gpus"]').input_value() == "0"  # the magic's default
     dialog.locator('input[name="name"]').fill("from cell")
     dialog.locator('select[name="framework"]').select_option("custom")
@@ -45,6 +49,7 @@ def test_train_this_cell_writes_the_magic_line_and_shows_the_live_display(page, 
     expect(output.locator('img[alt="metric curves"]')).to_be_visible(timeout=120_000)
     expect(output).to_contain_text(re.compile(r"\d completed"))
     assert len(output.locator("tbody tr").all()) == 2
+    assert_follows_theme(output.locator('img[alt="metric curves"]'), dark)
 
     # again: the line is replaced, not stacked, and the dialog starts from it
     panel.locator(".jp-Cell .cm-content").first.click()
@@ -56,5 +61,7 @@ def test_train_this_cell_writes_the_magic_line_and_shows_the_live_display(page, 
     page.wait_for_function("() => window.jupyterapp.shell.currentWidget.content.activeCell"
                            ".model.sharedModel.getSource().includes('--runs 1')")
     assert _source(page) == f"{line.replace('--runs 2', '--runs 1')}\n{CELL_SOURCE}"
+    # the first experiment's final view stays until the cell runs again: wait for the second's
+    expect(output).to_contain_text(re.compile(r": 1 completed · "), timeout=120_000)
     expect(output.locator('img[alt="metric curves"]')).to_be_visible(timeout=120_000)
     assert len(output.locator("tbody tr").all()) == 1

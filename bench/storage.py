@@ -9,7 +9,8 @@ A backend runs on the same store before anything is timed, as a user's does: ``w
 claims its destination there before it sends a byte.
 
 Every measurement is one fresh process, as a user runs it: ``python -m wml_jupyter upload DIR
-BUCKET`` (the ``wml upload`` command, progress bars included) and ``aws s3 sync DIR s3://BUCKET``
+BUCKET`` (the ``wml upload`` command, progress bars included; the project's bytecode is compiled first,
+as installing it does) and ``aws s3 sync DIR s3://BUCKET``
 (the ``aws`` on PATH, a pyenv shim resolved to its real program; without one, awscli in an
 environment of its own, see peer_env.py). Time is wall-clock from start to exit; peak memory is
 the process's maximum resident set as the kernel counted it (``wait4``). Each tool runs
@@ -152,6 +153,17 @@ def measure(argv: list[str], env: dict, work: Path) -> tuple[float, float]:
     return float(wall), int(kib) / 1024
 
 
+def compile_bytecode() -> None:
+    """Write the bytecode of the packages ``wml upload`` runs, as installing them does: where
+    PYTHONDONTWRITEBYTECODE is set (a development shell) every cold run would compile the
+    project's modules again, while aws's were compiled when it was installed."""
+    import compileall
+    import importlib.util
+    for package in ("wml_jupyter", "wml_core"):
+        for folder in importlib.util.find_spec(package).submodule_search_locations:
+            compileall.compile_dir(folder, quiet=1)
+
+
 def make_files(root: Path, count: int, size: int) -> Path:
     """``count`` random files of ``size`` bytes, 100 per folder."""
     for i in range(count):
@@ -235,6 +247,7 @@ def main() -> None:
 
 def run(args, ctx: dict) -> None:
     """Make the data, then time scenarios (a), (b) and (c)."""
+    compile_bytecode()
     print("making the files", flush=True)
     small = make_files(ctx["work"] / "small", args.small, 4096)
     big = make_files(ctx["work"] / "big", args.big, args.big_mb * 1_000_000)

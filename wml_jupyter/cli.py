@@ -6,17 +6,16 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from wml_core.backend_flags import add_backend_flags, add_limit_flags, backend_argv, bounded
 from wml_core.errors import (Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded,
                              Unauthorized, WmlError)
-from wml_core.train_options import FILE, add_flags
-from wml_core.states import ExperimentState
 
 
 #: Errors that mean the user's input was wrong (exit 2) rather than the operation failing (1).
 INPUT_ERRORS = (InvalidInput, NotFound, QuotaExceeded, Unauthorized, Forbidden, Conflict)
+#: Seconds a transfer runs before its progress bars are drawn (one done sooner prints its summary only).
+BARS_AFTER_S = 0.5
 
 
 class UsageError(InvalidInput):
@@ -50,6 +49,8 @@ def _emit(args: argparse.Namespace, obj: Any, human: Callable[[], str]) -> None:
 
 # -- commands -------------------------------------------------------------------------------
 def cmd_backend(args: argparse.Namespace) -> int:
+    from wml_core.backend_flags import backend_argv
+
     from . import launcher
     flags = backend_argv(args)
     if args.action == "serve":
@@ -77,21 +78,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_upload(args: argparse.Namespace) -> int:
+def _bars():
+    """The progress bars of a transfer, drawn once it has run ``BARS_AFTER_S``."""
     from wml_core.objectstore.progress import tqdm_progress
+    return tqdm_progress(delay=BARS_AFTER_S)
 
+
+def cmd_upload(args: argparse.Namespace) -> int:
     from .config import load_profile
     from .storage import claimed_upload
     profile = load_profile()
     if profile.backend:  # no HTTP client library, no pydantic: a cold command starts sending at once
-        summary = claimed_upload(profile, args.path, args.bucket, progress=tqdm_progress())
+        summary = claimed_upload(profile, args.path, args.bucket, progress=_bars())
     else:  # the client may start the embedded backend
-        summary = _client().upload(args.path, args.bucket, progress=tqdm_progress())
+        summary = _client().upload(args.path, args.bucket, progress=_bars())
     print(summary.line())
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from wml_core.states import ExperimentState
     if args.dry_run:
         return _dry_run(args)
     client = _client()
@@ -171,9 +177,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from wml_core.objectstore.sync import tqdm_progress
     part = "logs" if args.logs_only else "model" if args.model else "all"
-    summary = _client().download(args.run, args.dest, progress=tqdm_progress(), part=part)
+    summary = _client().download(args.run, args.dest, progress=_bars(), part=part)
     print(summary.line("received"))
     return 0
 
@@ -213,72 +218,52 @@ ACCOUNT_ACTIONS = {
 
 
 # -- parser ---------------------------------------------------------------------------------
-def build_parser() -> Parser:
-    """The ``wml`` argument parser."""
-    p = Parser(prog="wml", description="Run deep-learning experiments on the wml training backend.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    def command(name: str, func: Callable, help: str, json_flag: bool = False) -> Parser:
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(func=func)
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
-        return sp
-
-    sp = command("backend", cmd_backend, "start, stop or query the embedded backend", json_flag=True)
+def _backend_args(sp: Parser) -> None:
+    from wml_core.backend_flags import add_backend_flags
     sp.add_argument("action", choices=["start", "stop", "status", "serve"])
     add_backend_flags(sp)
 
-    sp = command("config", cmd_config, "show or set the client configuration", json_flag=True)
+
+def _config_args(sp: Parser) -> None:
     sp.add_argument("action", nargs="?", choices=["show", "set"], default="show")
     sp.add_argument("key", nargs="?")
     sp.add_argument("value", nargs="?")
 
-    sp = command("validate", cmd_validate, "check a manifest (FfDL or Watson ML format)")
-    sp.add_argument("manifest")
 
-    sp = command("upload", cmd_upload, "sync a local file or directory to BUCKET[/PREFIX]")
-    sp.add_argument("path")
-    sp.add_argument("bucket")
-
-    sp = command("train", cmd_train, "submit a training definition as an experiment", json_flag=True)
+def _train_args(sp: Parser) -> None:
+    from wml_core.train_options import FILE, add_flags
     sp.add_argument("manifest")
     sp.add_argument("model", nargs="?", help="model directory or zip (default: the manifest's directory)")
     add_flags(sp, FILE)
     sp.add_argument("--dry-run", choices=["kubernetes"],
                     help="print, as YAML, the objects each run would create (secrets redacted); submit nothing")
 
-    sp = command("list", cmd_list, "list experiments, or runs with --experiment/--state", json_flag=True)
+
+def _list_args(sp: Parser) -> None:
+    from wml_core.backend_flags import bounded
     sp.add_argument("--experiment")
     sp.add_argument("--state")
     sp.add_argument("--limit", type=bounded(1, 10**9),
                     help="list at most this many (default: all, read a page at a time)")
 
-    sp = command("show", cmd_show, "show a run or an experiment", json_flag=True)
-    sp.add_argument("id")
 
-    sp = command("logs", cmd_logs, "print a run's training log")
+def _logs_args(sp: Parser) -> None:
+    from wml_core.backend_flags import bounded
     sp.add_argument("run")
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing until the run ends")
     sp.add_argument("--learner", type=bounded(1, 10_000), default=1)
 
-    sp = command("metrics", cmd_metrics, "print a run's metrics", json_flag=True)
-    sp.add_argument("run")
 
-    sp = command("cancel", cmd_cancel, "cancel a run or a whole experiment")
-    sp.add_argument("id")
-
-    sp = command("download", cmd_download, "download a run's results")
+def _download_args(sp: Parser) -> None:
     sp.add_argument("run")
     sp.add_argument("dest", nargs="?", default=".")
     only = sp.add_mutually_exclusive_group()
     only.add_argument("--logs-only", action="store_true", help="only the training logs (learner-*/)")
     only.add_argument("--model", action="store_true", help="only the submitted model code (_submitted_code/)")
 
-    command("usage", cmd_usage, "GPU quota and GPU time", json_flag=True)
 
-    sp = command("accounts", cmd_accounts, "create, change or disable an account, or give it a new token "
-                 "(administrators only)")
+def _accounts_args(sp: Parser) -> None:
+    from wml_core.backend_flags import add_limit_flags, bounded
     actions = sp.add_subparsers(dest="action", required=True, parser_class=Parser)
     for action, help_text in ACCOUNT_ACTIONS.items():
         ap = actions.add_parser(action, help=help_text, description=help_text)
@@ -287,13 +272,57 @@ def build_parser() -> Parser:
             ap.add_argument("--gpus", type=bounded(0, 10_000), required=action == "create",
                             help="the account's GPU quota: GPUs its runs may hold at once")
             add_limit_flags(ap)
+
+
+def _positional(*names: str) -> Callable[[Parser], None]:
+    """Adds the positional arguments ``names`` to a command's parser."""
+    def add(sp: Parser) -> None:
+        for name in names:
+            sp.add_argument(name)
+    return add
+
+
+#: The commands, in ``wml --help``'s order: (function, help, whether it takes --json, its arguments).
+COMMANDS: dict[str, tuple[Callable, str, bool, Callable[[Parser], None]]] = {
+    "backend": (cmd_backend, "start, stop or query the embedded backend", True, _backend_args),
+    "config": (cmd_config, "show or set the client configuration", True, _config_args),
+    "validate": (cmd_validate, "check a manifest (FfDL or Watson ML format)", False, _positional("manifest")),
+    "upload": (cmd_upload, "sync a local file or directory to BUCKET[/PREFIX]", False,
+               _positional("path", "bucket")),
+    "train": (cmd_train, "submit a training definition as an experiment", True, _train_args),
+    "list": (cmd_list, "list experiments, or runs with --experiment/--state", True, _list_args),
+    "show": (cmd_show, "show a run or an experiment", True, _positional("id")),
+    "logs": (cmd_logs, "print a run's training log", False, _logs_args),
+    "metrics": (cmd_metrics, "print a run's metrics", True, _positional("run")),
+    "cancel": (cmd_cancel, "cancel a run or a whole experiment", False, _positional("id")),
+    "download": (cmd_download, "download a run's results", False, _download_args),
+    "usage": (cmd_usage, "GPU quota and GPU time", True, _positional()),
+    "accounts": (cmd_accounts, "create, change or disable an account, or give it a new token "
+                 "(administrators only)", False, _accounts_args),
+}
+
+
+def build_parser(commands: Optional[Iterable[str]] = None) -> Parser:
+    """The ``wml`` argument parser; with ``commands``, only those commands get their arguments
+    (every command is still listed with its help: the others' arguments cost imports)."""
+    wanted = COMMANDS if commands is None else set(commands)
+    p = Parser(prog="wml", description="Run deep-learning experiments on the wml training backend.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, (func, help, json_flag, add_args) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        if name in wanted:
+            add_args(sp)
     return p
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run ``wml`` with ``argv``; print one line per error, never a traceback for expected ones."""
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        args = build_parser(argv).parse_args(argv)  # only the command asked for: less to import
         return args.func(args)
     except WmlError as exc:
         located = isinstance(exc, UsageError) or hasattr(exc, "problems")  # already says where

@@ -7,8 +7,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from wml_core.errors import InvalidInput
 from wml_core.private_files import write_private
 from wml_core.objectstore.resolve import wml_home
@@ -59,6 +57,7 @@ def _read(home: Optional[Path] = None) -> dict:
     path = config_path(home)
     if not path.exists():
         return {}
+    import yaml  # only where there is a file: a command without one starts sooner
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -90,5 +89,5 @@ def set_value(key: str, value: Optional[str], profile: Optional[str] = None, hom
         section.pop(key, None)
     else:
         section[key] = value
-    path = config_path(home)
-    write_private(path, yaml.safe_dump(data, sort_keys=True))
+    import yaml
+    write_private(config_path(home), yaml.safe_dump(data, sort_keys=True))

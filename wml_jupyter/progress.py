@@ -52,10 +52,13 @@ class WidgetProgress(SyncProgress):
         self.skipped += skipped
         self._update()
 
-    def skip(self, nbytes: int) -> None:
-        """A file of ``nbytes`` is unchanged: done, nothing moved."""
+    def skip(self, nbytes: int, files: int = 1) -> None:
+        """``files`` files of ``nbytes`` bytes in all are unchanged: done, nothing moved."""
         self.skipped_bytes += nbytes
-        super().skip(nbytes)
+        self.bytes += nbytes
+        self.files += files
+        self.skipped += files
+        self._update()
 
     def close(self) -> None:
         """Show the summary line; the bar turns green when every file is done, red otherwise."""

@@ -156,7 +156,7 @@ class DigestCache:
             rows = conn.execute("SELECT path, part, size, mtime_ns, ctime_ns, inode, etag FROM file_digests"
                                 " WHERE path = ? OR (path >= ? AND path < ?)",
                                 (scope, below, below[:-1] + chr(ord(os.sep) + 1)))
-            self._rows = {(p, part): tuple(rest) for p, part, *rest in rows}
+            self._rows = {row[:2]: row[2:] for row in rows}
 
     def known(self, path: Path, stat: FileStat, part_size: int) -> str | None:
         """The remembered ETag of ``path`` as of ``stat``, or None."""

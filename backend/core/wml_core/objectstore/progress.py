@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 
 def format_bytes(n: float) -> str:
@@ -27,10 +28,12 @@ class SyncProgress:
     def file_done(self, skipped: bool) -> None:
         """One more file was transferred, or skipped as unchanged."""
 
-    def skip(self, nbytes: int) -> None:
-        """A file of ``nbytes`` was found unchanged: its bytes are done, none moved."""
+    def skip(self, nbytes: int, files: int = 1) -> None:
+        """``files`` files of ``nbytes`` bytes in all were found unchanged: their bytes are done,
+        none moved."""
         self.advance(nbytes)
-        self.file_done(True)
+        for _ in range(files):
+            self.file_done(True)
 
     def close(self) -> None:
         """The sync ended (successfully or not)."""
@@ -54,9 +57,9 @@ class SerializedProgress(SyncProgress):
         with self._lock:
             self._inner.file_done(skipped)
 
-    def skip(self, nbytes: int) -> None:
+    def skip(self, nbytes: int, files: int = 1) -> None:
         with self._lock:
-            self._inner.skip(nbytes)
+            self._inner.skip(nbytes, files)
 
     def close(self) -> None:
         with self._lock:
@@ -64,34 +67,57 @@ class SerializedProgress(SyncProgress):
 
 
 class _TqdmProgress(SyncProgress):
-    """Two tqdm bars: bytes, and files (with the number skipped as unchanged)."""
+    """Two tqdm bars: bytes, and files (with the number skipped as unchanged), drawn once the sync
+    has run ``delay`` seconds (tqdm is imported only then: a sync done sooner draws nothing)."""
 
-    def __init__(self, desc: str, options: dict):
-        self._desc, self._options = desc, options
-        self._bytes = self._files = None
-        self._skipped = 0
+    def __init__(self, desc: str, delay: float, options: dict):
+        self._desc, self._delay, self._options = desc, delay, options
+        self._bars = None
+        self._totals = (0, 0)
+        self._bytes = self._files = self._skipped = 0
+        self._started = 0.0
 
     def start(self, total_files: int, total_bytes: int) -> None:
-        from tqdm import tqdm
-        self._bytes = tqdm(total=total_bytes, desc=self._desc, unit="B", unit_scale=True,
-                           unit_divisor=1000, position=0, **self._options)  # SI, as the summary
-        self._files = tqdm(total=total_files, desc="files", unit="file", position=1,
-                           **self._options)
+        self._totals, self._started = (total_files, total_bytes), time.monotonic()
+        self._moved(0, 0, 0)
 
     def advance(self, nbytes: int) -> None:
-        self._bytes.update(nbytes)
+        self._moved(nbytes, 0, 0)
 
     def file_done(self, skipped: bool) -> None:
-        self._skipped += skipped
-        self._files.set_postfix(skipped=self._skipped, refresh=False)
-        self._files.update(1)
+        self._moved(0, 1, int(skipped))
+
+    def skip(self, nbytes: int, files: int = 1) -> None:
+        self._moved(nbytes, files, files)
 
     def close(self) -> None:
-        for bar in (self._files, self._bytes):
-            if bar is not None:
-                bar.close()
+        for bar in self._bars or ():
+            bar.close()
+
+    def _moved(self, nbytes: int, files: int, skipped: int) -> None:
+        self._bytes, self._files, self._skipped = self._bytes + nbytes, self._files + files, self._skipped + skipped
+        if self._bars is None:
+            if time.monotonic() - self._started >= self._delay:
+                self._bars = self._draw()
+            return
+        bytes_bar, files_bar = self._bars
+        if nbytes:
+            bytes_bar.update(nbytes)
+        if files:
+            files_bar.set_postfix(skipped=self._skipped, refresh=False)
+            files_bar.update(files)
+
+    def _draw(self) -> tuple:
+        from tqdm import tqdm
+        total_files, total_bytes = self._totals
+        bytes_bar = tqdm(total=total_bytes, initial=self._bytes, desc=self._desc, unit="B", unit_scale=True,
+                         unit_divisor=1000, position=0, **self._options)  # SI, as the summary
+        files_bar = tqdm(total=total_files, initial=self._files, desc="files", unit="file", position=1,
+                         postfix={"skipped": self._skipped}, **self._options)
+        return bytes_bar, files_bar
 
 
-def tqdm_progress(desc: str = "sync", **options) -> SyncProgress:
-    """A ``SyncProgress`` drawn as tqdm bars (``options`` go to ``tqdm``, e.g. ``disable``)."""
-    return _TqdmProgress(desc, options)
+def tqdm_progress(desc: str = "sync", delay: float = 0.0, **options) -> SyncProgress:
+    """A ``SyncProgress`` drawn as tqdm bars once the sync has run ``delay`` seconds (``options``
+    go to ``tqdm``, e.g. ``disable``)."""
+    return _TqdmProgress(desc, delay, options)

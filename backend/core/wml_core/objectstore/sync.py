@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -81,7 +81,7 @@ def _matches(store: ObjectStore, item: _Item, digest: Callable[[Path, FileStat, 
 class _Item:
     """One file to sync: local path and stat (if it exists), key, remote object, bytes to move."""
 
-    path: Path
+    path: str | Path
     key: str
     stat: FileStat | None
     remote: ObjectInfo | None
@@ -102,26 +102,40 @@ def _remote_index(store: ObjectStore, bucket: str, prefix: str, keys: list[str],
         return {o.key: o for objects in found for o in objects}
 
 
+def _bucket_index(store: ObjectStore, bucket: str, prefix: str, keys: list[str],
+                  workers: int) -> dict[str, ObjectInfo]:
+    """``_remote_index`` of ``bucket``, created first if it does not exist."""
+    if not store.bucket_exists(bucket):
+        store.create_bucket(bucket)
+    return _remote_index(store, bucket, prefix, keys, workers)
+
+
 def _join(prefix: str, rel: str) -> str:
     return "/".join(p for p in (prefix.strip("/"), rel) if p)
 
 
-def _walk(root: Path) -> Iterable[tuple[Path, str]]:
-    """Every regular file under ``root`` (symlinked files followed, symlinked dirs not)."""
-    with os.scandir(root) as entries:
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.is_dir(follow_symlinks=False):
-                yield from ((p, f"{entry.name}/{rel}") for p, rel in _walk(Path(entry.path)))
-            elif entry.is_file():
-                yield Path(entry.path), entry.name
+def _walk(root: str, rel: str = "") -> list[tuple[str, str]]:
+    """(path, path relative to the walk's root) of every regular file under ``root``, in name
+    order (symlinked files followed, symlinked dirs not). Strings, not ``Path``: a tree may hold
+    many files."""
+    with os.scandir(root) as found:
+        entries = sorted(found, key=lambda e: e.name)
+    files = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            files += _walk(entry.path, f"{rel}{entry.name}/")
+        elif entry.is_file():
+            files.append((entry.path, rel + entry.name))
+    return files
 
 
-def _local_items(root: Path, prefix: str) -> list[tuple[Path, str]]:
+def _local_items(root: Path, prefix: str) -> list[tuple[str | Path, str]]:
     if root.is_file():
         return [(root, _join(prefix, root.name))]
     if not root.is_dir():
         raise StorageError(f"nothing to upload at {root}")
-    return [(path, _join(prefix, rel)) for path, rel in _walk(root)]
+    base = _join(prefix, "")
+    return [(path, f"{base}/{rel}" if base else rel) for path, rel in _walk(str(root))]
 
 
 def _remote_dest(dest: Path, prefix: str, key: str) -> Path | None:
@@ -162,22 +176,22 @@ def _parallel(task: Callable[[_Item], tuple[bool, int]], items: list[_Item], wor
         summary.skipped_bytes += 0 if sent else nbytes
 
 
-def _sync(store: ObjectStore, items: list[_Item], scope: Path, task, progress, workers,
+def _sync(store: ObjectStore, items: list[_Item], cache: DigestCache, task, progress, workers,
           started: float) -> SyncSummary:
     """Drive one sync: settle what the cache proves unchanged, run ``task`` on the rest."""
     summary = SyncSummary()
     report = SerializedProgress(progress or SyncProgress())
-    cache = DigestCache(cache_path(store), scope)
     try:
         report.start(len(items), sum(item.size for item in items))
         pending = []
         for item in items:
             if _matches(store, item, cache.known):
-                _skipped(report, item.size)
                 summary.skipped += 1
                 summary.skipped_bytes += item.size
             else:
                 pending.append(item)
+        if summary.skipped:
+            report.skip(summary.skipped_bytes, summary.skipped)
         _parallel(lambda item: task(item, cache, report), pending, workers, summary)
     finally:
         cache.save()
@@ -191,14 +205,13 @@ def upload(store: ObjectStore, local_path, bucket: str, prefix: str = "",
     """Sync a file or directory to ``bucket/prefix``, creating the bucket, skipping unchanged."""
     started, root = time.monotonic(), Path(local_path).absolute()
     files = _local_items(root, prefix)
-    if not store.bucket_exists(bucket):
-        store.create_bucket(bucket)
     listed = _join(prefix, root.name) if root.is_file() else (_join(prefix, "") + "/").lstrip("/")
-    remote = _remote_index(store, bucket, listed, [key for _, key in files], workers)
-    items = []
-    for path, key in files:
-        stat = file_stat(path)
-        items.append(_Item(path, key, stat, remote.get(key), stat.size))
+    with ThreadPoolExecutor(1, thread_name_prefix="wml-list") as lister:  # local work while it waits on S3
+        found = lister.submit(_bucket_index, store, bucket, listed, [key for _, key in files], workers)
+        stats = [file_stat(path) for path, _ in files]
+        cache = DigestCache(cache_path(store), root)
+        remote = found.result()
+    items = [_Item(path, key, stat, remote.get(key), stat.size) for (path, key), stat in zip(files, stats)]
 
     def send(item: _Item, cache: DigestCache, report: SyncProgress) -> tuple[bool, int]:
         if _matches(store, item, cache.etag):
@@ -209,7 +222,7 @@ def upload(store: ObjectStore, local_path, bucket: str, prefix: str = "",
         report.file_done(False)
         return True, item.stat.size
 
-    return _sync(store, items, root, send, progress, workers, started)
+    return _sync(store, items, cache, send, progress, workers, started)
 
 
 def download(store: ObjectStore, bucket: str, prefix: str, dest,
@@ -233,7 +246,7 @@ def download(store: ObjectStore, bucket: str, prefix: str, dest,
         report.file_done(False)
         return True, item.remote.size
 
-    return _sync(store, items, dest, fetch, progress, workers, started)
+    return _sync(store, items, DigestCache(cache_path(store), dest), fetch, progress, workers, started)
 
 
 def _skipped(report: SyncProgress, size: int) -> tuple[bool, int]:

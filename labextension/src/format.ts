@@ -6,6 +6,7 @@ import {
   BestRun,
   Experiment,
   FRAMEWORKS,
+  MODES,
   Run,
   RunState,
   TERMINAL_STATES,
@@ -311,6 +312,10 @@ export interface TrainForm {
   sweep: string;
   /** Number of runs (may be empty). */
   runs: string;
+  /** Metric that ranks the runs (may be empty: no best run). */
+  metric: string;
+  /** `max` or `min`. */
+  mode: string;
 }
 
 /** A problem with the form, naming the field to fix. */
@@ -336,7 +341,9 @@ export function defaultForm(defaults: TrainDefaults, name = ''): TrainForm {
     framework: defaults.framework,
     data: defaults.data ?? '',
     sweep: defaults.sweep.join('\n'),
-    runs: defaults.runs === null ? '' : String(defaults.runs)
+    runs: defaults.runs === null ? '' : String(defaults.runs),
+    metric: defaults.metric ?? '',
+    mode: defaults.mode
   };
 }
 
@@ -349,6 +356,9 @@ export function trainRequest(form: TrainForm, code: string): TrainRequest {
   if (!FRAMEWORKS.includes(form.framework)) {
     throw new FormError('framework', `Framework: one of ${FRAMEWORKS.join(', ')}.`);
   }
+  if (!MODES.includes(form.mode)) {
+    throw new FormError('mode', `Mode: ${MODES.join(' or ')}.`);
+  }
   return {
     code,
     name,
@@ -359,7 +369,9 @@ export function trainRequest(form: TrainForm, code: string): TrainRequest {
       .split('\n')
       .map(line => line.trim())
       .filter(Boolean),
-    runs: form.runs.trim() ? wholeNumber(form.runs, 'runs', 1) : null
+    runs: form.runs.trim() ? wholeNumber(form.runs, 'runs', 1) : null,
+    metric: form.metric.trim() || null,
+    mode: form.mode
   };
 }
 

@@ -277,6 +277,10 @@ export interface TrainDefaults {
   sweep: string[];
   /** Number of runs of the search, if set. */
   runs: number | null;
+  /** The metric the search compares runs by, if any. */
+  metric: string | null;
+  /** Whether a larger (`max`) or smaller (`min`) metric is better. */
+  mode: string;
 }
 
 /** A notebook cell to submit as `%%wml train` would, with the dialog's options (wire.TrainRequest). */
@@ -296,6 +300,9 @@ export const FRAMEWORKS: readonly string[] = [
   'h2o3',
   'custom'
 ];
+
+/** The `--mode` choices of `%%wml train` (`wml_core.train_options`). */
+export const MODES: readonly string[] = ['max', 'min'];
 
 /** Whether a run has ended for good. */
 export function isTerminal(state: string): boolean {

@@ -5,7 +5,7 @@ import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { FormError, TrainForm, trainRequest } from './format';
-import { FRAMEWORKS, TrainRequest } from './model';
+import { FRAMEWORKS, MODES, TrainRequest } from './model';
 
 /** One input of the form: its field, label, help text and how to make it. */
 interface FieldSpec {
@@ -47,7 +47,9 @@ export class TrainFormWidget extends Widget implements Dialog.IBodyWidget<TrainF
       { field: 'framework', label: 'Framework', help: 'image family', make: () => select(FRAMEWORKS) },
       { field: 'data', label: 'Data bucket', help: 'optional: DATA_DIR in the run', make: () => input('text', { placeholder: 'e.g. digits' }) },
       { field: 'sweep', label: 'Sweep', help: 'optional: NAME=SPEC per line', make: () => textarea('lr=loguniform(1e-4,1e-1)') },
-      { field: 'runs', label: 'Runs', help: 'optional: runs of the search', make: () => input('number', { min: '1' }) }
+      { field: 'runs', label: 'Runs', help: 'optional: runs of the search', make: () => input('number', { min: '1' }) },
+      { field: 'metric', label: 'Metric', help: 'optional: ranks the runs, as logged', make: () => input('text', { placeholder: 'e.g. val_acc' }) },
+      { field: 'mode', label: 'Mode', help: 'larger (max) or smaller (min) is better', make: () => select(MODES) }
     ];
     for (const spec of specs) {
       this.node.append(this.row(spec, values[spec.field]));

@@ -40,7 +40,7 @@ describe('WmlApi', () => {
     const { calls, api } = transport(() => json({ id: 'x' }));
     await api.cancelRun('abc123-1');
     await api.cancelExperiment('abc123');
-    await api.train({ code: 'print(1)', name: 'n', gpus: 1, framework: 'pytorch', data: null, sweep: [], runs: null });
+    await api.train({ code: 'print(1)', name: 'n', gpus: 1, framework: 'pytorch', data: null, sweep: [], runs: null, metric: null, mode: 'max' });
     expect(calls.map(c => [c.init.method, c.url.replace('http://host/base/', '')])).toEqual([
       ['POST', 'wml/runs/abc123-1/cancel'],
       ['POST', 'wml/experiments/abc123/cancel'],
@@ -50,7 +50,7 @@ describe('WmlApi', () => {
   });
 
   it("gets the Train dialog's defaults from GET /wml/train", async () => {
-    const served = { name: 'notebook', gpus: 0, framework: 'pytorch', data: null, sweep: [], runs: null };
+    const served = { name: 'notebook', gpus: 0, framework: 'pytorch', data: null, sweep: [], runs: null, metric: null, mode: 'max' };
     const { calls, api } = transport(() => json(served));
     expect(await api.trainDefaults()).toEqual(served);
     expect([calls[0].init.method, calls[0].url]).toEqual([undefined, 'http://host/base/wml/train']);

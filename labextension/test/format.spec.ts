@@ -196,7 +196,9 @@ describe('trainRequest', () => {
     framework: 'pytorch',
     data: ' digits ',
     sweep: 'lr=loguniform(1e-4,1e-1)\n\n  batch=[32,64]  \n',
-    runs: ''
+    runs: '',
+    metric: ' val_acc ',
+    mode: 'max'
   };
 
   it('reads the form into the request the server extension takes', () => {
@@ -207,9 +209,12 @@ describe('trainRequest', () => {
       framework: 'pytorch',
       data: 'digits',
       sweep: ['lr=loguniform(1e-4,1e-1)', 'batch=[32,64]'],
-      runs: null
+      runs: null,
+      metric: 'val_acc',
+      mode: 'max'
     });
     expect(trainRequest({ ...form, data: '', runs: '8' }, '').runs).toBe(8);
+    expect(trainRequest({ ...form, metric: '  ' }, '').metric).toBeNull(); // no metric: no best run
   });
 
   it.each([
@@ -218,7 +223,8 @@ describe('trainRequest', () => {
     [{ gpus: '1.5' }, 'gpus'],
     [{ gpus: '' }, 'gpus'],
     [{ runs: '0' }, 'runs'],
-    [{ framework: 'cobol' }, 'framework']
+    [{ framework: 'cobol' }, 'framework'],
+    [{ mode: 'best' }, 'mode']
   ])('rejects %j naming the field', (change, field) => {
     const error = (() => {
       try {

@@ -80,8 +80,8 @@ describe('formFromLine', () => {
   it("starts the dialog from the cell's line, and keeps the flags it has no field for", () => {
     const line = "%%wml train --name 'old run' --gpus=1 --sweep 'lr=[0.1,0.2]' --sweep seed=3 --metric acc --mode min --wait";
     const { form, extra } = formFromLine(line, start);
-    expect(form).toEqual({ ...start, name: 'old run', gpus: '1', sweep: 'lr=[0.1,0.2]\nseed=3' });
-    expect(extra).toEqual(['--metric', 'acc', '--mode', 'min', '--wait']);
+    expect(form).toEqual({ ...start, name: 'old run', gpus: '1', sweep: 'lr=[0.1,0.2]\nseed=3', metric: 'acc', mode: 'min' });
+    expect(extra).toEqual(['--wait']);
   });
 
   it('is the defaults for a cell without a line', () => {

@@ -172,15 +172,20 @@ def test_the_saved_notebook_reopened_with_a_new_kernel_shows_the_finished_sweep(
     assert_follows_theme(reopened.output(1).locator('img[alt="metric curves"]'), daily.dark)
 
 
-@pytest.mark.xfail(strict=True, reason="the dialog has no metric or mode field yet (TrainForm and TrainDefaults in "
-                                       "labextension/src/format.ts and model.ts, train.ts, serverext/wire.py)")
 def test_the_train_dialog_asks_for_the_metric_and_its_mode(page, lab):
     panel = open_notebook(page, lab.root, "dialog.ipynb", ["from wml_jupyter import run\nrun.log(step=1, acc=1.0)\n"])
     panel.locator(".jp-Cell .cm-content").first.click()
     panel.locator('[data-jp-item-name="wml-train-cell"] button, [data-jp-item-name="wml-train-cell"]').first.click()
     dialog = page.locator(".jp-Dialog")
-    try:
-        assert dialog.locator('input[name="metric"]').input_value(timeout=2_000) == ""  # the magic's default: none
-        assert dialog.locator('select[name="mode"]').input_value(timeout=2_000) == "max"
-    finally:
-        dialog.get_by_role("button", name="Cancel").click()
+    assert dialog.locator('input[name="metric"]').input_value() == ""  # the magic's default: none
+    assert dialog.locator('select[name="mode"]').input_value() == "max"
+    dialog.locator('input[name="metric"]').fill("acc")
+    dialog.locator('select[name="mode"]').select_option("min")
+    dialog.locator('select[name="framework"]').select_option("custom")
+    dialog.get_by_role("button", name="Train").click()
+    line = "%%wml train --name dialog --framework custom --metric acc --mode min"
+    page.wait_for_function("(line) => window.jupyterapp.shell.currentWidget.content.activeCell"
+                           ".model.sharedModel.getSource().startsWith(line)", arg=line)
+    output = panel.locator(".jp-Cell").first.locator(".jp-OutputArea")
+    expect(output).to_contain_text("1 completed", timeout=120_000)
+    expect(output).not_to_contain_text("no metric chosen")

@@ -53,6 +53,10 @@ class TrainDefaults(BaseModel):
     #: Hyperparameter flags, as ``--sweep``: ``lr=loguniform(1e-4,1e-1)``.
     sweep: list[str] = Field(default_factory=lambda: default_of("sweep"))
     runs: Optional[int] = Field(default_of("runs"), ge=1, le=1000)
+    #: The metric the search compares runs by (None: no best run is named).
+    metric: Optional[str] = Field(default_of("metric"), max_length=100)
+    #: Whether a larger or smaller metric is better.
+    mode: str = default_of("mode")
 
 
 class TrainRequest(TrainDefaults):

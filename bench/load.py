@@ -32,6 +32,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -120,6 +121,24 @@ async def alone(url: str, token: str, rounds: int = 30) -> list[float]:
     return times
 
 
+async def server_timing(url: str, token: str) -> dict[str, tuple[float, float]]:
+    """The backend's own timing of its answers (``wml_api_request_seconds``), by route: how many,
+    and how many it took over 100 ms. Latency a client sees but these do not is spent before the
+    backend's handler runs (the client, the sockets, the host's scheduler)."""
+    async with aiohttp.ClientSession(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+        async with http.get("/metrics") as response:
+            text = await response.text()
+    counts: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples if family.name == "wml_api_request_seconds" else ():
+            route = f"{sample.labels['method']} {sample.labels['route']}"
+            if sample.name.endswith("_count"):
+                counts[route][0] = sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == 0.1:
+                counts[route][1] = sample.value
+    return {route: (n, n - fast) for route, (n, fast) in counts.items()}
+
+
 async def listen_events(http: aiohttp.ClientSession, until: float, counts: list) -> None:
     """A live display: follows the event stream."""
     try:
@@ -190,13 +209,17 @@ def measure(home: Path, args: argparse.Namespace) -> float:
 
     async def run_all():
         baseline.extend(await alone(backend.url, backend.token))
+        before = await server_timing(backend.url, backend.token)
         until = time.monotonic() + args.seconds
-        return (await asyncio.gather(load(backend.url, backend.token, args.clients, args.seconds, args.think,
-                                          body),
-                                     sample_memory(until)))[0]
+        loaded = (await asyncio.gather(load(backend.url, backend.token, args.clients, args.seconds, args.think,
+                                            body),
+                                       sample_memory(until)))[0]
+        after = await server_timing(backend.url, backend.token)
+        return *loaded, {route: (n - before.get(route, (0, 0))[0], slow - before.get(route, (0, 0))[1])
+                         for route, (n, slow) in after.items()}
 
     try:
-        lat, errors, events = asyncio.run(run_all())
+        lat, errors, events, timed = asyncio.run(run_all())
     finally:
         backend.close()
     reads = [v for op, values in lat.items() if op != "submit" for v in values]
@@ -210,6 +233,10 @@ def measure(home: Path, args: argparse.Namespace) -> float:
     print(f"  reads p99 {1000 * percentile(reads, 99):.1f} ms (goal <= 100 ms), "
           f"{percentile(reads, 99) / statistics.median(baseline):.1f}x one client's median; "
           f"errors {len(errors)}; events received {events}")
+    print("  the backend's own timing of the same requests (from their arrival in its app to their answers' end):")
+    for route, (n, slow) in sorted(timed.items()):
+        if n:
+            print(f"    {route:28} n={n:6.0f}  over 100 ms: {slow:4.0f} ({100 * slow / n:.1f}%)")
     for line in errors[:5]:
         print("   ", line)
     quarters = [memory[min(len(memory) - 1, len(memory) * q // 4)] for q in range(5)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -88,6 +89,10 @@ def serve(settings: Settings) -> None:
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
                             ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key, **own_log)
     server = _server(config, service)
+    # What startup built (modules, the app, the service) lives as long as the process: out of the
+    # collector's sight, a full collection under load walks only what requests made, instead of
+    # pausing every request for 100+ ms over the whole startup heap.
+    gc.freeze()
     signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=_drain, args=(service, server), daemon=True,
                                                               name="wml-drain").start())
     try:

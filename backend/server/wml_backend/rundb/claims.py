@@ -20,20 +20,60 @@ CREATE TABLE IF NOT EXISTS data_claims (account TEXT NOT NULL, bucket TEXT NOT N
   created {real} NOT NULL, PRIMARY KEY (account, bucket, prefix));
 CREATE INDEX IF NOT EXISTS data_claims_bucket ON data_claims(bucket)""",
 }
+#: Indexes added for data ownership, by name, each a version of the schema as ``TABLES``' are: who
+#: owns an area is read from the runs whose results are one of its prefixes (or start with it).
+INDEXES = {
+    "runs_results": "CREATE INDEX IF NOT EXISTS runs_results ON runs(results{bytewise})",
+}
 
 
-def _relation(column: str, text: str, inside: bool) -> tuple[str, tuple]:
+#: Longest text whose relation is read from an index (one term per prefix); a longer one (no object
+#: store key is that long) is compared row by row.
+LONGEST_INDEXED = 4096
+
+
+def _prefixes(text: str) -> list[str]:
+    """Every prefix of ``text``, the empty one and ``text`` itself included."""
+    return [text[:i] for i in range(len(text) + 1)]
+
+
+def _after_all_starting_with(text: str) -> Optional[str]:
+    """The least text above every text that starts with ``text``, in code point order (UTF-8's
+    byte order); None where there is none (only code points that have no successor)."""
+    while text:
+        point = ord(text[-1]) + 1
+        point = 0xE000 if 0xD800 <= point <= 0xDFFF else point  # surrogates are no text
+        if point <= 0x10FFFF:
+            return text[:-1] + chr(point)
+        text = text[:-1]
+    return None
+
+
+def _relation(column: str, text: str, inside: bool, bytewise: str = "") -> tuple[str, tuple]:
     """SQL, and its arguments, saying that ``text`` starts with the text in ``column`` (lies inside
-    it); unless ``inside``, or the other way round (they overlap). No LIKE: a ``%`` or ``_`` in a key
-    is no wildcard."""
-    within = f"substr(CAST(? AS TEXT), 1, length({column})) = {column}"
+    it); unless ``inside``, or the other way round (they overlap). Read from an index on ``column``
+    ``bytewise`` (the collation, if any, that compares text by code point: a range of another
+    collation may skip texts that start with ``text``): equal to one of ``text``'s prefixes, or in the
+    range of texts that start with ``text``. No LIKE: a ``%`` or ``_`` in a key is no wildcard."""
+    if len(text) > LONGEST_INDEXED:
+        within = f"substr(CAST(? AS TEXT), 1, length({column})) = {column}"
+        return (within, (text,)) if inside else (f"(substr({column}, 1, ?) = ? OR {within})", (len(text), text, text))
+    prefixes = _prefixes(text)
+    within = f"{column}{bytewise} IN ({','.join('?' * len(prefixes))})"
     if inside:
-        return within, (text,)
-    return f"(substr({column}, 1, ?) = ? OR {within})", (len(text), text, text)
+        return within, tuple(prefixes)
+    upper = _after_all_starting_with(text)
+    below = "" if upper is None else f" AND {column}{bytewise} < ?"
+    around = f"({column}{bytewise} >= ?{below} AND substr({column}, 1, ?) = ?)"
+    return f"({within} OR {around})", (*prefixes, text, *(() if upper is None else (upper,)), len(text), text)
 
 
 class SqlDataClaims:
     """Data claims, and who owns the keys of an area, over a ``SqlRunStore``'s connection."""
+
+    #: What makes a column compare text by code point (a collation), as the index on ``runs.results``
+    #: does: nothing where that is the default (SQLite's BINARY).
+    BYTEWISE = ""
 
     @abstractmethod
     def _tx(self) -> ContextManager[Any]:
@@ -62,8 +102,8 @@ class SqlDataClaims:
     def _owners(self, db: Optional[Any], bucket: str, prefix: str, inside: bool = False) -> set[str]:
         """The accounts whose claims or runs' results overlap ``prefix`` of ``bucket`` (``inside``:
         that ``prefix`` lies inside), read in transaction ``db`` or on their own."""
-        claims, claim_args = _relation("prefix", prefix, inside)
-        results, result_args = _relation("results", f"{bucket}/{prefix}", inside)
+        claims, claim_args = _relation("prefix", prefix, inside, self.BYTEWISE)
+        results, result_args = _relation("results", f"{bucket}/{prefix}", inside, self.BYTEWISE)
         rows = self._read(db, f"SELECT account FROM data_claims WHERE bucket=? AND {claims} "
                               f"UNION SELECT account FROM runs WHERE results IS NOT NULL AND {results}",
                           (bucket, *claim_args, *result_args))

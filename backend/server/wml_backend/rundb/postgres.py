@@ -27,9 +27,11 @@ from wml_core.states import RunState
 
 #: PostgreSQL's column types for the shared schema. JSON keeps the text as written (key order
 #: included), as SQLite does; ``rowid`` orders rows by insertion, as SQLite's implicit one.
+#: ``bytewise``: the collation that compares text by code point, whatever the database's.
+BYTEWISE = ' COLLATE "C"'
 TYPES = {"json": "JSON", "real": "DOUBLE PRECISION", "blob": "BYTEA", "bigint": "BIGINT",
          "serial": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
-         "rowid": "rowid BIGINT GENERATED ALWAYS AS IDENTITY, "}
+         "rowid": "rowid BIGINT GENERATED ALWAYS AS IDENTITY, ", "bytewise": BYTEWISE}
 
 #: The advisory lock (an arbitrary constant key) that replicas starting together take while
 #: they create the schema: concurrent ``CREATE TABLE IF NOT EXISTS`` can otherwise collide.
@@ -78,6 +80,7 @@ class PostgresRunStore(SqlRunStore):
     """
 
     LOCK_ROW = " FOR UPDATE"
+    BYTEWISE = BYTEWISE
 
     def __init__(self, conninfo: str, key_file: Path):
         """Connect with a libpq connection string or URL (``postgresql://user@host/db``); stored

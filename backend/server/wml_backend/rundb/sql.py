@@ -23,6 +23,7 @@ from wml_core.errors import BackendUnavailable, Conflict, NotFound
 from wml_core.models import MetricPoint, Transition
 from wml_core.states import TERMINAL, RunState, can_move
 from wml_backend.rundb.base import Account, ExperimentRow, RunRow, RunStore, run_event
+from wml_backend.rundb.claims import INDEXES as CLAIM_INDEXES
 from wml_backend.rundb.claims import TABLES as CLAIM_TABLES
 from wml_backend.rundb.claims import SqlDataClaims
 from wml_backend.rundb.coordination import TABLES, SqlCoordination
@@ -109,6 +110,7 @@ ADDED_INDEXES = {
     # An experiment's runs, of some states, in order: its listing, and the ended runs that time
     # a queue's estimate, read from the index instead of every run of one state or account.
     "runs_experiment_state": "CREATE INDEX IF NOT EXISTS runs_experiment_state ON runs(experiment_id, state, seq)",
+    **CLAIM_INDEXES,
 }
 #: The schema's version: the first schema's, plus one per added column, table and index (so each
 #: entry of ``ADDED_COLUMNS``, ``ADDED_TABLES`` and ``ADDED_INDEXES`` is a version). A database records

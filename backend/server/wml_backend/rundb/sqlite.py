@@ -31,7 +31,7 @@ KEY_FILE = "secrets.key"
 
 #: SQLite's column types for the shared schema (``rowid`` is SQLite's own).
 TYPES = {"json": "TEXT", "real": "REAL", "blob": "BLOB", "bigint": "INTEGER",
-         "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "rowid": ""}
+         "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "rowid": "", "bytewise": ""}
 
 
 @contextmanager

@@ -93,7 +93,7 @@ export class SidebarWidget extends ReactWidget {
     this.model.changed.connect(this.onModelChanged, this);
     if (feed) {
       feed.changed.connect(() => void this.refresh(), this);
-      feed.connectedChanged.connect(this.onModelChanged, this);
+      feed.connectedChanged.connect(this.onConnectedChanged, this);
       void feed.start();
     }
   }
@@ -118,6 +118,15 @@ export class SidebarWidget extends ReactWidget {
     const interval = this.feed?.connected ? STREAMED_INTERVAL_MS : polled;
     this.poll.frequency = { interval, backoff: true, max: POLL_MAX_MS };
     this.update();
+  }
+
+  /** The stream opened or dropped: poll as often as that calls for, and on a drop look at once
+   *  (the backend may be gone; the next poll would come only at the streamed interval). */
+  private onConnectedChanged(_: EventFeed, connected: boolean): void {
+    this.onModelChanged();
+    if (!connected) {
+      void this.refresh();
+    }
   }
 
   protected onAfterShow(msg: Message): void {

@@ -8,6 +8,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from playwright.sync_api import Error as PlaywrightError
+
 #: JupyterLab's themes by darkness.
 THEMES = {False: "JupyterLab Light", True: "JupyterLab Dark"}
 
@@ -62,8 +64,19 @@ def assert_follows_theme(element, dark: bool) -> None:
     black box on a page of the other kind."""
     page_color = backdrop(element)
     assert (sum(page_color) < 3 * 128) == dark, page_color
-    shown = dominant_color(element.screenshot())
+    shown = dominant_color(steady_screenshot(element))
     assert max(abs(a - b) for a, b in zip(shown, page_color)) <= 6, (shown, page_color)
+
+
+def steady_screenshot(element, tries: int = 5) -> bytes:
+    """A screenshot of ``element``, taken again if a live redraw replaced it meanwhile."""
+    for _ in range(tries - 1):
+        try:
+            return element.screenshot()
+        except PlaywrightError as err:
+            if "not attached" not in str(err):
+                raise
+    return element.screenshot()
 
 
 def text_contrast(locator) -> float:

@@ -68,6 +68,19 @@ def assert_follows_theme(element, dark: bool) -> None:
     assert max(abs(a - b) for a, b in zip(shown, page_color)) <= 6, (shown, page_color)
 
 
+def open_train_dialog(panel):
+    """Click the notebook's first cell, then its toolbar's "Train this cell" button: the dialog."""
+    panel.locator(".jp-Cell .cm-content").first.click()
+    panel.locator('[data-jp-item-name="wml-train-cell"] button, [data-jp-item-name="wml-train-cell"]').first.click()
+    return panel.page.locator(".jp-Dialog")
+
+
+def wait_for_cell_line(page, line: str) -> None:
+    """Wait until the active cell starts with ``line`` (what "Train this cell" writes)."""
+    page.wait_for_function("(line) => window.jupyterapp.shell.currentWidget.content.activeCell"
+                           ".model.sharedModel.getSource().startsWith(line)", arg=line)
+
+
 def steady_screenshot(element, tries: int = 5) -> bytes:
     """A screenshot of ``element``, taken again if a live redraw replaced it meanwhile."""
     for _ in range(tries - 1):

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 
 import pytest
-from notebook_page import assert_follows_theme, open_notebook, reopen_notebook, set_theme, start, text_contrast
+from notebook_page import (assert_follows_theme, open_notebook, open_train_dialog, reopen_notebook, set_theme, start,
+                           text_contrast, wait_for_cell_line)
 from playwright.sync_api import expect
 
 #: Declares its 8 steps; x=5 and x=6 log the best acc, then fail at step 3 as NaN losses do. The
@@ -174,9 +175,7 @@ def test_the_saved_notebook_reopened_with_a_new_kernel_shows_the_finished_sweep(
 
 def test_the_train_dialog_asks_for_the_metric_and_its_mode(page, lab):
     panel = open_notebook(page, lab.root, "dialog.ipynb", ["from wml_jupyter import run\nrun.log(step=1, acc=1.0)\n"])
-    panel.locator(".jp-Cell .cm-content").first.click()
-    panel.locator('[data-jp-item-name="wml-train-cell"] button, [data-jp-item-name="wml-train-cell"]').first.click()
-    dialog = page.locator(".jp-Dialog")
+    dialog = open_train_dialog(panel)
     assert dialog.locator('input[name="metric"]').input_value() == ""  # the magic's default: none
     assert dialog.locator('select[name="mode"]').input_value() == "max"
     dialog.locator('input[name="metric"]').fill("acc")
@@ -184,8 +183,7 @@ def test_the_train_dialog_asks_for_the_metric_and_its_mode(page, lab):
     dialog.locator('select[name="framework"]').select_option("custom")
     dialog.get_by_role("button", name="Train").click()
     line = "%%wml train --name dialog --framework custom --metric acc --mode min"
-    page.wait_for_function("(line) => window.jupyterapp.shell.currentWidget.content.activeCell"
-                           ".model.sharedModel.getSource().startsWith(line)", arg=line)
+    wait_for_cell_line(page, line)
     output = panel.locator(".jp-Cell").first.locator(".jp-OutputArea")
     expect(output).to_contain_text("1 completed", timeout=120_000)
     expect(output).not_to_contain_text("no metric chosen")

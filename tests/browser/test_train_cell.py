@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from notebook_page import assert_follows_theme, open_notebook, set_theme
+from notebook_page import assert_follows_theme, open_notebook, open_train_dialog, set_theme, wait_for_cell_line
 from playwright.sync_api import expect
 
 #: The cell to train: three points of acc per run.
@@ -28,9 +28,7 @@ def test_train_this_cell_writes_the_magic_line_and_shows_the_live_display(page, 
     set_theme(page, dark)
     notebook = f"train-me-{'dark' if dark else 'light'}"
     panel = open_notebook(page, lab.root, f"{notebook}.ipynb", [CELL_SOURCE])
-    panel.locator(".jp-Cell .cm-content").first.click()
-    panel.locator('[data-jp-item-name="wml-train-cell"] button, [data-jp-item-name="wml-train-cell"]').first.click()
-    dialog = page.locator(".jp-Dialog")
+    dialog = open_train_dialog(panel)
     assert dialog.locator('input[name="name"]').input_value() == notebook  # named after the notebook
     assert dialog.locator('input[name="gpus"]').input_value() == "0"  # the magic's default
     dialog.locator('input[name="name"]').fill("from cell")
@@ -40,8 +38,7 @@ def test_train_this_cell_writes_the_magic_line_and_shows_the_live_display(page, 
     dialog.get_by_role("button", name="Train").click()
 
     line = "%%wml train --name 'from cell' --framework custom --sweep 'scale=[1,2]' --runs 2"
-    page.wait_for_function("(line) => window.jupyterapp.shell.currentWidget.content.activeCell"
-                           ".model.sharedModel.getSource().startsWith(line)", arg=line)
+    wait_for_cell_line(page, line)
     assert _source(page) == f"{line}\n{CELL_SOURCE}"
     output = panel.locator(".jp-Cell").first.locator(".jp-OutputArea")
     expect(output).to_contain_text("from cell (", timeout=60_000)  # the display's summary line
@@ -52,8 +49,7 @@ def test_train_this_cell_writes_the_magic_line_and_shows_the_live_display(page, 
     assert_follows_theme(output.locator('img[alt="metric curves"]'), dark)
 
     # again: the line is replaced, not stacked, and the dialog starts from it
-    panel.locator(".jp-Cell .cm-content").first.click()
-    panel.locator('[data-jp-item-name="wml-train-cell"] button, [data-jp-item-name="wml-train-cell"]').first.click()
+    open_train_dialog(panel)
     assert dialog.locator('input[name="name"]').input_value() == "from cell"
     assert dialog.locator('textarea[name="sweep"]').input_value() == "scale=[1,2]"
     dialog.locator('input[name="runs"]').fill("1")

@@ -122,7 +122,7 @@ class Subscription:
                 for seq, event in batch:
                     self.last = seq
                     yield seq, event
-                if batch:
+                if len(batch) == BATCH:  # there may be more; a shorter batch was all there was when read
                     continue
                 if closing:
                     return

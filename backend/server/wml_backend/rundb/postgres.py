@@ -120,13 +120,13 @@ class PostgresRunStore(SqlRunStore):
             return self._conn().execute(_pg(sql), tuple(args)).fetchall()
 
     def _heads_read(self, chunk: list[tuple[str, int]]) -> tuple[str, list]:
-        """The queues' heads as one LATERAL join: PostgreSQL plans a union of a hundred LIMITs in
-        tens of milliseconds, this in a fraction of one."""
+        """The queues' heads as one LATERAL join over two arrays: PostgreSQL plans a union of a
+        hundred LIMITs in tens of milliseconds, this in a fraction of one, and the statement's text
+        is the same for any accounts (psycopg prepares it once)."""
         columns = ",".join(f"r.{column}" for column in _RUN_COLUMNS)
-        wanted = ",".join(["(CAST(? AS TEXT), CAST(? AS BIGINT))"] * len(chunk))
-        return (f"SELECT {columns}, NULL FROM (VALUES {wanted}) AS w(account, n) CROSS JOIN LATERAL "
-                "(SELECT * FROM runs WHERE state=? AND account=w.account ORDER BY seq LIMIT w.n) AS r",
-                [a for pair in chunk for a in pair] + [RunState.QUEUED.value])
+        return (f"SELECT {columns}, NULL FROM unnest(CAST(? AS TEXT[]), CAST(? AS BIGINT[])) AS w(account, n) "
+                "CROSS JOIN LATERAL (SELECT * FROM runs WHERE state=? AND account=w.account ORDER BY seq LIMIT w.n) AS r",
+                [[account for account, _ in chunk], [n for _, n in chunk], RunState.QUEUED.value])
 
     def _clock(self, db: _Tx) -> float:
         """The database server's clock, which every replica shares whatever its host's says."""

@@ -111,6 +111,10 @@ class Lifecycle:
         #: Set by ``drain``: nothing is admitted any more, and runners that end were disrupted.
         self._draining = threading.Event()
         self._pruned = 0.0
+        #: The runs whose start is in flight, and whether the executor said meanwhile that their
+        #: runner exited (then the run ended so: ``_stop_if_asked`` has nothing to stop).
+        self._starting: dict[str, bool] = {}
+        self._starting_lock = threading.Lock()
         executor.on_exit = self.runner_exited
         executor.on_note = self.note
         executor.on_bound = self.gpus_bound
@@ -344,9 +348,13 @@ class Lifecycle:
             "WML_RUN_ID": run.id, "WML_RUNNER_TOKEN": token, "WML_BACKEND_URL": self.settings.url,
             **store_credentials(self.store.secret(run.experiment_id), self.settings.store_config,
                                 self.settings.operator_store_keys)})
+        with self._starting_lock:
+            self._starting[run.id] = False
         try:
             handle = self.executor.start(launch)
         except Exception as exc:  # the executor could not start it: say why on the run (or end it as asked)
+            with self._starting_lock:
+                self._starting.pop(run.id, None)
             self.executor_errors += 1
             log.exception("could not start %s", run.id, extra=run_fields(run))
             self._end_lost(self.store.run(run.id) or row, None, f"could not start the run: {exc}")
@@ -356,8 +364,13 @@ class Lifecycle:
 
     def _stop_if_asked(self, run_id: str) -> None:
         """Carry out what was decided while the run's start was in flight (its runner had no handle
-        to be stopped by): a stop asked is asked now; a run ended meanwhile is stopped at once."""
-        run = self.store.run(run_id)
+        to be stopped by): a stop asked is asked now; a run ended meanwhile is stopped at once,
+        unless it ended as its runner exited (a quick run: what it left, a Job, is kept)."""
+        run = self.store.run(run_id)  # read before the flag: ``runner_exited`` sets it before the end
+        with self._starting_lock:
+            exited = self._starting.pop(run_id, False)
+        if exited:
+            return
         if run is not None and run.state.terminal:
             self._stop_now(run)
         elif run is not None and run.stop_state is not None:
@@ -459,6 +472,9 @@ class Lifecycle:
         """
         run = self.store.run(run_id)
         current = run is not None and run.attempt == attempt  # not a retry's earlier runner
+        with self._starting_lock:
+            if current and run_id in self._starting:  # its start is still in flight
+                self._starting[run_id] = True
         if self._draining.is_set():
             disruption = disruption or DRAINED
         if current and not run.state.terminal and run.state is not RunState.QUEUED:

@@ -127,7 +127,8 @@ def test_a_runner_that_ignores_cancel_is_killed_after_the_grace(backend, executo
         executor, exits = executors(url)
         assert executor.cancel_grace_s > STOP_S
         _, handle = admit(backend, run, executor, backend_url=url)
-        called()  # the runner is up, and waits for an answer that never comes
+        called()  # the runner is up (its SIGTERM handler is in place before its first call: wml_runner.main),
+        # and waits for an answer that never comes
         executor.cancel(run.id, handle)
         assert exits.none_within(STOP_S), "a runner that waits for its backend goes on"
         executor.kill(run.id, handle)  # what the lifecycle does after cancel_grace_s

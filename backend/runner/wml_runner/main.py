@@ -87,12 +87,13 @@ def main(token: Optional[str] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s: %(message)s", force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     reporter = Reporter(os.environ["WML_BACKEND_URL"], os.environ["WML_RUN_ID"], token)
-    reporter.prefetch_code()
     ws = Workspace(Path(os.environ.get("WML_WORK_DIR") or "/job"))
     runner = Runner(reporter, ws, learner_of_pod(os.environ), isolate=os.environ.get(RUN_USER_ENV) == POOL)
     # The handler runs in the main thread, which may hold a learner's lock (starting its command)
     # when the signal lands: stopping in the handler itself would wait for that lock for ever.
+    # It is in place before the backend first hears of this runner (which may then stop it).
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=runner.cancel, daemon=True).start())
+    reporter.prefetch_code()
     code = runner.run()
     reporter.close()
     runner.release()

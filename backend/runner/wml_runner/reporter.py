@@ -24,6 +24,55 @@ REPORT_DEADLINE_S = 600.0
 FIRST_RETRY_S = 0.005
 
 
+#: The HTTP client ``warm_up`` made ahead, for this process's first Reporter to a plain-HTTP backend.
+_spare: Optional[httpx.Client] = None
+#: Threads ``warm_up`` started, each waiting for the one job it will run (``_in_thread``).
+_spare_threads: list[queue.SimpleQueue] = []
+#: How many: one fetches the code, one sends the reports.
+SPARE_THREADS = 2
+
+
+def warm_up() -> None:
+    """Make now, with no run in view, what a Reporter of this process needs first (its HTTP
+    client to a plain-HTTP backend, its threads: each takes milliseconds on a busy host), so that
+    it starts at once."""
+    global _spare
+    _spare = _new_client(https=False)
+    for _ in range(SPARE_THREADS):
+        jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=_spare_thread, args=(jobs,), name="wml-spare", daemon=True).start()
+        _spare_threads.append(jobs)
+
+
+def _spare_thread(jobs: queue.SimpleQueue) -> None:
+    target, name = jobs.get()
+    threading.current_thread().name = name
+    target()
+
+
+def _in_thread(target: Callable[[], Any], name: str) -> None:
+    """Run ``target`` in a thread of its own: a spare one (``warm_up``) while there are any, since
+    starting one waits until it is scheduled."""
+    try:
+        _spare_threads.pop().put((target, name))
+    except IndexError:
+        threading.Thread(target=target, name=name, daemon=True).start()
+
+
+def _take_client(https: bool) -> httpx.Client:
+    """The client ``warm_up`` made (once, and for plain HTTP), else a new one."""
+    global _spare
+    if https or _spare is None:
+        return _new_client(https)
+    client, _spare = _spare, None
+    return client
+
+
+def _new_client(https: bool) -> httpx.Client:
+    # Loading CA certificates costs ~40 ms a runner; plain HTTP (the local backend) needs none.
+    return httpx.Client(timeout=30.0, verify=https)
+
+
 class Reporter:
     """Calls the backend as one run's runner; retries through connection errors and 5xx.
 
@@ -33,13 +82,12 @@ class Reporter:
 
     def __init__(self, url: str, run_id: str, token: str, deadline_s: float = REPORT_DEADLINE_S):
         self.run_id, self.deadline_s = run_id, deadline_s
-        # Loading CA certificates costs ~40 ms a runner; plain HTTP (the local backend) needs none.
-        self._http = httpx.Client(base_url=f"{url.rstrip('/')}/v1/runner/{run_id}",
-                                  headers={"Authorization": f"Bearer {token}"}, timeout=30.0,
-                                  verify=url.startswith("https://"))
+        self._http = _take_client(https=url.startswith("https://"))
+        self._http.base_url = f"{url.rstrip('/')}/v1/runner/{run_id}"
+        self._http.headers["Authorization"] = f"Bearer {token}"
         self._code: Optional[Future] = None
         self._outbox: queue.Queue = queue.Queue()
-        self._sender: Optional[threading.Thread] = None
+        self._sending = False
         self._failure: Optional[Exception] = None
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -105,9 +153,9 @@ class Reporter:
             raise self._failure
 
     def _start_sender(self) -> None:
-        if self._sender is None:
-            self._sender = threading.Thread(target=self._send, name="wml-reports", daemon=True)
-            self._sender.start()
+        if not self._sending:
+            self._sending = True
+            _in_thread(self._send, "wml-reports")
 
     def _send(self) -> None:
         """Send the reports put in the outbox, in order (after a failure: none)."""
@@ -146,7 +194,7 @@ def _in_background(call: Callable[[], Any]) -> Future:
             future.set_result(call())
         except BaseException as exc:  # noqa: BLE001 - raised where the result is asked for
             future.set_exception(exc)
-    threading.Thread(target=run, name="wml-prefetch", daemon=True).start()
+    _in_thread(run, "wml-prefetch")
     return future
 
 

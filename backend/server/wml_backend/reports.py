@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from typing import Optional
 
 from wml_core.errors import BackendUnavailable, Conflict, NotFound, Unauthorized
@@ -19,6 +20,12 @@ from wml_backend.rundb import RunRow
 #: backend's to decide: a run that said QUEUED was started again), nor STOPPED (its search's).
 RUNNER_STATES = frozenset({RunState.DOWNLOADING, RunState.PROCESSING, RunState.STORING,
                            RunState.COMPLETED, RunState.FAILED, RunState.HALTED})
+
+
+#: How long a runner's ask for its spec waits for its start to be recorded before it is refused
+#: (it asks again later), and how often the run is read meanwhile: a local runner asks within
+#: milliseconds of its start, while its handle is being stored.
+SPEC_WAIT_S, SPEC_POLL_S = 0.05, 0.002
 
 
 class RunnerReports:
@@ -41,8 +48,7 @@ class RunnerReports:
         """The run's command, hyperparameters, store and buckets; not before its start is recorded
         (its handle), which the runner waits for: the runner of a start its leader died before
         recording never gets it (the run is queued again, and its token forgotten)."""
-        if not run.handle:
-            raise BackendUnavailable(f"the start of run {run.id} is not recorded yet; try again")
+        run = self._started(run)
         definition = self.store.experiment(run.experiment_id).definition
         secret = self.store.secret(run.experiment_id)
         store = secret or {**self.service.settings.store_config.public(),
@@ -59,6 +65,20 @@ class RunnerReports:
                        evaluation_metrics=metrics.model_dump() if metrics else None, store=store,
                        data_bucket=data.bucket if data else None, data_prefix=data.prefix if data else "",
                        results_bucket=bucket, results_prefix=prefix)
+
+    def _started(self, run: RunRow) -> RunRow:
+        """``run`` (read again) once its start is recorded, waiting ``SPEC_WAIT_S`` at most for it;
+        still the attempt whose runner asks (its token)."""
+        deadline = time.monotonic() + SPEC_WAIT_S
+        while not run.handle:
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(f"the start of run {run.id} is not recorded yet; try again")
+            time.sleep(SPEC_POLL_S)
+            again = self.store.run(run.id)
+            if again is None or again.runner_token_hash != run.runner_token_hash:
+                raise Unauthorized("missing or unknown runner token")
+            run = again
+        return run
 
     def credential(self, run: RunRow) -> StoreCredential:
         """A fresh credential of the default store scoped to the run's data and results (for its

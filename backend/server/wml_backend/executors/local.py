@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -21,7 +23,8 @@ import psutil
 from wml_core.private_files import write_private
 from wml_backend.executors.base import Capacity, Executor, Launch
 from wml_backend.executors.zygotes import Zygotes
-from wml_runner.isolation import POOL, RUN_USER_ENV, isolation_gap
+from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
+from wml_runner.reporter import warm_up
 from wml_runner.zygote import FRAMEWORK_MODULES, ZYGOTE_ENV
 
 log = logging.getLogger("wml_backend")
@@ -32,6 +35,8 @@ REATTACH_POLL_S = 0.2
 #: its handle, until it ends: a backend started later finds there the runners of runs that ended
 #: while it was down (``reconcile``).
 RUNNERS = ".runners"
+#: Idle runners a start tries before it fails (one that died while idle is passed over).
+LAUNCH_TRIES = 3
 
 
 def detect_gpus() -> int:
@@ -58,6 +63,26 @@ _FORKSERVER.set_forkserver_preload(["wml_backend.daemon", __name__, "wml_runner.
 TOKEN_ENV = "WML_RUNNER_TOKEN"
 
 
+#: Runners kept forked ahead, idle, so that a start finds one ready (``IdleRunners``).
+IDLE_RUNNERS = 2
+
+
+def _idle_runner(launches: Connection) -> None:
+    """Body of an idle runner: made ready with no run in view (hardened first, then warm), it
+    waits for one launch and runs it (``_run_runner``); it exits at once, quietly, when its pipe
+    closes first (the executor closed, or the backend is gone)."""
+    harden_runner()  # before any secret (the launch) arrives
+    warm_up()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the backend's terminal: the backend closes its pipe
+    try:
+        env, run_dir, token = launches.recv()
+    except (EOFError, OSError):
+        os._exit(0)
+    launches.close()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _run_runner(env, run_dir, token)
+
+
 def _run_runner(env: dict[str, str], run_dir: str, token: str) -> None:
     """Body of a forked runner: its own session, environment, directory and log file."""
     os.setsid()
@@ -71,6 +96,105 @@ def _run_runner(env: dict[str, str], run_dir: str, token: str) -> None:
     os.dup2(log, 2)
     from wml_runner.main import main
     sys.exit(main(token))
+
+
+class IdleRunner:
+    """A runner forked ahead, waiting on its pipe for the one launch it will run; a thread of
+    its own (started with it, not with its run: starting one waits until it is scheduled) waits
+    for it to exit."""
+
+    def __init__(self) -> None:
+        receiver, self._launches = _FORKSERVER.Pipe(duplex=False)
+        self.process = _FORKSERVER.Process(target=_idle_runner, args=(receiver,), daemon=False)
+        self.process.start()
+        receiver.close()
+        self.create_time = psutil.Process(self.process.pid).create_time()
+        self._lock = threading.Lock()
+        self.exited = False
+        self._then: Optional[Callable[[Optional[int]], None]] = None
+        self._waiter = threading.Thread(target=self._wait, name="wml-runner-exit", daemon=True)
+        self._waiter.start()
+
+    def _wait(self) -> None:
+        self.process.join()
+        with self._lock:
+            self.exited, then = True, self._then
+        if then is not None:
+            then(self.process.exitcode)
+
+    def launch(self, env: dict[str, str], run_dir: str, token: str, then: Callable[[Optional[int]], None]) -> bool:
+        """Hand it its run (it runs none other), and ``then`` its exit code once it exits; False
+        if it was gone (``then`` is not called)."""
+        try:
+            self._launches.send((env, run_dir, token))
+        except OSError:
+            log.warning("local: an idle runner (pid %s) was gone; another takes its launch", self.process.pid)
+            return False
+        finally:
+            self._launches.close()
+        with self._lock:
+            self._then, exited = then, self.exited
+        if exited:
+            then(self.process.exitcode)
+        return True
+
+    def end(self, timeout_s: float = 5.0) -> None:
+        """Close its pipe (it exits at once) and wait for it, killing it if it lingers."""
+        self._launches.close()
+        self._waiter.join(timeout_s)
+        if self._waiter.is_alive():
+            self.process.kill()
+            self._waiter.join()
+
+
+class IdleRunners:
+    """The idle runners of one executor: ``keep`` of them, forked again in the background as they
+    are taken, so that a start finds one ready."""
+
+    def __init__(self, keep: int = IDLE_RUNNERS):
+        self.keep = keep
+        self._idle: list[IdleRunner] = []
+        self._lock = threading.Lock()
+        self._wanted = threading.Event()
+        self._wanted.set()
+        self._closed = False
+        atexit.register(self.close)  # before multiprocessing's own exit waits for its children
+        threading.Thread(target=self._fill, name="wml-idle-runners", daemon=True).start()
+
+    def take(self) -> IdleRunner:
+        """An idle runner, no longer idle (forked now if none is ready)."""
+        with self._lock:
+            ready = [runner for runner in self._idle if not runner.exited]
+            runner = ready.pop(0) if ready else None
+            self._idle = ready
+        self._wanted.set()
+        return runner or IdleRunner()
+
+    def _fill(self) -> None:
+        while self._wanted.wait() and not self._closed:
+            self._wanted.clear()
+            while len(self._idle) < self.keep and not self._closed:
+                try:
+                    runner = IdleRunner()
+                except Exception:  # the fork server failed: starts fork their runners themselves
+                    log.exception("local: could not fork an idle runner")
+                    time.sleep(1.0)
+                    continue
+                with self._lock:
+                    keep = not self._closed
+                    if keep:
+                        self._idle.append(runner)
+                if not keep:
+                    runner.end()
+
+    def close(self) -> None:
+        """End the idle runners (runners given a launch go on)."""
+        atexit.unregister(self.close)
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, []
+        self._wanted.set()
+        for runner in idle:
+            runner.end()
 
 
 class LocalExecutor(Executor):
@@ -95,8 +219,8 @@ class LocalExecutor(Executor):
         self._capacity = Capacity(gpu_ids=tuple(range(count)),
                                   slots=slots or max(count, os.cpu_count() or 1), real_gpus=self._real)
         self.isolation_gap = isolation_gap(self.work_dir)
-        # The fork server starts now, not with the first run (its imports take a second).
-        threading.Thread(target=multiprocessing.forkserver.ensure_running, name="wml-forkserver", daemon=True).start()
+        # The fork server, and the first idle runners, start now, not with the first run (its imports take a second).
+        self.idle = IdleRunners()
 
     def capacity(self) -> Capacity:
         return self._capacity
@@ -113,17 +237,19 @@ class LocalExecutor(Executor):
         zygote = self.zygotes.socket_for(launch.framework, launch.framework_version, env, launch.cpus)
         if zygote:
             env[ZYGOTE_ENV] = zygote
-        proc = _FORKSERVER.Process(target=_run_runner, args=(env, str(run_dir), launch.env[TOKEN_ENV]), daemon=False)
-        proc.start()
-        handle = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "attempt": launch.attempt}
-        write_private(self._note(launch.run_id), json.dumps(handle))
-        threading.Thread(target=self._wait_child, args=(launch.run_id, launch.attempt, proc), daemon=True).start()
-        return handle
+        for _ in range(LAUNCH_TRIES):
+            runner = self.idle.take()
+            handle = {"pid": runner.process.pid, "create_time": runner.create_time, "attempt": launch.attempt}
+            write_private(self._note(launch.run_id), json.dumps(handle))  # noted before it holds the token
+            if runner.launch(env, str(run_dir), launch.env[TOKEN_ENV],
+                             then=functools.partial(self._exited, launch.run_id, launch.attempt, runner.process.pid)):
+                return handle
+        raise RuntimeError(f"no runner took the launch in {LAUNCH_TRIES} tries (see the backend's log)")
 
-    def _wait_child(self, run_id: str, attempt: int, proc: multiprocessing.Process) -> None:
-        proc.join()
-        self._forget(run_id, proc.pid)
-        self.on_exit(run_id, attempt, proc.exitcode)
+    def _exited(self, run_id: str, attempt: int, pid: int, exit_code: Optional[int]) -> None:
+        """Our runner ``pid`` of the run's ``attempt`` exited with ``exit_code``."""
+        self._forget(run_id, pid)
+        self.on_exit(run_id, attempt, exit_code)
 
     def _note(self, run_id: str) -> Path:
         """Where the runner of ``run_id`` is noted while it runs."""
@@ -149,7 +275,8 @@ class LocalExecutor(Executor):
             note.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Stop the warm interpreters (each ends once the commands it started have)."""
+        """Stop the idle runners, and the warm interpreters (each ends once the commands it started have)."""
+        self.idle.close()
         self.zygotes.close()
 
     def cancel(self, run_id: str, handle: dict[str, Any]) -> None:

@@ -1,0 +1,162 @@
+"""The local executor's idle runners: forked ahead so that a start finds one ready, each runs
+exactly one run, holds nothing of a run until it is given one, and none outlives its executor
+(closed, or its backend gone); and a runner that asks for its spec early gets it once its start
+is recorded."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from executor_worlds import Exits, admit
+from test_executor_contract import backend, tiny_run  # noqa: F401  (the backend runners report to: a fixture)
+from wml_backend.executors.local import IDLE_RUNNERS, LocalExecutor
+from wml_backend.lifecycle import STORE_CREDENTIAL_ENV, token_hash
+from wml_core.states import RunState
+
+#: Seconds within which idle runners are forked again, or gone.
+READY_S = 20.0
+
+
+@pytest.fixture
+def executor(tmp_path) -> Iterator[tuple[LocalExecutor, Exits]]:
+    exits = Exits()
+    executor = exits.wire(LocalExecutor(tmp_path / "runs", gpus=2, slots=3, warm={}))
+    yield executor, exits
+    executor.close()
+
+
+def idle_of(backend: psutil.Process) -> set[int]:
+    """The pids of the idle runners of ``backend``'s local executor: its fork server's children
+    still in the server's session (a runner given a run makes a session of its own first)."""
+    found = set()
+    for server in (p for p in backend.children() if "forkserver" in " ".join(p.cmdline())):
+        for child in server.children():
+            try:
+                if os.getsid(child.pid) == os.getsid(server.pid):
+                    found.add(child.pid)
+            except OSError:
+                pass
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def ready(backend: psutil.Process) -> set[int]:
+    """``backend``'s idle runners, once there are as many as it keeps."""
+    return wait_for(lambda: len(found := idle_of(backend)) >= IDLE_RUNNERS and found)
+
+
+def wait_for(check, timeout: float = READY_S):
+    """``check()`` once it is truthy (asserted within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.05)
+    return found
+
+
+def test_idle_runners_are_ready_before_any_run_and_hold_no_secret(backend, executor, tmp_path):
+    idle = ready(psutil.Process())
+    run = tiny_run(backend, tmp_path)
+    launch, handle = admit(backend, run, executor[0])
+    assert handle["pid"] in idle, "the run is given a runner forked before it"
+    secrets = [launch.env["WML_RUNNER_TOKEN"], launch.env[STORE_CREDENTIAL_ENV[1]]]
+    for pid in idle - {handle["pid"]}:
+        process = psutil.Process(pid)
+        seen = " ".join([*process.cmdline(), *process.environ().values()])
+        assert not any(secret in seen for secret in secrets), "an idle runner holds a run's secret"
+    assert executor[1].next() == (run.id, 1, 0)
+
+
+def test_runs_started_back_to_back_each_get_a_runner_of_their_own_that_ends_with_them(
+        backend, executor, tmp_path):
+    local, exits = executor
+    runs = [tiny_run(backend, tmp_path) for _ in range(3)]
+    handles = [admit(backend, run, local)[1] for run in runs]
+    assert len({handle["pid"] for handle in handles}) == len(runs)
+    ended = {exits.next()[:2] for _ in runs}
+    assert ended == {(run.id, 1) for run in runs}
+    for run, handle in zip(runs, handles):
+        assert backend.store.run(run.id).reported_state is RunState.COMPLETED
+        assert gone(handle["pid"]), "a runner outlived its run (it would take another)"
+    # and the executor keeps runners ready for the next start
+    ready(psutil.Process())
+
+
+def test_a_runner_killed_while_idle_is_passed_over(backend, executor, tmp_path):
+    idle = ready(psutil.Process())
+    for pid in idle:
+        psutil.Process(pid).kill()
+    run = tiny_run(backend, tmp_path)
+    _, handle = admit(backend, run, executor[0])
+    assert handle["pid"] not in idle
+    assert executor[1].next() == (run.id, 1, 0)
+
+
+def test_closing_the_executor_ends_its_idle_runners_not_its_runs(backend, tmp_path):
+    exits = Exits()
+    local = exits.wire(LocalExecutor(tmp_path / "runs", gpus=2, slots=3, warm={}))
+    idle = ready(psutil.Process())
+    run = tiny_run(backend, tmp_path, steps=10, sleep=0.1)
+    _, handle = admit(backend, run, local)
+    backend.wait(run.id, lambda row: row.state in (RunState.PROCESSING, RunState.STORING, RunState.COMPLETED)
+                 or row.reported_state is not None)
+    local.close()
+    assert all(gone(pid) for pid in idle - {handle["pid"]}), "an idle runner outlived its executor"
+    assert exits.next()[:2] == (run.id, 1), "a run's runner was ended with its executor"
+    assert backend.store.run(run.id).reported_state is RunState.COMPLETED
+
+
+def test_idle_runners_end_when_their_backend_dies(tmp_path):
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from wml_backend.executors.local import LocalExecutor
+        if __name__ == "__main__":
+            executor = LocalExecutor(Path({str(tmp_path / 'runs')!r}), gpus=1, slots=1, warm={{}})
+            time.sleep(120)
+        """)
+    (tmp_path / "backend.py").write_text(script)
+    backend = subprocess.Popen([sys.executable, str(tmp_path / "backend.py")])
+    try:
+        idle = ready(psutil.Process(backend.pid))
+        backend.kill()
+        backend.wait()
+        wait_for(lambda: all(gone(pid) for pid in idle), timeout=10)
+    finally:
+        backend.kill()
+
+
+def test_a_runner_gets_its_spec_once_its_start_is_recorded_never_before(backend, tmp_path):
+    """The spec waits briefly for the start (a local runner asks within milliseconds of it) and is
+    refused while it is not recorded (its leader may have died first)."""
+    run, token = tiny_run(backend, tmp_path), secrets.token_urlsafe(16)
+    backend.store.transition(run.id, RunState.PENDING, time.time(), attempt=1, gpu_ids=[],
+                             runner_token_hash=token_hash(token))
+
+    runner = httpx.Client(base_url=f"{backend.url}/v1/runner/{run.id}", headers={"Authorization": f"Bearer {token}"})
+    assert runner.get("/spec").status_code == 503, "a runner got the spec of a start that is not recorded"
+    recorded = threading.Timer(0.01, backend.store.update_run, args=(run.id,),
+                               kwargs={"handle": {"pid": 1, "create_time": 0.0, "attempt": 1}})
+    recorded.start()
+    answered = runner.get("/spec")  # asked before the start is recorded
+    recorded.join()
+    runner.close()
+    assert answered.status_code == 200 and answered.json()["run_id"] == run.id

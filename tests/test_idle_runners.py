@@ -29,7 +29,14 @@ READY_S = 20.0
 
 
 @pytest.fixture
-def executor(tmp_path) -> Iterator[tuple[LocalExecutor, Exits]]:
+def others() -> frozenset[int]:
+    """Idle runners already there before the test's executor: those of executors that other
+    tests in this process left open (not this test's to count)."""
+    return frozenset(idle_of(psutil.Process()))
+
+
+@pytest.fixture
+def executor(tmp_path, others) -> Iterator[tuple[LocalExecutor, Exits]]:
     exits = Exits()
     executor = exits.wire(LocalExecutor(tmp_path / "runs", gpus=2, slots=3, warm={}))
     yield executor, exits
@@ -58,9 +65,9 @@ def gone(pid: int) -> bool:
         return True
 
 
-def ready(backend: psutil.Process) -> set[int]:
-    """``backend``'s idle runners, once there are as many as it keeps."""
-    return wait_for(lambda: len(found := idle_of(backend)) >= IDLE_RUNNERS and found)
+def ready(backend: psutil.Process, others: frozenset[int] = frozenset()) -> set[int]:
+    """``backend``'s idle runners but ``others``, once there are as many as one executor keeps."""
+    return wait_for(lambda: len(found := idle_of(backend) - others) >= IDLE_RUNNERS and found)
 
 
 def wait_for(check, timeout: float = READY_S):
@@ -72,8 +79,8 @@ def wait_for(check, timeout: float = READY_S):
     return found
 
 
-def test_idle_runners_are_ready_before_any_run_and_hold_no_secret(backend, executor, tmp_path):
-    idle = ready(psutil.Process())
+def test_idle_runners_are_ready_before_any_run_and_hold_no_secret(backend, executor, others, tmp_path):
+    idle = ready(psutil.Process(), others)
     run = tiny_run(backend, tmp_path)
     launch, handle = admit(backend, run, executor[0])
     assert handle["pid"] in idle, "the run is given a runner forked before it"
@@ -86,7 +93,7 @@ def test_idle_runners_are_ready_before_any_run_and_hold_no_secret(backend, execu
 
 
 def test_runs_started_back_to_back_each_get_a_runner_of_their_own_that_ends_with_them(
-        backend, executor, tmp_path):
+        backend, executor, others, tmp_path):
     local, exits = executor
     runs = [tiny_run(backend, tmp_path) for _ in range(3)]
     handles = [admit(backend, run, local)[1] for run in runs]
@@ -97,11 +104,11 @@ def test_runs_started_back_to_back_each_get_a_runner_of_their_own_that_ends_with
         assert backend.store.run(run.id).reported_state is RunState.COMPLETED
         assert gone(handle["pid"]), "a runner outlived its run (it would take another)"
     # and the executor keeps runners ready for the next start
-    ready(psutil.Process())
+    ready(psutil.Process(), others)
 
 
-def test_a_runner_killed_while_idle_is_passed_over(backend, executor, tmp_path):
-    idle = ready(psutil.Process())
+def test_a_runner_killed_while_idle_is_passed_over(backend, executor, others, tmp_path):
+    idle = ready(psutil.Process(), others)
     for pid in idle:
         psutil.Process(pid).kill()
     run = tiny_run(backend, tmp_path)
@@ -110,10 +117,10 @@ def test_a_runner_killed_while_idle_is_passed_over(backend, executor, tmp_path):
     assert executor[1].next() == (run.id, 1, 0)
 
 
-def test_closing_the_executor_ends_its_idle_runners_not_its_runs(backend, tmp_path):
+def test_closing_the_executor_ends_its_idle_runners_not_its_runs(backend, others, tmp_path):
     exits = Exits()
     local = exits.wire(LocalExecutor(tmp_path / "runs", gpus=2, slots=3, warm={}))
-    idle = ready(psutil.Process())
+    idle = ready(psutil.Process(), others)
     run = tiny_run(backend, tmp_path, steps=10, sleep=0.1)
     _, handle = admit(backend, run, local)
     backend.wait(run.id, lambda row: row.state in (RunState.PROCESSING, RunState.STORING, RunState.COMPLETED)

@@ -110,6 +110,7 @@ def cancel_while_starting(runners: RunnerBackend, tmp_path: Path, executor: Slow
         assert (ended.state, ended.reason) == (RunState.HALTED, "cancelled by the user")
     finally:
         executor.kill(run.id, executor.handles[0])
+        executor.close()
 
 
 def start_elsewhere(backend: BackendProcess) -> None:

@@ -103,10 +103,12 @@ def test_public_routes_need_no_token(target):
     assert httpx.get(f"{target.url}/openapi.json").status_code == 200
 
 
-def test_every_route_is_authenticated_unless_public_and_limits_name_real_routes(tmp_path):
+def test_every_route_is_authenticated_unless_public_and_limits_name_real_routes(tmp_path, request):
     """A route added later is authenticated and small by default; the limits table names real routes.
     (The operator's routes answer this host's own callers: this in-process client is one.)"""
-    app = create_app(_service(tmp_path))
+    service = _service(tmp_path)
+    app = create_app(service)
+    request.addfinalizer(service.executor.close)  # its idle runners
     paths = {route.path for route in app.router.routes}
     assert set(BODY_LIMITS) <= paths and PUBLIC_ROUTES >= {"/healthz", "/openapi.json"}
     guarded = [route for route in app.router.routes if route.path not in PUBLIC_ROUTES | OPERATOR_ROUTES]

@@ -17,7 +17,6 @@ import {
   refreshIcon,
   stopIcon
 } from '@jupyterlab/ui-components';
-import { Poll } from '@lumino/polling';
 import { Message } from '@lumino/messaging';
 import * as React from 'react';
 
@@ -41,6 +40,7 @@ import {
   stateKind
 } from './format';
 import { EventFeed } from './events';
+import { FreshPoll } from './freshpoll';
 import { wmlIcon } from './icons';
 import { Experiment, isTerminal, Run, RunPage, Snapshot, Usage } from './model';
 import { SidebarModel } from './state';
@@ -84,8 +84,8 @@ export class SidebarWidget extends ReactWidget {
     this.title.icon = wmlIcon;
     this.title.label = 'WML';
     this.title.caption = 'WML training runs';
-    this.poll = new Poll({
-      factory: () => this.model.refresh(),
+    this.poll = new FreshPoll({
+      fetch: () => this.model.refresh(),
       frequency: { interval: POLL_INTERVAL_MS, backoff: true, max: POLL_MAX_MS },
       standby: () => (this.isVisible ? 'when-hidden' : true),
       name: 'wml-jupyter:sidebar'
@@ -99,7 +99,7 @@ export class SidebarWidget extends ReactWidget {
   }
 
   /** The poll that keeps the panel live. */
-  readonly poll: Poll;
+  readonly poll: FreshPoll;
 
   /** Refresh now (the Retry button, and after every action). */
   refresh(): Promise<void> {

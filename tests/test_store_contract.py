@@ -516,6 +516,27 @@ def test_logs_read_from_any_offset_up_to_a_limit(store):
     assert store.read_log("e1-1", 1, 10, 100) == b"" and store.read_log("e1-2", 1, 0, 100) == b""
 
 
+def test_every_value_reads_back_exactly_read_after_read_in_order(store):
+    """What is stored comes back the same, read after read: reals to the last digit (times to the
+    microsecond, huge and tiny ones), big integers, any text, blobs; runs in the order stored."""
+    now = time.time()  # microseconds: more digits than JSON's default 15
+    add_experiment(store, "e1", runs=12, created=now, cpus=0.1 + 0.2, memory_bytes=2**62)
+    store.transition("e1-3", P, now + 1 / 3)
+    store.add_metrics("e1-1", [point(0, 1.0092329818289469e+260, loss=1 / 3), point(1, 2.5e-300, loss=1e300)])
+    text = 'é\n"quoted" \\ \U0001F600 \x7f'
+    store.update_run("e1-2", reason=text)
+    for _ in range(3):
+        runs = store.runs(account="alice", experiment="e1")
+        assert [r.id for r in runs] == [f"e1-{n}" for n in range(1, 13)]  # in the order stored
+        assert runs[0].created == datetime.fromtimestamp(now, timezone.utc)
+        assert runs[0].cpus == 0.1 + 0.2 and runs[0].memory_bytes == 2**62
+        assert runs[1].reason == text
+        assert runs[2].transitions[-1].time == datetime.fromtimestamp(now + 1 / 3, timezone.utc)
+        assert store.metrics("e1-1") == [point(0, 1.0092329818289469e+260, loss=1 / 3), point(1, 2.5e-300, loss=1e300)]
+        assert store.code("e1") == b"PK\x03\x04e1"
+        assert store.experiment("e1").created == now
+
+
 # -- several connections: restarts and replicas -------------------------------------------
 def test_another_connection_sees_what_was_committed(connect):
     first = connect()

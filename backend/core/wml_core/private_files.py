@@ -10,6 +10,8 @@ from pathlib import Path
 def private_dir(path: Path) -> Path:
     """Create ``path`` and any missing parents, each readable by its owner only."""
     path = Path(path)
+    if path.is_dir():  # the usual case (a run's note, a log): one stat, not one per parent
+        return path
     missing = [p for p in (path, *path.parents) if not p.exists()]
     for folder in reversed(missing):
         try:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
-from pathlib import Path
 
 import psutil
-from test_run_isolation import VICTIM, account, host, show, submit_code  # noqa: F401 (host: a fixture)
+from test_run_isolation import VICTIM, account, host, show, submit_code, written  # noqa: F401 (host: a fixture)
 
 #: Training code that lists every process it can see: its owner and command line, to seen.json.
 PEEK = r'''
@@ -31,15 +29,6 @@ for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
 found = {"uid": os.getuid(), "ppid": os.getppid(), "pid": os.getpid(), "seen": seen}
 (Path(os.environ["RESULT_DIR"]) / "seen.json").write_text(json.dumps(found))
 '''
-
-
-def written(path: Path, timeout: float = 30.0) -> str:
-    """The text of ``path`` once a run has written it."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} was not written"
-        time.sleep(0.1)
-    return path.read_text()
 
 
 def test_training_code_sees_only_its_own_processes_not_another_runs_command_line(host, tmp_path):

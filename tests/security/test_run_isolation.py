@@ -143,6 +143,15 @@ def submit_code(backend: BackendProcess, folder: Path, code: str, token: str, hp
     return f"{result.stdout.strip().splitlines()[-1]}-01"
 
 
+def written(path: Path, timeout: float = 30.0) -> str:
+    """The text of ``path`` once a run has written it."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} was not written"
+        time.sleep(0.1)
+    return path.read_text()
+
+
 def runner_of(backend: BackendProcess, run_id: str) -> psutil.Process:
     """The run's runner process (it works in the run's folder)."""
     run_dir = str(backend.home / "backend" / "runs" / run_id)
@@ -273,6 +282,32 @@ def test_the_command_runs_as_a_user_of_its_own_with_its_gpus_and_its_exit_code(h
     assert int(line.split()[1]) not in (0, os.getuid()) and line.split()[3] in ("0", "1")
     home = (host.home / "storage" / "wml-results" / f"training-{run_id}" / "home.txt").read_text()
     assert home == str(host.home / "backend" / "runs" / run_id / "home")
+
+
+#: Training code that notes what each of its open file descriptors is, to fds.json, then waits.
+DESCRIPTORS = r'''
+import json, os, time
+from pathlib import Path
+fds = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")}
+(Path(os.environ["RESULT_DIR"]) / "fds.json").write_text(json.dumps(fds))
+time.sleep(60)
+'''
+
+
+def test_training_code_holds_no_end_of_its_runners_pipe_to_the_backend(host, tmp_path):
+    """The runner calls the backend over a pipe (``wml_runner.channel``) that the command must not
+    reach: it would talk to the backend as its runner, or read the runner's answers."""
+    token = account(host)
+    run_id = submit_code(host, tmp_path / "code", DESCRIPTORS, token, {"x": 1})
+    host.wait_state(run_id, "PROCESSING", token=token)
+    fds = json.loads(written(host.home / "backend" / "runs" / run_id / "results" / "fds.json"))
+    runners = {os.readlink(f"/proc/{runner_of(host, run_id).pid}/fd/{fd}")
+               for fd in os.listdir(f"/proc/{runner_of(host, run_id).pid}/fd")}
+    host.cli("cancel", run_id, token=token, check=True)
+    pipes = {target for target in runners if target.startswith("socket:")}
+    assert pipes, "the runner holds its pipe (a socket) while the run trains"
+    assert not pipes & set(fds.values()), f"the command holds its runner's pipe: {fds}"
+    assert {"0", "1", "2"} <= set(fds) and not [t for t in fds.values() if t.startswith("socket:")], fds
 
 
 # -- item 1's second half: the protocol trusts a runner only with its own run's progress -----------

@@ -7,6 +7,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from multiprocessing.connection import Connection
 from typing import Any, Callable, Optional
 
 import httpx
@@ -14,6 +15,7 @@ import httpx
 from wml_core.errors import StorageError
 from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport, StoreCredential
 from wml_core.states import RunState
+from wml_runner.channel import PipeTransport
 
 log = logging.getLogger("wml_runner")
 
@@ -26,17 +28,21 @@ FIRST_RETRY_S = 0.005
 
 #: The HTTP client ``warm_up`` made ahead, for this process's first Reporter to a plain-HTTP backend.
 _spare: Optional[httpx.Client] = None
+#: The pipe to the executor that started this runner, if it has one (``wml_runner.channel``).
+_channel: Optional[Connection] = None
 #: Threads ``warm_up`` started, each waiting for the one job it will run (``_in_thread``).
 _spare_threads: list[queue.SimpleQueue] = []
 #: How many: one fetches the code, one sends the reports.
 SPARE_THREADS = 2
 
 
-def warm_up() -> None:
+def warm_up(channel: Optional[Connection] = None) -> None:
     """Make now, with no run in view, what a Reporter of this process needs first (its HTTP
     client to a plain-HTTP backend, its threads: each takes milliseconds on a busy host), so that
-    it starts at once."""
-    global _spare
+    it starts at once. ``channel``: the Reporter calls over this pipe to the executor, while it
+    is open, instead of over HTTP."""
+    global _spare, _channel
+    _channel = channel
     _spare = _new_client(https=False)
     for _ in range(SPARE_THREADS):
         jobs: queue.SimpleQueue = queue.SimpleQueue()
@@ -70,7 +76,8 @@ def _take_client(https: bool) -> httpx.Client:
 
 def _new_client(https: bool) -> httpx.Client:
     # Loading CA certificates costs ~40 ms a runner; plain HTTP (the local backend) needs none.
-    return httpx.Client(timeout=30.0, verify=https)
+    transport = PipeTransport(_channel, httpx.HTTPTransport(verify=https)) if _channel is not None else None
+    return httpx.Client(timeout=30.0, verify=https, transport=transport)
 
 
 class Reporter:

@@ -6,26 +6,28 @@ in exactly one place, ``gate.error_response``.
 """
 
 
+import functools
 import ipaddress
 import json
-from typing import Annotated, Optional
+from typing import Annotated, Awaitable, Callable, Optional
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from wml_backend import __version__
-from wml_backend.gate import Gate, Rule, error_response, route_of
+from wml_backend.gate import SMALL_BODY_BYTES, Gate, Rule, error_response, route_of, validation_response
 from wml_core.errors import ERRORS_BY_CODE, Forbidden, InvalidInput, WmlError, quoted
 from wml_backend.eventbus import Subscription
 from wml_backend.health import not_ready
 from wml_core.models import (AccountCreated, AccountInfo, AccountLimits, AccountToken, DataClaim, Experiment,
-                             ExperimentRequest, LogAppend, LogChunk, MetricPoint, Run, RunSpec, StateReport,
-                             StoreCredential, Usage)
+                             ExperimentRequest, LogChunk, MetricPoint, Run, Usage)
 from wml_backend.reports import RunnerReports
+from wml_backend.runner_calls import RUNNER_CALLS, RunnerCall, answer_channel, respond
 from wml_backend.listing import MAX_PAGE, EndedRuns, json_response, key_of, next_link, page_of
 from wml_backend.service import EXPERIMENTS_PAGE, Service
 from wml_backend.summary import Summaries, expanded_of
@@ -55,14 +57,9 @@ ERROR_RESPONSES = {status: {"model": Error}
 HTTP_CODES = {400: "invalid", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 #: The largest request body read: a code zip at its limit, base64-encoded, and its manifest.
 MAX_BODY_BYTES = MAX_CODE_BYTES * 4 // 3 + (4 << 20)
-#: The largest body of a runner's batch of metric points or log text (the runner sends at most
-#: 5,000 points, or 256 KiB of log escaped as JSON, at once).
-REPORT_BODY_BYTES = 8 << 20
-#: The largest body of every other route (an account, a runner's state with its log tail...).
-SMALL_BODY_BYTES = 256 << 10
 #: Body limits of the routes that take more than ``SMALL_BODY_BYTES``, by path.
-BODY_LIMITS = {"/v1/experiments": MAX_BODY_BYTES, "/v1/runner/{run_id}/metrics": REPORT_BODY_BYTES,
-               "/v1/runner/{run_id}/logs": REPORT_BODY_BYTES}
+BODY_LIMITS = {"/v1/experiments": MAX_BODY_BYTES,
+               **{call.path: call.max_body for call in RUNNER_CALLS if call.max_body > SMALL_BODY_BYTES}}
 #: Routes anyone may call: health and the API's own description.
 PUBLIC_ROUTES = {"/healthz", "/livez", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 #: Routes for the operator: the administrator's token, or any caller on this host (not through a proxy).
@@ -80,12 +77,6 @@ class AccountRequest(AccountLimits):
     gpus: int = Field(ge=0, le=10_000)
 
 
-class Count(BaseModel):
-    """How many items an operation accepted, or where a log continues."""
-
-    count: int
-
-
 def create_app(service: Service) -> FastAPI:
     """The ASGI application serving ``service``."""
     app = FastAPI(title="wml backend", version=__version__, responses=ERROR_RESPONSES)
@@ -101,7 +92,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"code": "invalid", "message": _validation_message(exc.errors())}, status_code=422)
+        return validation_response(exc.errors())
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -117,7 +108,6 @@ def create_app(service: Service) -> FastAPI:
         return request.state.caller
 
     Caller = Annotated[Account, Depends(caller)]
-    RunnerRun = Annotated[RunRow, Depends(caller)]
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -237,33 +227,21 @@ def create_app(service: Service) -> FastAPI:
         return StreamingResponse(_sse(subscription, experiment), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    # -- runners --------------------------------------------------------------------------
-    @app.get("/v1/runner/{run_id}/spec", include_in_schema=False)
-    def runner_spec(run: RunnerRun) -> RunSpec:
-        return reports.spec(run)
-
-    @app.get("/v1/runner/{run_id}/code", include_in_schema=False)
-    def runner_code(run: RunnerRun) -> Response:
-        return Response(reports.code(run), media_type="application/zip")
-
-    @app.get("/v1/runner/{run_id}/credential", include_in_schema=False)
-    def runner_credential(run: RunnerRun) -> StoreCredential:
-        return reports.credential(run)
-
-    @app.post("/v1/runner/{run_id}/state", include_in_schema=False)
-    def runner_state(run: RunnerRun, body: StateReport) -> Count:
-        reports.state(run, body)
-        return Count(count=1)
-
-    @app.post("/v1/runner/{run_id}/metrics", include_in_schema=False)
-    def runner_metrics(run: RunnerRun, body: list[MetricPoint]) -> Count:
-        return Count(count=reports.metrics(run, body))
-
-    @app.post("/v1/runner/{run_id}/logs", include_in_schema=False)
-    def runner_logs(run: RunnerRun, body: LogAppend) -> Count:
-        return Count(count=reports.log(run, body))
+    # -- runners (the local executor's runners make the same calls over its pipe) ---------
+    service.executor.on_runner_call = functools.partial(answer_channel, reports)
+    for call in RUNNER_CALLS:
+        app.add_api_route(call.path, _runner_route(call, reports, caller), methods=[call.method],
+                          include_in_schema=False)
 
     return app
+
+
+def _runner_route(call: RunnerCall, reports: RunnerReports, caller) -> Callable[..., Awaitable[Response]]:
+    """The HTTP route of ``call``: its body is read as it comes (within the gate's limit), and
+    answered in a worker thread."""
+    async def route(request: Request, run: Annotated[RunRow, Depends(caller)]) -> Response:
+        return await run_in_threadpool(respond, call, reports, run, await request.body())
+    return route
 
 
 def _rule(app: FastAPI, service: Service, reports: RunnerReports, scope: dict) -> Rule:
@@ -278,19 +256,6 @@ def _rule(app: FastAPI, service: Service, reports: RunnerReports, scope: dict) -
     if path and path.startswith("/v1/runner/"):
         return Rule(lambda token: reports.authenticate(params["run_id"], token), limit)
     return Rule(service.authenticate, limit)
-
-
-def _validation_message(errors: list[dict]) -> str:
-    """The first problem of a request that does not parse, as ``field: problem``."""
-    if not errors:
-        return "body: invalid request"
-    first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    if first.get("type") == "json_invalid":
-        return "body: not valid JSON"
-    if first.get("type") == "extra_forbidden":
-        return f"{where}: unknown field"
-    return f"{where}: {first['msg']}"
 
 
 def _on_this_host(scope: dict) -> bool:

@@ -21,6 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from wml_core.errors import Unauthorized, WmlError
 
+#: The largest body of a route that names no limit of its own (an account, a runner's state with
+#: its log tail...).
+SMALL_BODY_BYTES = 256 << 10
+
 #: Checks a request's bearer token (None: none given); returns the caller (an account, or a
 #: runner's run) or raises a ``WmlError`` (401, 404...).
 Authenticator = Callable[[Optional[str]], Any]
@@ -38,6 +42,29 @@ def error_response(exc: WmlError) -> JSONResponse:
     """A domain error as the API answers it: its HTTP status and ``{code, message}``."""
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.http_status, headers=headers)
+
+
+def validation_response(errors: list[dict]) -> JSONResponse:
+    """A request whose body does not parse, as the API answers it: 422 and its first problem."""
+    return JSONResponse({"code": "invalid", "message": validation_message(errors)}, status_code=422)
+
+
+def validation_message(errors: list[dict]) -> str:
+    """The first problem of a request that does not parse, as ``field: problem``."""
+    if not errors:
+        return "body: invalid request"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    if first.get("type") == "json_invalid":
+        return "body: not valid JSON"
+    if first.get("type") == "extra_forbidden":
+        return f"{where}: unknown field"
+    return f"{where}: {first['msg']}"
+
+
+def too_large_message(limit: int) -> str:
+    """Why a body over ``limit`` bytes is refused (413)."""
+    return f"the request body is over the limit of {size_text(limit)}"
 
 
 def bearer_token(scope: Scope) -> Optional[str]:
@@ -94,7 +121,7 @@ def _limited(receive: Receive, scope: Scope, limit: int) -> Receive:
 
 
 def _too_large(limit: int) -> HTTPException:
-    return HTTPException(413, f"the request body is over the limit of {size_text(limit)}")
+    return HTTPException(413, too_large_message(limit))
 
 
 def route_of(routes: list, scope: Scope) -> tuple[Optional[str], dict[str, Any]]:

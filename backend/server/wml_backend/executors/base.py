@@ -30,6 +30,9 @@ BoundCallback = Callable[[str, int, float], None]
 #: Called with (run_id, attempt, reason) when the cluster itself stops a started run (its time
 #: limit): the run ends FAILED with ``reason``, whatever its runner, told to stop, then reports.
 StoppingCallback = Callable[[str, int, str], None]
+#: Answers a call a runner made over a channel of the executor's own, as the API would over HTTP
+#: (a ``wml_core.runner_channel`` message in, its answer out).
+RunnerCallCallback = Callable[[bytes], bytes]
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class Executor(ABC):
         self.on_note: NoteCallback = lambda run_id, note: None
         self.on_bound: BoundCallback = lambda run_id, attempt, at: None
         self.on_stopping: StoppingCallback = lambda run_id, attempt, reason: None
+        #: None: runners call the API over HTTP only (an executor that has no channel of its own
+        #: to them ignores it).
+        self.on_runner_call: Optional[RunnerCallCallback] = None
 
     @abstractmethod
     def capacity(self) -> Capacity:

@@ -10,19 +10,21 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import psutil
 
 from wml_core.private_files import write_private
-from wml_backend.executors.base import Capacity, Executor, Launch
+from wml_backend.executors.base import Capacity, Executor, Launch, RunnerCallCallback
 from wml_backend.executors.zygotes import Zygotes
+from wml_core.runner_channel import MAX_CALL_BYTES
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
 from wml_runner.reporter import warm_up
 from wml_runner.zygote import FRAMEWORK_MODULES, ZYGOTE_ENV
@@ -67,18 +69,20 @@ TOKEN_ENV = "WML_RUNNER_TOKEN"
 IDLE_RUNNERS = 2
 
 
-def _idle_runner(launches: Connection) -> None:
+def _idle_runner(channel: Connection) -> None:
     """Body of an idle runner: made ready with no run in view (hardened first, then warm), it
-    waits for one launch and runs it (``_run_runner``); it exits at once, quietly, when its pipe
-    closes first (the executor closed, or the backend is gone)."""
+    waits on its pipe for one launch and runs it (``_run_runner``), calling the API over the
+    pipe when the executor answers there; it exits at once, quietly, when the pipe closes first
+    (the executor closed, or the backend is gone)."""
     harden_runner()  # before any secret (the launch) arrives
-    warm_up()
+    warm_up(channel)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the backend's terminal: the backend closes its pipe
     try:
-        env, run_dir, token = launches.recv()
+        env, run_dir, token, answered = channel.recv()
     except (EOFError, OSError):
         os._exit(0)
-    launches.close()
+    if not answered:
+        channel.close()  # its calls go over HTTP
     signal.signal(signal.SIGINT, signal.default_int_handler)
     _run_runner(env, run_dir, token)
 
@@ -100,14 +104,15 @@ def _run_runner(env: dict[str, str], run_dir: str, token: str) -> None:
 
 class IdleRunner:
     """A runner forked ahead, waiting on its pipe for the one launch it will run; a thread of
-    its own (started with it, not with its run: starting one waits until it is scheduled) waits
-    for it to exit."""
+    its own (started with it, not with its run: starting one waits until it is scheduled)
+    answers its calls over the pipe (``answer``: see ``Executor.on_runner_call``) until it exits."""
 
-    def __init__(self) -> None:
-        receiver, self._launches = _FORKSERVER.Pipe(duplex=False)
-        self.process = _FORKSERVER.Process(target=_idle_runner, args=(receiver,), daemon=False)
+    def __init__(self, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None) -> None:
+        self._channel, theirs = _FORKSERVER.Pipe(duplex=True)
+        self._answer = answer
+        self.process = _FORKSERVER.Process(target=_idle_runner, args=(theirs,), daemon=False)
         self.process.start()
-        receiver.close()
+        theirs.close()
         self.create_time = psutil.Process(self.process.pid).create_time()
         self._lock = threading.Lock()
         self.exited = False
@@ -116,22 +121,44 @@ class IdleRunner:
         self._waiter.start()
 
     def _wait(self) -> None:
+        self._serve()
+        self._channel.close()
         self.process.join()
         with self._lock:
             self.exited, then = True, self._then
         if then is not None:
             then(self.process.exitcode)
 
+    def _serve(self) -> None:
+        """Answer the runner's calls over the pipe, one at a time, until it exits (or the pipe closes)."""
+        try:
+            while self._channel in wait([self._channel, self.process.sentinel]):
+                message = self._channel.recv_bytes(MAX_CALL_BYTES)
+                answer = self._answer()
+                if answer is None:
+                    return
+                self._channel.send_bytes(answer(message))
+        except (EOFError, OSError):
+            pass
+
+    def _hang_up(self) -> None:
+        """Shut the pipe both ways: the runner reads its end, and the thread answering it wakes
+        (closing the pipe would do neither while that thread waits on it)."""
+        try:
+            with socket.socket(fileno=os.dup(self._channel.fileno())) as end:
+                end.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed already: the runner is gone
+
     def launch(self, env: dict[str, str], run_dir: str, token: str, then: Callable[[Optional[int]], None]) -> bool:
         """Hand it its run (it runs none other), and ``then`` its exit code once it exits; False
         if it was gone (``then`` is not called)."""
         try:
-            self._launches.send((env, run_dir, token))
+            self._channel.send((env, run_dir, token, self._answer() is not None))
         except OSError:
             log.warning("local: an idle runner (pid %s) was gone; another takes its launch", self.process.pid)
+            self._hang_up()
             return False
-        finally:
-            self._launches.close()
         with self._lock:
             self._then, exited = then, self.exited
         if exited:
@@ -139,8 +166,8 @@ class IdleRunner:
         return True
 
     def end(self, timeout_s: float = 5.0) -> None:
-        """Close its pipe (it exits at once) and wait for it, killing it if it lingers."""
-        self._launches.close()
+        """Hang up its pipe (it exits at once) and wait for it, killing it if it lingers."""
+        self._hang_up()
         self._waiter.join(timeout_s)
         if self._waiter.is_alive():
             self.process.kill()
@@ -151,8 +178,8 @@ class IdleRunners:
     """The idle runners of one executor: ``keep`` of them, forked again in the background as they
     are taken, so that a start finds one ready."""
 
-    def __init__(self, keep: int = IDLE_RUNNERS):
-        self.keep = keep
+    def __init__(self, keep: int = IDLE_RUNNERS, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None):
+        self.keep, self._answer = keep, answer
         self._idle: list[IdleRunner] = []
         self._lock = threading.Lock()
         self._wanted = threading.Event()
@@ -168,14 +195,14 @@ class IdleRunners:
             runner = ready.pop(0) if ready else None
             self._idle = ready
         self._wanted.set()
-        return runner or IdleRunner()
+        return runner or IdleRunner(self._answer)
 
     def _fill(self) -> None:
         while self._wanted.wait() and not self._closed:
             self._wanted.clear()
             while len(self._idle) < self.keep and not self._closed:
                 try:
-                    runner = IdleRunner()
+                    runner = IdleRunner(self._answer)
                 except Exception:  # the fork server failed: starts fork their runners themselves
                     log.exception("local: could not fork an idle runner")
                     time.sleep(1.0)
@@ -220,7 +247,7 @@ class LocalExecutor(Executor):
                                   slots=slots or max(count, os.cpu_count() or 1), real_gpus=self._real)
         self.isolation_gap = isolation_gap(self.work_dir)
         # The fork server, and the first idle runners, start now, not with the first run (its imports take a second).
-        self.idle = IdleRunners()
+        self.idle = IdleRunners(answer=lambda: self.on_runner_call)
 
     def capacity(self) -> Capacity:
         return self._capacity

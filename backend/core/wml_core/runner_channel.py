@@ -1,0 +1,78 @@
+"""The runner channel's wire format: a runner's API calls over a pipe its executor holds, instead
+of HTTP (the local executor's runners: no HTTP server, no worker threads, per call).
+
+A call is one message: a JSON line ``{"method", "path", "token"}`` (the route and bearer token it
+would send over HTTP), then the request's body as it is. An answer is one message: a JSON line
+``{"status", "type"}`` (the HTTP status and content type the API would answer), then its body.
+Both sides take it from here; nothing in it is unpickled, so a runner can make the backend parse
+nothing but JSON and bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple, Optional
+
+#: The largest body of a runner's batch of metric points or log text (the runner sends at most
+#: 5,000 points, or 256 KiB of log escaped as JSON, at once): the API's limit, however it is carried.
+REPORT_BODY_BYTES = 8 << 20
+#: The largest call a backend reads from a pipe: the largest body and its header line.
+MAX_CALL_BYTES = REPORT_BODY_BYTES + (64 << 10)
+
+
+class ChannelCall(NamedTuple):
+    """One API call of a runner, as it would be made over HTTP."""
+
+    method: str
+    path: str
+    token: Optional[str]
+    body: bytes
+
+
+class ChannelAnswer(NamedTuple):
+    """The API's answer to a ``ChannelCall``."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+def encode_call(call: ChannelCall) -> bytes:
+    """``call`` as one message."""
+    return _message({"method": call.method, "path": call.path, "token": call.token}, call.body)
+
+
+def decode_call(message: bytes) -> ChannelCall:
+    """The call ``encode_call`` made; ValueError if ``message`` is not one."""
+    head, body = _parts(message)
+    if not isinstance(head.get("method"), str) or not isinstance(head.get("path"), str) \
+            or not isinstance(head.get("token"), (str, type(None))):
+        raise ValueError("a runner call needs a method, a path and a token")
+    return ChannelCall(head["method"], head["path"], head["token"], body)
+
+
+def encode_answer(answer: ChannelAnswer) -> bytes:
+    """``answer`` as one message."""
+    return _message({"status": answer.status, "type": answer.content_type}, answer.body)
+
+
+def decode_answer(message: bytes) -> ChannelAnswer:
+    """The answer ``encode_answer`` made; ValueError if ``message`` is not one."""
+    head, body = _parts(message)
+    if not isinstance(head.get("status"), int) or not isinstance(head.get("type"), str):
+        raise ValueError("an answer needs a status and a content type")
+    return ChannelAnswer(head["status"], head["type"], body)
+
+
+def _message(head: dict, body: bytes) -> bytes:
+    return json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
+
+
+def _parts(message: bytes) -> tuple[dict, bytes]:
+    line, newline, body = message.partition(b"\n")
+    if not newline:
+        raise ValueError("no header line")
+    head = json.loads(line)
+    if not isinstance(head, dict):
+        raise ValueError("the header is not a JSON object")
+    return head, body

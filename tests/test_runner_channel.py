@@ -1,0 +1,156 @@
+"""The local executor's pipe to its runners (``wml_core.runner_channel``): a runner's calls over
+it are answered exactly as over HTTP (the same routes, token checks, limits and errors), and a
+runner whose pipe is gone (its backend restarted) calls over HTTP instead.
+
+``tests/security/test_run_isolation.py`` checks that a run's command holds no end of the pipe;
+``test_backend_restart.py`` that runs live through a backend killed and restarted (their runners'
+pipes gone, they report over HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from multiprocessing import Pipe
+
+import anyio
+import httpx
+import pytest
+from executor_worlds import RunnerBackend
+from test_executor_contract import backend, tiny_run  # noqa: F401  (the backend whose runs are called for: a fixture)
+from wml_backend.api import create_app
+from wml_backend.executors.local import LocalExecutor
+from wml_backend.lifecycle import token_hash
+from wml_backend.rundb import SqliteRunStore
+from wml_backend.service import Service
+from wml_backend.settings import Settings
+from wml_core.runner_channel import (ChannelAnswer, ChannelCall, decode_answer, decode_call, encode_answer,
+                                     encode_call)
+from wml_core.states import RunState
+from wml_runner.channel import PipeTransport
+
+#: What a runner may send, right and wrong: (method, call, body), each sent with the run's token.
+CALLS = [
+    ("GET", "spec", b""),
+    ("GET", "code", b""),
+    ("GET", "credential", b""),                                   # none to give: 404
+    ("POST", "state", b'{"state": "DOWNLOADING"}'),
+    ("POST", "state", b'{"state": "DOWNLOADING"}'),               # resent
+    ("POST", "state", b'{"state": "QUEUED"}'),                    # never a runner's to say: 409
+    ("POST", "state", b'{"state": "TRAINING"}'),                    # no such state: 422
+    ("POST", "state", b'{"state": '),                             # not JSON: 422
+    ("POST", "state", b""),                                       # no body: 422
+    ("POST", "state", b'{"state": "PROCESSING", "reason": "' + b"x" * (300 << 10) + b'"}'),  # over 256 KiB: 413
+    ("POST", "metrics", b'[{"seq": 1, "time": 1.5, "step": 1, "values": {"loss": 0.5}}]'),
+    ("POST", "metrics", b'[{"seq": 1, "time": 1.5, "step": 1, "values": {"loss": 0.5}}]'),  # resent: 0 new
+    ("POST", "metrics", b'[{"seq": "one"}]'),                     # 422
+    ("POST", "logs", b'{"offset": 0, "data": "hello\\n"}'),
+    ("POST", "logs", b'{"offset": -1, "data": "x"}'),             # 422
+    ("POST", "state", b'{"state": "PROCESSING"}'),
+    ("POST", "state", b'{"state": "COMPLETED", "exit_code": 0}'),
+]
+
+
+@pytest.fixture
+def service(backend: RunnerBackend) -> Iterator[Service]:
+    """A service in this process over the backend's own store (its API and its executor's pipe)."""
+    settings = Settings(home=backend.process.home)
+    executor = LocalExecutor(settings.work_dir, gpus=0, slots=1, warm={})
+    service = Service(settings, SqliteRunStore(settings.database), executor)
+    yield service
+    executor.close()
+    service.store.close()
+
+
+def started(backend: RunnerBackend, tmp_path, name: str) -> tuple[str, str]:
+    """A run started as the lifecycle starts one (PENDING, its token's hash, its handle); its id and token."""
+    (tmp_path / name).mkdir()
+    run, token = tiny_run(backend, tmp_path / name), secrets.token_urlsafe(16)
+    backend.store.transition(run.id, RunState.PENDING, time.time(), attempt=1, gpu_ids=[],
+                             runner_token_hash=token_hash(token))
+    backend.store.update_run(run.id, handle={"pid": 1, "create_time": 0.0, "attempt": 1})
+    return run.id, token
+
+
+def over_http(app, run_id: str, token: str) -> list[tuple[int, str, bytes]]:
+    async def calls() -> list[tuple[int, str, bytes]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return [_seen(await client.request(method, f"/v1/runner/{run_id}/{name}", content=body,
+                                               headers={"Authorization": f"Bearer {token}"}))
+                    for method, name, body in CALLS]
+    return anyio.run(calls)
+
+
+def _seen(response: httpx.Response) -> tuple[int, str, bytes]:
+    return response.status_code, response.headers["content-type"], response.content
+
+
+def over_pipe(service: Service, run_id: str, token: str) -> list[tuple[int, str, bytes]]:
+    answer = service.executor.on_runner_call
+    return [tuple(decode_answer(answer(encode_call(ChannelCall(method, f"/v1/runner/{run_id}/{name}", token, body)))))
+            for method, name, body in CALLS]
+
+
+def test_a_runners_calls_over_the_pipe_are_answered_as_over_http(backend, service, tmp_path):
+    app = create_app(service)  # which answers the executor's pipe too
+    http_run, http_token = started(backend, tmp_path, "http")
+    pipe_run, pipe_token = started(backend, tmp_path, "pipe")
+    http = over_http(app, http_run, http_token)
+    piped = over_pipe(service, pipe_run, pipe_token)
+
+    experiment_of = {run_id: backend.store.run(run_id).experiment_id for run_id in (http_run, pipe_run)}
+    for (method, name, _), by_http, by_pipe in zip(CALLS, http, piped):
+        status, content_type, body = by_pipe
+        same = body.replace(pipe_run.encode(), http_run.encode()).replace(
+            experiment_of[pipe_run].encode(), experiment_of[http_run].encode())
+        assert (status, content_type, same) == by_http, f"{method} {name}: {by_pipe[:2]} vs {by_http[:2]}"
+    assert [status for status, _, _ in piped] == [200, 200, 404, 200, 200, 409, 422, 422, 422, 413,
+                                                  200, 200, 422, 200, 422, 200, 200]
+    assert json.loads(piped[10][2]) == {"count": 1} and json.loads(piped[11][2]) == {"count": 0}
+    for run_id in (http_run, pipe_run):
+        run = backend.store.run(run_id)
+        assert (run.state, run.reported_state) == (RunState.PROCESSING, RunState.COMPLETED.value)
+        assert [p.values for p in backend.store.metrics(run_id)] == [{"loss": 0.5}]
+
+
+def test_the_pipe_refuses_what_http_refuses_a_wrong_token_another_runs_token_an_unknown_call(
+        backend, service, tmp_path):
+    create_app(service)
+    run_id, token = started(backend, tmp_path, "mine")
+    other, other_token = started(backend, tmp_path, "other")
+    answer = service.executor.on_runner_call
+
+    def status(method: str, path: str, token: str | None) -> int:
+        return decode_answer(answer(encode_call(ChannelCall(method, path, token, b"")))).status
+
+    assert status("GET", f"/v1/runner/{run_id}/spec", "guessed") == 401
+    assert status("GET", f"/v1/runner/{run_id}/spec", None) == 401
+    assert status("GET", f"/v1/runner/{run_id}/spec", other_token) == 401, "one run's token for another run"
+    assert status("GET", f"/v1/runner/{run_id}/nothing", token) == 404
+    assert status("GET", f"/v1/runs/{run_id}", token) == 404, "the pipe serves runner calls only"
+    assert decode_answer(answer(b"not a call")).status == 400
+
+
+def test_a_runner_whose_pipe_is_gone_calls_over_http(tmp_path):
+    """The backend restarted (the pipe closed), or went away while a call was on its way: the
+    call, and every one after it, goes over HTTP to the backend's URL (another process serves it)."""
+    over_http_calls: list[str] = []
+
+    def http(request: httpx.Request) -> httpx.Response:
+        over_http_calls.append(request.url.path)
+        return httpx.Response(200, json={"by": "http"})
+
+    ours, theirs = Pipe()
+    client = httpx.Client(base_url="http://backend/v1/runner/r1", headers={"Authorization": "Bearer t0k3n"},
+                          transport=PipeTransport(theirs, httpx.MockTransport(http)))
+    ours.send_bytes(encode_answer(ChannelAnswer(200, "application/json", b'{"by": "pipe"}')))  # answered ahead
+    assert client.get("/spec").json() == {"by": "pipe"}
+    call = decode_call(ours.recv_bytes())
+    assert (call.method, call.path, call.token) == ("GET", "/v1/runner/r1/spec", "t0k3n")
+
+    ours.close()  # the backend is gone, its answer with it
+    assert client.post("/state", json={"state": "STORING"}).json() == {"by": "http"}
+    assert client.get("/code").json() == {"by": "http"}
+    assert over_http_calls == ["/v1/runner/r1/state", "/v1/runner/r1/code"]

@@ -109,6 +109,11 @@ def test_a_runners_calls_over_the_pipe_are_answered_as_over_http(backend, servic
     assert [status for status, _, _ in piped] == [200, 200, 404, 200, 200, 409, 422, 422, 422, 413,
                                                   200, 200, 422, 200, 422, 200, 200]
     assert json.loads(piped[10][2]) == {"count": 1} and json.loads(piped[11][2]) == {"count": 0}
+    timed = service.telemetry.render().decode()
+    for method, name in {(method, name) for method, name, _ in CALLS}:
+        count = 2 * sum(1 for call in CALLS if call[:2] == (method, name))  # over HTTP, then over the pipe
+        assert f'wml_api_request_seconds_count{{method="{method}",route="/v1/runner/{{run_id}}/{name}"}} {count}.0' \
+            in timed, f"{method} {name}: each call is timed, however it came"
     for run_id in (http_run, pipe_run):
         run = backend.store.run(run_id)
         assert (run.state, run.reported_state) == (RunState.PROCESSING, RunState.COMPLETED.value)

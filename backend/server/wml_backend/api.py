@@ -228,7 +228,7 @@ def create_app(service: Service) -> FastAPI:
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # -- runners (the local executor's runners make the same calls over its pipe) ---------
-    service.executor.on_runner_call = functools.partial(answer_channel, reports)
+    service.executor.on_runner_call = functools.partial(answer_channel, reports, timer=service.telemetry.time_call)
     for call in RUNNER_CALLS:
         app.add_api_route(call.path, _runner_route(call, reports, caller), methods=[call.method],
                           include_in_schema=False)

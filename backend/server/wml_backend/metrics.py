@@ -57,6 +57,11 @@ class Metrics:
         """The registry in the text format."""
         return generate_latest(self.registry)
 
+    def time_call(self, route: str, method: str, seconds: float) -> None:
+        """Note a call to ``route`` that took ``seconds``, however it came (HTTP, or a runner's pipe)."""
+        if route not in UNTIMED:
+            self.api.labels(route, method).observe(seconds)
+
     def timing(self, app: ASGIApp, route_of: Callable[[Scope], Optional[str]]) -> ASGIApp:
         """``app`` with each HTTP request timed by its route (``route_of``: its path template)."""
         async def timed(scope: Scope, receive: Receive, send: Send) -> None:
@@ -67,9 +72,7 @@ class Metrics:
             try:
                 await app(scope, receive, send)
             finally:
-                route = route_of(scope) or "unknown"
-                if route not in UNTIMED:
-                    self.api.labels(route, scope["method"]).observe(time.perf_counter() - started)
+                self.time_call(route_of(scope) or "unknown", scope["method"], time.perf_counter() - started)
         return timed
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -18,7 +19,7 @@ from wml_backend.reports import RunnerReports
 from wml_backend.rundb import RunRow
 from wml_core.errors import WmlError, quoted
 from wml_core.models import LogAppend, MetricPoint, StateReport
-from wml_core.runner_channel import REPORT_BODY_BYTES, ChannelAnswer, decode_call, encode_answer
+from wml_core.runner_channel import REPORT_BODY_BYTES, ChannelAnswer, ChannelCall, decode_call, encode_answer
 
 log = logging.getLogger("wml_backend")
 
@@ -88,28 +89,36 @@ def _parsed(call: RunnerCall, body: bytes) -> Any:
     return call.body.validate_json(body)
 
 
-def answer_channel(reports: RunnerReports, message: bytes) -> bytes:
+#: Notes how long a call to a route took: (path template, method, seconds).
+CallTimer = Callable[[str, str, float], None]
+
+
+def answer_channel(reports: RunnerReports, message: bytes, timer: CallTimer = lambda route, method, s: None) -> bytes:
     """The answer to a call a runner sent over its executor's pipe, as the API would answer it
-    over HTTP (the same token, limits and errors)."""
-    try:
-        return _answer(_channel_response(reports, message))
-    except Exception:  # as the web server answers a route that failed: the runner retries
-        log.exception("a runner's call over the pipe failed")
-        return _answer(JSONResponse({"code": "error", "message": "internal error"}, status_code=500))
-
-
-def _channel_response(reports: RunnerReports, message: bytes) -> Response:
+    over HTTP (the same token, limits and errors); its time goes to ``timer`` as an HTTP
+    request's would."""
+    started = time.perf_counter()
     try:
         call = decode_call(message)
     except ValueError as exc:
-        return JSONResponse({"code": "invalid", "message": f"not a runner call: {exc}"}, status_code=400)
+        return _answer(JSONResponse({"code": "invalid", "message": f"not a runner call: {exc}"}, status_code=400))
     found = RUNNER_PATH.fullmatch(call.path)
     route = _BY_ROUTE.get((call.method, found.group(2))) if found else None
     if route is None:
-        return JSONResponse({"code": "not_found", "message": f"no such route: {call.method} {quoted(call.path)}"},
-                            status_code=404)
+        return _answer(JSONResponse({"code": "not_found", "message": f"no such route: {call.method} "
+                                     f"{quoted(call.path)}"}, status_code=404))
     try:
-        run = reports.authenticate(found.group(1), call.token)
+        answer = _answer(_response(reports, route, found.group(1), call))
+    except Exception:  # as the web server answers a route that failed: the runner retries
+        log.exception("a runner's call over the pipe failed")
+        answer = _answer(JSONResponse({"code": "error", "message": "internal error"}, status_code=500))
+    timer(route.path, route.method, time.perf_counter() - started)
+    return answer
+
+
+def _response(reports: RunnerReports, route: RunnerCall, run_id: str, call: ChannelCall) -> Response:
+    try:
+        run = reports.authenticate(run_id, call.token)
     except WmlError as exc:
         return error_response(exc)
     if len(call.body) > route.max_body:

@@ -15,12 +15,13 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from wml_backend import __version__
-from wml_backend.gate import SMALL_BODY_BYTES, Gate, Rule, error_response, route_of, validation_response
+from wml_backend.gate import (SMALL_BODY_BYTES, Gate, Rule, error_response, http_error_response, no_route_message,
+                              route_of, validation_response)
 from wml_core.errors import ERRORS_BY_CODE, Forbidden, InvalidInput, WmlError, quoted
 from wml_backend.eventbus import Subscription
 from wml_backend.health import not_ready
@@ -53,8 +54,6 @@ class Error(BaseModel):
 #: Every error status a route may answer, each with an ``Error`` body.
 ERROR_RESPONSES = {status: {"model": Error}
                    for status in sorted({cls.http_status for cls in ERRORS_BY_CODE.values()} | {400, 404, 413})}
-#: Codes of the errors the framework itself raises (unknown route, wrong method, unreadable body).
-HTTP_CODES = {400: "invalid", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 #: The largest request body read: a code zip at its limit, base64-encoded, and its manifest.
 MAX_BODY_BYTES = MAX_CODE_BYTES * 4 // 3 + (4 << 20)
 #: Body limits of the routes that take more than ``SMALL_BODY_BYTES``, by path.
@@ -96,11 +95,10 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        path = quoted(request.url.path)
-        message = {404: f"no such route: {request.method} {path}",
-                   405: f"{request.method} is not allowed on {path}"}.get(exc.status_code, str(exc.detail))
-        code = HTTP_CODES.get(exc.status_code, "error")
-        return JSONResponse({"code": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
+        message = {404: no_route_message(request.method, request.url.path),
+                   405: f"{request.method} is not allowed on {quoted(request.url.path)}"}.get(exc.status_code,
+                                                                                           str(exc.detail))
+        return http_error_response(exc.status_code, message, exc.headers)
 
     async def caller(request: Request, _: Token) -> Account | RunRow:
         """Who the gate authenticated (``Token`` only documents the bearer scheme in the OpenAPI).

@@ -19,8 +19,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from wml_core.errors import Unauthorized, WmlError
+from wml_core.errors import Unauthorized, WmlError, quoted
 
+#: Codes of the errors the framework itself answers (unknown route, wrong method, unreadable body).
+HTTP_CODES = {400: "invalid", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 #: The largest body of a route that names no limit of its own (an account, a runner's state with
 #: its log tail...).
 SMALL_BODY_BYTES = 256 << 10
@@ -42,6 +44,17 @@ def error_response(exc: WmlError) -> JSONResponse:
     """A domain error as the API answers it: its HTTP status and ``{code, message}``."""
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.http_status, headers=headers)
+
+
+def http_error_response(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    """An error of the framework's own (no route, a body too large...) as the API answers it."""
+    return JSONResponse({"code": HTTP_CODES.get(status, "error"), "message": message}, status_code=status,
+                        headers=headers)
+
+
+def no_route_message(method: str, path: str) -> str:
+    """Why a request for a route that does not exist is refused (404)."""
+    return f"no such route: {method} {quoted(path)}"
 
 
 def validation_response(errors: list[dict]) -> JSONResponse:

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from wml_backend.gate import SMALL_BODY_BYTES, error_response, too_large_message, validation_response
+from wml_backend.gate import (SMALL_BODY_BYTES, error_response, http_error_response, no_route_message,
+                              too_large_message, validation_response)
 from wml_backend.reports import RunnerReports
 from wml_backend.rundb import RunRow
-from wml_core.errors import WmlError, quoted
+from wml_core.errors import WmlError
 from wml_core.models import LogAppend, MetricPoint, StateReport
 from wml_core.runner_channel import REPORT_BODY_BYTES, ChannelAnswer, ChannelCall, decode_call, encode_answer
 
@@ -101,17 +102,16 @@ def answer_channel(reports: RunnerReports, message: bytes, timer: CallTimer = la
     try:
         call = decode_call(message)
     except ValueError as exc:
-        return _answer(JSONResponse({"code": "invalid", "message": f"not a runner call: {exc}"}, status_code=400))
+        return _answer(http_error_response(400, f"not a runner call: {exc}"))
     found = RUNNER_PATH.fullmatch(call.path)
     route = _BY_ROUTE.get((call.method, found.group(2))) if found else None
     if route is None:
-        return _answer(JSONResponse({"code": "not_found", "message": f"no such route: {call.method} "
-                                     f"{quoted(call.path)}"}, status_code=404))
+        return _answer(http_error_response(404, no_route_message(call.method, call.path)))
     try:
         answer = _answer(_response(reports, route, found.group(1), call))
     except Exception:  # as the web server answers a route that failed: the runner retries
         log.exception("a runner's call over the pipe failed")
-        answer = _answer(JSONResponse({"code": "error", "message": "internal error"}, status_code=500))
+        answer = _answer(http_error_response(500, "internal error"))
     timer(route.path, route.method, time.perf_counter() - started)
     return answer
 
@@ -122,7 +122,7 @@ def _response(reports: RunnerReports, route: RunnerCall, run_id: str, call: Chan
     except WmlError as exc:
         return error_response(exc)
     if len(call.body) > route.max_body:
-        return JSONResponse({"code": "too_large", "message": too_large_message(route.max_body)}, status_code=413)
+        return http_error_response(413, too_large_message(route.max_body))
     return respond(route, reports, run, call.body)
 
 

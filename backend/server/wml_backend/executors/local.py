@@ -53,11 +53,11 @@ def detect_gpus() -> int:
 
 
 #: Runners are forked from a server that has already imported the runner, so starting one
-#: costs milliseconds instead of a Python start-up and its imports. (The daemon too, which a child
-#: runs again as its main module, and this module, its entry; the runner's preload last: it
-#: freezes what is imported.)
+#: costs milliseconds instead of a Python start-up and its imports. (The daemon too, as the
+#: server's main module: ``runner_server``; this module, a runner's entry; the runner's preload
+#: last: it freezes what is imported.)
 _FORKSERVER = multiprocessing.get_context("forkserver")
-_FORKSERVER.set_forkserver_preload(["wml_backend.daemon", __name__, "wml_runner.preload"])
+_FORKSERVER.set_forkserver_preload(["wml_backend.executors.runner_server", __name__, "wml_runner.preload"])
 
 
 #: The launch variable holding the runner's token: handed to the forked runner in the process

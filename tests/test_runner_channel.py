@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import Pipe
 
 import anyio
@@ -159,3 +160,22 @@ def test_a_runner_whose_pipe_is_gone_calls_over_http(tmp_path):
     assert client.post("/state", json={"state": "STORING"}).json() == {"by": "http"}
     assert client.get("/code").json() == {"by": "http"}
     assert over_http_calls == ["/v1/runner/r1/state", "/v1/runner/r1/code"]
+
+
+def test_calls_from_several_threads_are_sent_at_once_and_each_gets_its_own_answer():
+    """The code is fetched while the spec is asked for, a state report goes in the background: none
+    waits for another's answer to be sent, and the answers (in the order of the calls) reach
+    the calls they answer."""
+    ours, theirs = Pipe()
+    client = httpx.Client(base_url="http://backend/v1/runner/r1", headers={"Authorization": "Bearer t0k3n"},
+                          transport=PipeTransport(theirs, httpx.MockTransport(lambda request: httpx.Response(503))))
+    names = [f"call{k}" for k in range(5)]
+    with ThreadPoolExecutor(len(names)) as pool, ours:  # (closed first: a call still waiting goes over HTTP)
+        answers = [pool.submit(lambda name=name: client.get(f"/{name}").json()) for name in names]
+        sent = []
+        while len(sent) < len(names):  # every call arrives before any is answered
+            assert ours.poll(10), f"only {len(sent)} of {len(names)} calls were sent before an answer"
+            sent.append(decode_call(ours.recv_bytes()).path)
+        for path in sent:
+            ours.send_bytes(encode_answer(ChannelAnswer(200, "application/json", json.dumps({"path": path}).encode())))
+        assert [answer.result(10) for answer in answers] == [{"path": f"/v1/runner/r1/{name}"} for name in names]

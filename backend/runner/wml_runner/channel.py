@@ -6,6 +6,8 @@ backend restarted: another process, or another replica, serves its URL now), cal
 from __future__ import annotations
 
 import threading
+from collections import deque
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Optional
 
@@ -13,43 +15,80 @@ import httpx
 
 from wml_core.runner_channel import ChannelCall, decode_answer, encode_call
 
+#: What the pipe raises once it is closed, or the backend is gone.
+PIPE_ERRORS = (OSError, EOFError, ValueError)
+
 
 class PipeTransport(httpx.BaseTransport):
-    """Sends each request over ``channel`` (one at a time: the backend answers in order), and
-    through ``fallback`` once the channel has failed."""
+    """Sends each request over ``channel``, and through ``fallback`` once the channel has failed.
+
+    Calls are pipelined: each is sent at once, without waiting for the answers to the calls
+    before it (the backend answers in order), so that calls from several threads (the code
+    fetched while the spec is asked for, a state report in the background) cost one wait, not
+    one each."""
 
     def __init__(self, channel: Connection, fallback: httpx.BaseTransport):
         self._channel: Optional[Connection] = channel
         self._fallback = fallback
-        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._receive_lock = threading.Lock()
+        #: The answer each call sent awaits, in the order sent.
+        self._awaited: deque[Future] = deque()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        with self._lock:
-            if self._channel is not None:
-                try:
-                    return self._over_pipe(request)
-                except (OSError, EOFError, ValueError):  # closed, or the backend is gone
-                    self._drop()
-        return self._fallback.handle_request(request)
-
-    def _over_pipe(self, request: httpx.Request) -> httpx.Response:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        call = ChannelCall(request.method, request.url.path, token if scheme.lower() == "bearer" else None,
-                           request.read())
-        self._channel.send_bytes(encode_call(call))
-        answer = decode_answer(self._channel.recv_bytes())
+        answer = self._over_pipe(request) if self._channel is not None else None
+        if answer is None:
+            return self._fallback.handle_request(request)
         return httpx.Response(answer.status, headers={"content-type": answer.content_type}, content=answer.body,
                               request=request)
 
-    def _drop(self) -> None:
+    def _over_pipe(self, request: httpx.Request):
+        """The backend's answer to ``request`` over the pipe; None once the pipe has failed."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        message = encode_call(ChannelCall(request.method, request.url.path,
+                                          token if scheme.lower() == "bearer" else None, request.read()))
+        awaited: Future = Future()
+        with self._send_lock:
+            if self._channel is None:
+                return None
+            try:
+                self._channel.send_bytes(message)
+            except PIPE_ERRORS:
+                self._fail()
+                return None
+            self._awaited.append(awaited)
+        self._receive(awaited)
+        return awaited.result() if not awaited.exception() else None
+
+    def _receive(self, awaited: Future) -> None:
+        """Read answers, handing each to the call that awaits it, until ``awaited`` has its own."""
+        with self._receive_lock:
+            while not awaited.done():
+                channel = self._channel
+                try:
+                    if channel is None:
+                        raise EOFError("closed")
+                    answer = decode_answer(channel.recv_bytes())
+                except PIPE_ERRORS:
+                    with self._send_lock:
+                        self._fail()
+                    return
+                self._awaited.popleft().set_result(answer)
+
+    def _fail(self) -> None:
+        """The pipe has failed (called holding the send lock): close it; the calls that await an
+        answer go over HTTP, as all later ones."""
+        if self._channel is None:
+            return
         try:
             self._channel.close()
         except OSError:
             pass
         self._channel = None
+        while self._awaited:
+            self._awaited.popleft().set_exception(ConnectionError("the pipe to the backend is gone"))
 
     def close(self) -> None:
-        with self._lock:
-            if self._channel is not None:
-                self._drop()
+        with self._send_lock:
+            self._fail()
         self._fallback.close()

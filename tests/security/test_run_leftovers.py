@@ -17,6 +17,7 @@ import pytest
 
 from backend_process import BackendProcess
 from test_cli_e2e import definition
+from wml_runner import isolation
 
 #: Training code that leaves a file in /tmp and /dev/shm and a process detached from its own.
 LEAVES = r'''
@@ -74,3 +75,35 @@ def test_what_a_run_left_is_gone_before_its_user_runs_again_and_its_end_does_not
     looked = result(host, second, "seen.json")
     if looked["uid"] == left["uid"]:  # the same user again: only once its leftovers were deleted
         assert looked["seen"] == []
+
+
+@pytest.mark.parametrize("theirs, others, at_once", [
+    (0, 3, True),                          # the usual end: nothing of the user's, few entries to look at
+    (1, 3, False),                         # something to delete: a child of its own does
+    (0, isolation.QUICK_LOOK_ENTRIES, False),  # too many entries to look through on the way out
+])
+def test_a_users_lease_is_noted_clean_at_once_only_when_it_surely_left_nothing(tmp_path, monkeypatch, theirs,
+                                                                                others, at_once):
+    if os.geteuid() != 0:
+        pytest.skip("files of another user are made as root")
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    monkeypatch.setattr(isolation, "SHARED_TMP", (shared,))
+    user = isolation.RunUser("wml-test-user", 4242, 4242)
+    for k in range(others):
+        (shared / f"other-{k}").write_text("another user's")
+    for k in range(theirs):
+        (shared / f"left-{k}").write_text("left behind")
+        os.chown(shared / f"left-{k}", user.uid, user.gid)
+    lease = os.open(tmp_path / "lease.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    isolation.lease_in_use(lease)
+
+    isolation.clear_shared_tmp_later(user, lease)
+    noted = lambda: os.pread(lease, len(isolation.LEFT_CLEAN), 0) == isolation.LEFT_CLEAN  # noqa: E731
+    assert noted() or not at_once, "a user that left nothing is noted clean before the run's end goes on"
+    deadline = time.monotonic() + 10
+    while not noted():
+        assert time.monotonic() < deadline, "the lease was never noted clean"
+        time.sleep(0.01)
+    assert sorted(p.name for p in shared.iterdir()) == sorted(f"other-{k}" for k in range(others))
+    os.close(lease)

@@ -4,6 +4,7 @@ OpenSSL initialised (creating the first HTTP client costs ~25 ms), and what the 
 frozen (``gc.freeze``: a runner's collections never touch, and so copy, the server's memory).
 It also makes the server the reaper of what its runners leave when they exit."""
 
+import encodings.cp437  # noqa: F401  (the names in a code zip: ``unpack_code``)
 import gc
 import shlex  # noqa: F401  (the warm start's parse of the command)
 import warnings

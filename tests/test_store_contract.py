@@ -389,6 +389,8 @@ def test_transitions_are_recorded_with_time_attempt_and_fields(store):
     assert [(t.state, t.time.timestamp(), t.attempt) for t in row.transitions] == [
         (Q, T0, 1), (P, T0 + 1, 1), (D, T0 + 2, 1), (Q, T0 + 5, 2)]
     assert store.run("e1-1") == row
+    assert store.run("e1-1", transitions="none") == row.model_copy(update={"transitions": []}), \
+        "read without its transitions, a run is the same run"
 
 
 @pytest.mark.parametrize("path,illegal", [

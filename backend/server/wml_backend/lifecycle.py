@@ -366,7 +366,7 @@ class Lifecycle:
         """Carry out what was decided while the run's start was in flight (its runner had no handle
         to be stopped by): a stop asked is asked now; a run ended meanwhile is stopped at once,
         unless it ended as its runner exited (a quick run: what it left, a Job, is kept)."""
-        run = self.store.run(run_id)  # read before the flag: ``runner_exited`` sets it before the end
+        run = self.store.run(run_id, transitions="none")  # read before the flag: ``runner_exited`` sets it before the end
         with self._starting_lock:
             exited = self._starting.pop(run_id, False)
         if exited:
@@ -470,7 +470,7 @@ class Lifecycle:
         ``reason`` and ``log_tail`` are what the executor knows of why (out of memory, evicted...);
         ``disruption``: the cluster stopped it for reasons of its own (evicted from node X...).
         """
-        run = self.store.run(run_id)
+        run = self.store.run(run_id, transitions="none")
         current = run is not None and run.attempt == attempt  # not a retry's earlier runner
         with self._starting_lock:
             if current and run_id in self._starting:  # its start is still in flight

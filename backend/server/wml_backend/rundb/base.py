@@ -216,8 +216,10 @@ class RunStore(ABC):
         """The experiments of those ids that exist, by id."""
 
     @abstractmethod
-    def run(self, run_id: str, account: Optional[str] = None) -> Optional[RunRow]:
+    def run(self, run_id: str, account: Optional[str] = None, transitions: str = "all") -> Optional[RunRow]:
         """One run with its transitions in order, or None; None too if it is not ``account``'s.
+        ``transitions`` as ``runs`` takes it: ``none`` when the reader needs none (most of what
+        reading a run costs).
 
         Every run read has its ``queue_position`` when QUEUED: its 1-based place in its account's
         FIFO queue, as of the same instant as the rest of the row.

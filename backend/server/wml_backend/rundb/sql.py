@@ -401,9 +401,9 @@ class SqlRunStore(SqlCoordination, SqlDataClaims, RunStore):
             out.append(RunRow(**data))
         return out
 
-    def run(self, run_id: str, account: Optional[str] = None) -> Optional[RunRow]:
+    def run(self, run_id: str, account: Optional[str] = None, transitions: str = "all") -> Optional[RunRow]:
         where, args = ("id=? AND account=?", [run_id, account]) if account else ("id=?", [run_id])
-        rows = self._run_rows(where, args)
+        rows = self._run_rows(where, args, transitions)
         return rows[0] if rows else None
 
     def runs(self, account: Optional[str] = None, experiment: Optional[str | list[str]] = None,

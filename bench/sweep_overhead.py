@@ -1,8 +1,8 @@
 """Sweep overhead: the same trials (``sleep 0.2`` and ``sleep 1``) on 4 slots through the backend,
 through a plain ``concurrent.futures`` process pool (the baseline) and through Ray Tune (a peer, in
 its own environment: see peer_env.py), all in one run. Prints makespans and ratios, and where the
-backend's time per run goes (its overhead: all but the command's own time; time in each state);
-not a test.
+backend's time per run goes (its overhead: all but the command's own time; time in each state)
+and the CPU each trial costs through each (on a small machine, what runs compete for); not a test.
 
 ``--torch``: each trial is instead ``python3 trial.py SECONDS``, a script that imports torch and
 sleeps, of framework ``pytorch``: the pool starts a fresh Python per trial (as a cold run does), the
@@ -14,6 +14,8 @@ backend forks each from its warm interpreter (``wml_runner.zygote``).
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -49,12 +52,32 @@ def trial_code(folder: Path) -> Path:
     return folder
 
 
-def baseline(command: str, runs: int, slots: int, cwd: Path) -> float:
-    """Makespan of the same commands through a process pool."""
-    started = time.monotonic()
+def baseline(command: str, runs: int, slots: int, cwd: Path) -> tuple[float, float]:
+    """Makespan of the same commands through a process pool, and the CPU seconds it used (its
+    workers and their commands)."""
+    cpu, started = _reaped_cpu_s(), time.monotonic()
     with ProcessPoolExecutor(slots) as pool:
         list(pool.map(_run_in, [command] * runs, [cwd] * runs))
-    return time.monotonic() - started
+    return time.monotonic() - started, _reaped_cpu_s() - cpu
+
+
+def _reaped_cpu_s() -> float:
+    """CPU seconds of this process's children that have ended (and of theirs)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` and all below it, the ended ones included."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            used = process.cpu_times()
+        except psutil.Error:
+            continue  # ended meanwhile: counted by its parent, once reaped
+        total += used.user + used.system + used.children_user + used.children_system
+    return total
 
 
 def _run_in(command: str, cwd: Path) -> None:
@@ -118,24 +141,26 @@ def time_in_states(runs: list) -> dict[str, float]:
 
 
 def through_backend(command: str, runs: int, slots: int, framework: str = "custom",
-                    ) -> tuple[float, float, list, dict[str, float]]:
-    """Makespan, accept time, the runs and time in states of the same commands through the backend."""
+                    ) -> tuple[float, float, list, dict[str, float], float]:
+    """Makespan, accept time, the runs, time in states of the same commands through the backend,
+    and the CPU seconds it used meanwhile (the backend, its runners and their commands)."""
     with tempfile.TemporaryDirectory() as tmp:
         backend = BackendProcess(Path(tmp) / "home", gpus=slots, slots=slots).start()
         try:
             client = backend.client()
             code = trial_code(Path(tmp) / "code")
             manifest = write_definition(Path(tmp), command, runs, framework)
-            started = time.monotonic()
+            cpu, started = tree_cpu_s(backend.proc.pid), time.monotonic()
             experiment = client.train(manifest, code)
             accepted = time.monotonic() - started
             while not client.experiment(experiment.id).model.state.terminal:
                 time.sleep(WAIT_POLL_S)  # seldom: the makespan comes from the runs' own transitions
+            cpu = tree_cpu_s(backend.proc.pid) - cpu
             all_runs = [r.model for r in experiment.runs()]
             assert all(r.state is RunState.COMPLETED for r in all_runs), "some runs did not complete"
             first = min(t.time.timestamp() for r in all_runs for t in r.transitions)
             last = max(t.time.timestamp() for r in all_runs for t in r.transitions)
-            return last - first, accepted, all_runs, time_in_states(all_runs)
+            return last - first, accepted, all_runs, time_in_states(all_runs), cpu
         finally:
             backend.close()
 
@@ -149,21 +174,22 @@ def ray_tune(runs: int, slots: int, durations: list[float]) -> dict:
         return {"unavailable": str(exc)}
 
 
-def measure(durations: list[float], runs: int, slots: int, torch: bool = False) -> tuple[dict, dict]:
-    """The pool's and the backend's figures per duration, printing progress."""
-    pool, ours = {}, {}
+def measure(durations: list[float], runs: int, slots: int, torch: bool = False) -> tuple[dict, dict, dict]:
+    """The pool's makespans, the backend's figures and the pool's CPU seconds per duration,
+    printing progress."""
+    pool, ours, pool_cpu = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         code = trial_code(Path(tmp))
         for seconds in durations:
             command = f"python3 trial.py {seconds}" if torch else f"sleep {seconds}"
-            pool[seconds] = baseline(command, runs, slots, code)
+            pool[seconds], pool_cpu[seconds] = baseline(command, runs, slots, code)
             print(f"  process pool, {runs} x {command}: {pool[seconds]:.2f} s", flush=True)
             ours[seconds] = through_backend(command, runs, slots, "pytorch" if torch else "custom")
             print(f"  backend,      {runs} x {command}: {ours[seconds][0]:.2f} s", flush=True)
-    return pool, ours
+    return pool, ours, pool_cpu
 
 
-def report(durations: list[float], runs: int, slots: int, pool: dict, ours: dict, ray: dict) -> None:
+def report(durations: list[float], runs: int, slots: int, pool: dict, ours: dict, ray: dict, pool_cpu: dict) -> None:
     """One table of makespans and ratios to the pool, then where the backend's overhead goes."""
     print(f"\n{runs} trials on {slots} slots: makespan (ratio to the process pool)")
     print(f"  {'':30}" + "".join(f"{f'{d} s trials':>22}" for d in durations))
@@ -183,7 +209,7 @@ def report(durations: list[float], runs: int, slots: int, pool: dict, ours: dict
     print("  goals: backend <= 1.10x for 0.2 s trials, <= 1.03x for 1 s trials and below Ray Tune's")
     print("  goal: per-run overhead (all but the command's own time) median <= 15 ms")
     for d in durations:
-        _, accepted, all_runs, states = ours[d]
+        _, accepted, all_runs, states, cpu = ours[d]
         gaps = dispatch_gaps(all_runs, slots)
         extra = overheads(all_runs, slots, pool[d] * slots / runs)
         print(f"  {d} s trials: per-run overhead median {1000 * statistics.median(extra):.1f} ms, p90 "
@@ -191,6 +217,9 @@ def report(durations: list[float], runs: int, slots: int, pool: dict, ours: dict
               f"time per trial); dispatch gap p50 {1000 * statistics.median(gaps):.1f} ms, "
               f"p99 {1000 * percentile(gaps, 99):.1f} ms; accept {runs} runs {1000 * accepted:.0f} ms; "
               "median time in state " + ", ".join(f"{s} {1000 * t:.0f} ms" for s, t in states.items()))
+        print(f"  {d} s trials: CPU per trial {1000 * cpu / runs:.1f} ms through the backend (its runners and "
+              f"commands too) vs {1000 * pool_cpu[d] / runs:.1f} ms through the pool ({cpu / pool_cpu[d]:.1f}x), "
+              f"on {os.cpu_count()} cores: what the runs' own CPU competes with")
 
 
 def main() -> None:
@@ -206,10 +235,10 @@ def main() -> None:
     runs = 20 if args.quick else args.runs
     print(f"measuring {runs} trials of {', '.join(f'{d} s' for d in args.seconds)} on {args.slots} slots",
           flush=True)
-    pool, ours = measure(args.seconds, runs, args.slots, args.torch)
+    pool, ours, pool_cpu = measure(args.seconds, runs, args.slots, args.torch)
     no_ray = "--no-ray" if args.no_ray else "--torch: Ray Tune runs sleeps only" if args.torch else None
     ray = {"unavailable": no_ray} if no_ray else ray_tune(runs, args.slots, args.seconds)
-    report(args.seconds, runs, args.slots, pool, ours, ray)
+    report(args.seconds, runs, args.slots, pool, ours, ray, pool_cpu)
 
 
 if __name__ == "__main__":

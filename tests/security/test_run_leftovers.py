@@ -100,7 +100,10 @@ def test_a_users_lease_is_noted_clean_at_once_only_when_it_surely_left_nothing(t
 
     before = {child.pid for child in psutil.Process().children()}
     isolation.clear_shared_tmp_later(user, lease)
-    noted = lambda: os.pread(lease, len(isolation.LEFT_CLEAN), 0) == isolation.LEFT_CLEAN  # noqa: E731
+
+    def noted() -> bool:
+        return os.pread(lease, len(isolation.LEFT_CLEAN), 0) == isolation.LEFT_CLEAN
+
     assert noted() or not at_once, "a user that left nothing is noted clean before the run's end goes on"
     deadline = time.monotonic() + 10
     while not noted():

@@ -13,7 +13,7 @@ from typing import Optional
 
 import httpx
 
-from wml_core.runner_channel import ChannelCall, decode_answer, encode_call
+from wml_core.runner_channel import ChannelAnswer, ChannelCall, decode_answer, encode_call
 
 #: What the pipe raises once it is closed, or the backend is gone.
 PIPE_ERRORS = (OSError, EOFError, ValueError)
@@ -42,7 +42,7 @@ class PipeTransport(httpx.BaseTransport):
         return httpx.Response(answer.status, headers={"content-type": answer.content_type}, content=answer.body,
                               request=request)
 
-    def _over_pipe(self, request: httpx.Request):
+    def _over_pipe(self, request: httpx.Request) -> Optional[ChannelAnswer]:
         """The backend's answer to ``request`` over the pipe; None once the pipe has failed."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         message = encode_call(ChannelCall(request.method, request.url.path,

@@ -366,7 +366,8 @@ class Lifecycle:
         """Carry out what was decided while the run's start was in flight (its runner had no handle
         to be stopped by): a stop asked is asked now; a run ended meanwhile is stopped at once,
         unless it ended as its runner exited (a quick run: what it left, a Job, is kept)."""
-        run = self.store.run(run_id, transitions="none")  # read before the flag: ``runner_exited`` sets it before the end
+        # Read before the flag: ``runner_exited`` sets it before the end.
+        run = self.store.run(run_id, transitions="none")
         with self._starting_lock:
             exited = self._starting.pop(run_id, False)
         if exited:

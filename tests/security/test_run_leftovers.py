@@ -113,3 +113,26 @@ def test_a_users_lease_is_noted_clean_at_once_only_when_it_surely_left_nothing(t
     os.close(lease)
     for cleaner in {child.pid for child in psutil.Process().children()} - before:
         os.waitpid(cleaner, 0)  # this process forked it: no zombie is left to the tests after
+
+
+def test_a_link_a_run_left_in_tmp_is_deleted_and_never_followed(tmp_path, monkeypatch):
+    """A run's user plants a link in /tmp to another user's folder: the clearing deletes the link
+    itself, and nothing it points to (root walks /tmp, following no link)."""
+    if os.geteuid() != 0:
+        pytest.skip("files of another user are made as root")
+    shared, elsewhere = tmp_path / "tmp", tmp_path / "someone-elses"
+    shared.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not the run's")
+    monkeypatch.setattr(isolation, "SHARED_TMP", (shared,))
+    user = isolation.RunUser("wml-test-user", 4242, 4242)
+    (shared / "link").symlink_to(elsewhere)
+    os.lchown(shared / "link", user.uid, user.gid)
+    (shared / "writable").mkdir(mode=0o777)
+    (shared / "writable").chmod(0o777)
+    (shared / "writable" / "inner-link").symlink_to(elsewhere / "keep.txt")
+    os.lchown(shared / "writable" / "inner-link", user.uid, user.gid)
+
+    isolation.clear_shared_tmp(user)
+    assert sorted(p.name for p in shared.rglob("*")) == ["writable"], "the user's links are deleted"
+    assert (elsewhere / "keep.txt").read_text() == "not the run's", "what a link pointed to is untouched"

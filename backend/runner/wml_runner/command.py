@@ -114,9 +114,11 @@ class Command:
 
     def _cold(self, log) -> subprocess.Popen:
         """``bash -c COMMAND`` in a fresh process."""
-        entry = {"preexec_fn": self.sandbox.preexec(self.cwd)} if self.sandbox else {}
-        return subprocess.Popen(["bash", "-c", self.command], cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, process_group=0, **entry)
+        argv, popen = ["bash", "-c", self.command], {"stdin": subprocess.DEVNULL, "stdout": log,
+                                                     "stderr": subprocess.STDOUT, "process_group": 0}
+        if self.sandbox:
+            return self.sandbox.popen(argv, self.env, self.cwd, **popen)
+        return subprocess.Popen(argv, env=self.env, cwd=self.cwd, **popen)
 
     def _warm(self, log) -> Optional[WarmProcess]:
         """``python SCRIPT`` forked from the zygote, if there is one and the command is that; why it

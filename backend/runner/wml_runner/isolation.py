@@ -15,11 +15,14 @@ their command lines included). When the command has ended every
 process of the user is killed (``kill(-1)`` as the user: forking or leaving the process group
 escapes nothing) and the run's folders are taken back (``take_back``) before the runner reads
 them as root; while it runs, the runner reads its files without following links (``open_inside``).
+The command enters its sandbox through ``wml-enter`` (``wml_runner.enter``) where the executor
+built it, else through a fork of the runner that runs ``Sandbox.preexec``: the same steps.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import importlib.util
 import os
@@ -34,7 +37,7 @@ import time
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 #: Set to ``POOL`` by the executor: the runner runs the command as a user it leases for the run
 #: (unset: as itself).
@@ -60,6 +63,8 @@ _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 409
 #: ``invisible`` is understood only by kernels (5.8+) whose procfs mounts are instances of their
 #: own; an older one refuses it rather than change the host's ``/proc``.
 PROC_OPTIONS = b"hidepid=invisible"
+#: The options of the tmpfs that covers a folder the command may not see whole.
+COVER_OPTIONS = b"mode=0755,size=1m"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -75,8 +80,8 @@ class RunUser:
 def _check(result: int, what: str) -> None:
     """Raise the C library's error when ``result`` says a call failed."""
     if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
 
 
 def _prctl(option: int, value: int) -> None:
@@ -367,10 +372,32 @@ def _regular(fd: int, path: Path) -> int:
 # -- starting the command ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class Sandbox:
-    """How a command is started as ``user``, shown ``paths`` (what it needs of the disk)."""
+    """How a command is started as ``user``, shown ``paths`` (what it needs of the disk): by
+    ``helper`` (``wml_runner.enter``), else by a fork that runs ``preexec``; the same steps."""
 
     user: RunUser
     paths: tuple[Path, ...]
+    helper: Optional[Path] = None
+
+    def popen(self, argv: list[str], env: Mapping[str, str], cwd: Path, **popen: Any) -> subprocess.Popen:
+        """Start ``argv`` with ``env`` in ``cwd`` in this sandbox (``popen``: Popen's other arguments)."""
+        if self.helper is None:
+            return subprocess.Popen(argv, env=env, cwd=cwd, preexec_fn=self.preexec(cwd), **popen)
+        program = shutil.which(argv[0], path=env.get("PATH", os.defpath))
+        if program is None:  # as Popen says it
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+        options = ["-n", self.user.name, "-u", str(self.user.uid), "-g", str(self.user.gid), "-p", str(os.getpid()),
+                   "-d", str(cwd), "-o", PROC_OPTIONS.decode(), "-m", COVER_OPTIONS.decode()]
+        for folder, paths in covered(self.paths, self.user).items():
+            options += ["-c", str(folder), *(arg for path in paths for arg in ("-b", str(path)))]
+        # The helper is started with no environment: nothing of the run's (LD_PRELOAD...) reaches
+        # it as root. It reads the command's from a file in memory: not from its arguments, which anyone may read.
+        env_fd = _memory_file(b"".join(os.fsencode(f"{name}={value}") + b"\0" for name, value in env.items()))
+        try:
+            return subprocess.Popen([str(self.helper), *options, "-E", str(env_fd), "-x", program, "--", *argv],
+                                    env={}, cwd=cwd, pass_fds=(env_fd,), **popen)
+        finally:
+            os.close(env_fd)
 
     def preexec(self, cwd: Path, parent: Optional[int] = None) -> Callable[[], None]:
         """The function the forked child runs before ``exec``: its mounts, then its user (killed
@@ -388,6 +415,14 @@ class Sandbox:
                 os.write(2, f"wml-runner: cannot start the command as {self.user.name}: {exc}\n".encode())
                 raise
         return enter
+
+
+def _memory_file(content: bytes) -> int:
+    """A file descriptor, at its start, of a file in memory that holds ``content``."""
+    fd = os.memfd_create("wml-enter", os.MFD_CLOEXEC)
+    os.write(fd, content)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _become(user: RunUser, runner: int) -> None:
@@ -453,7 +488,7 @@ def _mount_covers(covers: dict[Path, list[Path]]) -> None:
     os.umask(0o022)
     held = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for paths in covers.values() for path in paths}
     for folder, paths in covers.items():
-        _mount(b"tmpfs", bytes(folder), b"tmpfs", _MS_NOSUID | _MS_NODEV, b"mode=0755,size=1m")
+        _mount(b"tmpfs", bytes(folder), b"tmpfs", _MS_NOSUID | _MS_NODEV, COVER_OPTIONS)
         for path in paths:
             os.makedirs(path, mode=0o755)
             _mount(f"/proc/self/fd/{held[path]}".encode(), bytes(path), None, _MS_BIND | _MS_REC)

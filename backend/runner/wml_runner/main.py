@@ -23,6 +23,7 @@ from typing import Optional
 from wml_core.models import RunSpec
 from wml_core.states import RunState
 from wml_runner.command import Command, environment, substitute
+from wml_runner.enter import ENTER_ENV
 from wml_runner.isolation import (
     POOL,
     RUN_USER_ENV,
@@ -267,7 +268,8 @@ class Runner:
             self.ws.metrics_file(learner).touch()
         hand_over(self.ws.root, self.ws.folders(learners), self.user)
         self._handed = True
-        return Sandbox(self.user, (*runtime_paths(), self.ws.root.resolve()))
+        helper = os.environ.get(ENTER_ENV)
+        return Sandbox(self.user, (*runtime_paths(), self.ws.root.resolve()), Path(helper) if helper else None)
 
     def _take_back(self) -> None:
         """Isolated, once the commands ended: kill what the run's user still runs (whatever it

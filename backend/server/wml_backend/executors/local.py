@@ -25,6 +25,7 @@ from wml_core.private_files import write_private
 from wml_backend.executors.base import Capacity, Executor, Launch, RunnerCallCallback
 from wml_backend.executors.zygotes import Zygotes
 from wml_core.runner_channel import MAX_CALL_BYTES
+from wml_runner import enter
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
 from wml_runner.reporter import warm_up
 from wml_runner.zygote import FRAMEWORK_MODULES, ZYGOTE_ENV
@@ -246,8 +247,17 @@ class LocalExecutor(Executor):
         self._capacity = Capacity(gpu_ids=tuple(range(count)),
                                   slots=slots or max(count, os.cpu_count() or 1), real_gpus=self._real)
         self.isolation_gap = isolation_gap(self.work_dir)
+        self.enter_helper = self._build_enter_helper() if self.isolation_gap is None else None
         # The fork server, and the first idle runners, start now, not with the first run (its imports take a second).
         self.idle = IdleRunners(answer=lambda: self.on_runner_call)
+
+    @staticmethod
+    def _build_enter_helper() -> Optional[Path]:
+        """The program that starts commands in their sandbox (``wml_runner.enter``), if it can be built."""
+        helper, why = enter.build()
+        if helper is None:
+            log.warning("local: commands start with a fork of their runner, which is slower: %s", why)
+        return helper
 
     def capacity(self) -> Capacity:
         return self._capacity
@@ -261,6 +271,8 @@ class LocalExecutor(Executor):
             env["WML_VIRTUAL_GPUS"] = "1"
         if self.isolation_gap is None:
             env[RUN_USER_ENV] = POOL
+        if self.enter_helper:
+            env[enter.ENTER_ENV] = str(self.enter_helper)
         zygote = self.zygotes.socket_for(launch.framework, launch.framework_version, env, launch.cpus)
         if zygote:
             env[ZYGOTE_ENV] = zygote

@@ -92,9 +92,10 @@ def runner_backend(home: Path, s3: MotoS3) -> Iterator[RunnerBackend]:
 
 
 def admit(backend: RunnerBackend, run: RunRow, executor: Executor, attempt: int = 1,
-          backend_url: Optional[str] = None, token: Optional[str] = None) -> tuple[Launch, dict[str, Any]]:
+          backend_url: Optional[str] = None, token: Optional[str] = None,
+          record: bool = True) -> tuple[Launch, dict[str, Any]]:
     """Admit ``run`` (PENDING, a runner token) and start it on ``executor``, recording its
-    handle, as the lifecycle does.
+    handle, as the lifecycle does (unless ``record`` is False: its leader died first).
 
     ``backend_url`` and ``token`` replace what its runner is given (a backend that hangs, a
     token the backend refuses). Returns the launch and the executor's handle.
@@ -107,7 +108,8 @@ def admit(backend: RunnerBackend, run: RunRow, executor: Executor, attempt: int 
            **store_credentials({"access_key": ANY_KEY, "secret_key": ANY_SECRET}, StoreConfig())}
     launch = launch_of(row, backend.store.experiment(run.experiment_id).definition, gpu_ids, env)
     handle = executor.start(launch)
-    backend.store.update_run(run.id, handle=handle)  # the backend gives a runner its spec from then
+    if record:
+        backend.store.update_run(run.id, handle=handle)  # the backend gives a runner its spec from then
     return launch, handle
 
 

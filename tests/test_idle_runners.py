@@ -22,6 +22,7 @@ from executor_worlds import Exits, admit
 from test_executor_contract import backend, tiny_run  # noqa: F401  (the backend runners report to: a fixture)
 from wml_backend.executors.local import IDLE_RUNNERS, LocalExecutor
 from wml_backend.lifecycle import STORE_CREDENTIAL_ENV, token_hash
+from wml_core.runner_channel import ChannelAnswer, decode_call, encode_answer
 from wml_core.states import RunState
 
 #: Seconds within which idle runners are forked again, or gone.
@@ -93,11 +94,14 @@ def test_idle_runners_are_ready_before_any_run_and_hold_no_secret(backend, execu
 
 
 def test_runs_started_back_to_back_each_get_a_runner_of_their_own_that_ends_with_them(
-        backend, executor, others, tmp_path):
+        backend, executor, others, tmp_path, caplog):
     local, exits = executor
     runs = [tiny_run(backend, tmp_path) for _ in range(3)]
     handles = [admit(backend, run, local)[1] for run in runs]
     assert len({handle["pid"] for handle in handles}) == len(runs)
+    # A runner that takes its launch and closes its pipe at once (its calls go over HTTP here) was
+    # once taken for one that was gone, and its run given to a second runner too.
+    assert "another takes its launch" not in caplog.text
     ended = {exits.next()[:2] for _ in runs}
     assert ended == {(run.id, 1) for run in runs}
     for run, handle in zip(runs, handles):
@@ -167,3 +171,37 @@ def test_a_runner_gets_its_spec_once_its_start_is_recorded_never_before(backend,
     recorded.join()
     runner.close()
     assert answered.status_code == 200 and answered.json()["run_id"] == run.id
+
+
+def test_a_runner_whose_start_is_not_recorded_never_runs_though_its_spec_was_asked_at_launch(
+        backend, executor, tmp_path):
+    """Over its pipe, a runner's spec is asked for it as it is launched, before any call of its
+    own, and answered as its own ask: refused until the start is recorded (its leader may have
+    died first). Once it is, the run runs."""
+    local, exits = executor
+    calls: list[str] = []
+    local.on_runner_call = bridge_to(backend.url, calls)
+    run = tiny_run(backend, tmp_path)
+    _, handle = admit(backend, run, local, record=False)
+    time.sleep(1.0)
+    assert backend.store.run(run.id).state is RunState.PENDING, "a runner ran a start that is not recorded"
+    backend.store.update_run(run.id, handle=handle)
+    assert exits.next()[:2] == (run.id, 1)
+    assert backend.store.run(run.id).reported_state is RunState.COMPLETED
+    assert calls[0] == f"GET /v1/runner/{run.id}/spec", "the spec is asked first, at the launch"
+    assert "POST /v1/runner/{run.id}/state".format(run=run) in calls, "the runner's own calls came over its pipe"
+
+
+def bridge_to(url: str, calls: list[str]):
+    """An executor's answer to its runners' calls over their pipes: each made over HTTP to the
+    backend at ``url`` (which this process is not), and noted in ``calls``."""
+    http = httpx.Client(base_url=url)
+
+    def answer(message: bytes) -> bytes:
+        call = decode_call(message)
+        calls.append(f"{call.method} {call.path}")
+        response = http.request(call.method, call.path, content=call.body,
+                                headers={"Authorization": f"Bearer {call.token}"} if call.token else {})
+        return encode_answer(ChannelAnswer(response.status_code, response.headers.get("content-type", ""),
+                                           response.content))
+    return answer

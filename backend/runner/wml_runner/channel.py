@@ -34,6 +34,15 @@ class PipeTransport(httpx.BaseTransport):
         self._receive_lock = threading.Lock()
         #: The answer each call sent awaits, in the order sent.
         self._awaited: deque[Future] = deque()
+        #: A call the backend was asked on this runner's behalf (method, path end), and its answer.
+        self._expected: Optional[tuple[str, str, Future]] = None
+
+    def expect(self, method: str, path_end: str) -> None:
+        """The first answer on the pipe is to a call made for this runner, before it made any:
+        it answers its first ``method`` call whose path ends with ``path_end``, which is not sent."""
+        with self._send_lock:
+            self._expected = (method, path_end, Future())
+            self._awaited.append(self._expected[2])
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         answer = self._over_pipe(request) if self._channel is not None else None
@@ -44,6 +53,23 @@ class PipeTransport(httpx.BaseTransport):
 
     def _over_pipe(self, request: httpx.Request) -> Optional[ChannelAnswer]:
         """The backend's answer to ``request`` over the pipe; None once the pipe has failed."""
+        awaited = self._asked_already(request) or self._send(request)
+        if awaited is None:
+            return None
+        self._receive(awaited)
+        return awaited.result() if not awaited.exception() else None
+
+    def _asked_already(self, request: httpx.Request) -> Optional[Future]:
+        """The answer ``request`` awaits if it is the call ``expect`` said was made for it."""
+        with self._send_lock:
+            expected = self._expected
+            if expected is None or request.method != expected[0] or not request.url.path.endswith(expected[1]):
+                return None
+            self._expected = None
+            return expected[2]
+
+    def _send(self, request: httpx.Request) -> Optional[Future]:
+        """Send ``request``; the answer it awaits (None once the pipe has failed)."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         message = encode_call(ChannelCall(request.method, request.url.path,
                                           token if scheme.lower() == "bearer" else None, request.read()))
@@ -57,8 +83,7 @@ class PipeTransport(httpx.BaseTransport):
                 self._fail()
                 return None
             self._awaited.append(awaited)
-        self._receive(awaited)
-        return awaited.result() if not awaited.exception() else None
+        return awaited
 
     def _receive(self, awaited: Future) -> None:
         """Read answers, handing each to the call that awaits it, until ``awaited`` has its own."""

@@ -26,8 +26,9 @@ REPORT_DEADLINE_S = 600.0
 FIRST_RETRY_S = 0.005
 
 
-#: The HTTP client ``warm_up`` made ahead, for this process's first Reporter to a plain-HTTP backend.
-_spare: Optional[httpx.Client] = None
+#: The HTTP client ``warm_up`` made ahead, for this process's first Reporter to a plain-HTTP
+#: backend, and its pipe transport (if it has one).
+_spare: Optional[tuple[httpx.Client, Optional[PipeTransport]]] = None
 #: The pipe to the executor that started this runner, if it has one (``wml_runner.channel``).
 _channel: Optional[Connection] = None
 #: Threads ``warm_up`` started, each waiting for the one job it will run (``_in_thread``).
@@ -65,19 +66,19 @@ def _in_thread(target: Callable[[], Any], name: str) -> None:
         threading.Thread(target=target, name=name, daemon=True).start()
 
 
-def _take_client(https: bool) -> httpx.Client:
-    """The client ``warm_up`` made (once, and for plain HTTP), else a new one."""
+def _take_client(https: bool) -> tuple[httpx.Client, Optional[PipeTransport]]:
+    """The client ``warm_up`` made (once, and for plain HTTP), else a new one; its pipe transport."""
     global _spare
     if https or _spare is None:
         return _new_client(https)
-    client, _spare = _spare, None
-    return client
+    made, _spare = _spare, None
+    return made
 
 
-def _new_client(https: bool) -> httpx.Client:
+def _new_client(https: bool) -> tuple[httpx.Client, Optional[PipeTransport]]:
     # Loading CA certificates costs ~40 ms a runner; plain HTTP (the local backend) needs none.
-    transport = PipeTransport(_channel, httpx.HTTPTransport(verify=https)) if _channel is not None else None
-    return httpx.Client(timeout=30.0, verify=https, transport=transport)
+    pipe = PipeTransport(_channel, httpx.HTTPTransport(verify=https)) if _channel is not None else None
+    return httpx.Client(timeout=30.0, verify=https, transport=pipe), pipe
 
 
 class Reporter:
@@ -87,9 +88,14 @@ class Reporter:
     the kept-alive connection, so that the run goes on meanwhile; a report that waits (its end)
     is sent after them, and the first of them that failed fails it."""
 
-    def __init__(self, url: str, run_id: str, token: str, deadline_s: float = REPORT_DEADLINE_S):
+    def __init__(self, url: str, run_id: str, token: str, deadline_s: float = REPORT_DEADLINE_S,
+                 spec_asked: bool = False):
+        """``spec_asked``: the executor asked for the run's spec on this runner's behalf, over its
+        pipe (the first answer there is the spec's)."""
         self.run_id, self.deadline_s = run_id, deadline_s
-        self._http = _take_client(https=url.startswith("https://"))
+        self._http, pipe = _take_client(https=url.startswith("https://"))
+        if spec_asked and pipe is not None:
+            pipe.expect("GET", "/spec")
         self._http.base_url = f"{url.rstrip('/')}/v1/runner/{run_id}"
         self._http.headers["Authorization"] = f"Bearer {token}"
         self._code: Optional[Future] = None

@@ -24,7 +24,7 @@ import psutil
 from wml_core.private_files import write_private
 from wml_backend.executors.base import Capacity, Executor, Launch, RunnerCallCallback
 from wml_backend.executors.zygotes import Zygotes
-from wml_core.runner_channel import MAX_CALL_BYTES
+from wml_core.runner_channel import MAX_CALL_BYTES, ChannelCall, encode_call
 from wml_runner import enter
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
 from wml_runner.reporter import warm_up
@@ -85,11 +85,12 @@ def _idle_runner(channel: Connection) -> None:
     if not answered:
         channel.close()  # its calls go over HTTP
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    _run_runner(env, run_dir, token)
+    _run_runner(env, run_dir, token, answered)
 
 
-def _run_runner(env: dict[str, str], run_dir: str, token: str) -> None:
-    """Body of a forked runner: its own session, environment, directory and log file."""
+def _run_runner(env: dict[str, str], run_dir: str, token: str, spec_asked: bool) -> None:
+    """Body of a forked runner: its own session, environment, directory and log file
+    (``spec_asked``: the executor asks its spec for it, over its pipe)."""
     os.setsid()
     os.chdir(run_dir)
     os.environ.clear()
@@ -100,17 +101,25 @@ def _run_runner(env: dict[str, str], run_dir: str, token: str) -> None:
     os.dup2(log, 1)
     os.dup2(log, 2)
     from wml_runner.main import main
-    sys.exit(main(token))
+    sys.exit(main(token, spec_asked))
 
 
 class IdleRunner:
     """A runner forked ahead, waiting on its pipe for the one launch it will run; a thread of
     its own (started with it, not with its run: starting one waits until it is scheduled)
-    answers its calls over the pipe (``answer``: see ``Executor.on_runner_call``) until it exits."""
+    answers its calls over the pipe (``answer``: see ``Executor.on_runner_call``) until it exits.
+
+    The first call it answers is the runner's ask for its spec, made on the runner's behalf as it
+    is launched (``PipeTransport.expect``): the answer is waiting when the runner needs it, rather
+    than a round trip later. It is answered as the runner's own ask would be (its token; not
+    before the start is recorded)."""
 
     def __init__(self, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None) -> None:
         self._channel, theirs = _FORKSERVER.Pipe(duplex=True)
         self._answer = answer
+        #: The spec call to answer first, once launched; and what wakes the thread for it.
+        self._asked: Optional[bytes] = None
+        self._woken, self._wake = os.pipe()
         self.process = _FORKSERVER.Process(target=_idle_runner, args=(theirs,), daemon=False)
         self.process.start()
         theirs.close()
@@ -123,7 +132,11 @@ class IdleRunner:
 
     def _wait(self) -> None:
         self._serve()
-        self._channel.close()
+        with self._lock:  # not while a launch may still wake the thread (``launch``)
+            self._channel.close()
+            os.close(self._woken)
+            os.close(self._wake)
+            self._wake = None
         self.process.join()
         with self._lock:
             self.exited, then = True, self._then
@@ -131,16 +144,31 @@ class IdleRunner:
             then(self.process.exitcode)
 
     def _serve(self) -> None:
-        """Answer the runner's calls over the pipe, one at a time, until it exits (or the pipe closes)."""
+        """Answer the runner's calls over the pipe, one at a time, until it exits (or the pipe
+        closes); the spec asked on its behalf before any."""
         try:
-            while self._channel in wait([self._channel, self.process.sentinel]):
-                message = self._channel.recv_bytes(MAX_CALL_BYTES)
-                answer = self._answer()
-                if answer is None:
+            while True:
+                ready = wait([self._channel, self.process.sentinel, self._woken])
+                if self._woken in ready:
+                    os.read(self._woken, 1)
+                asked, self._asked = self._asked, None
+                if asked is not None and not self._answer_call(asked):
                     return
-                self._channel.send_bytes(answer(message))
+                if self._channel in ready:
+                    if not self._answer_call(self._channel.recv_bytes(MAX_CALL_BYTES)):
+                        return
+                elif self.process.sentinel in ready:
+                    return
         except (EOFError, OSError):
             pass
+
+    def _answer_call(self, message: bytes) -> bool:
+        """Send the answer to the call ``message``; False if none can be given (the executor closed)."""
+        answer = self._answer()
+        if answer is None:
+            return False
+        self._channel.send_bytes(answer(message))
+        return True
 
     def _hang_up(self) -> None:
         """Shut the pipe both ways: the runner reads its end, and the thread answering it wakes
@@ -154,16 +182,30 @@ class IdleRunner:
     def launch(self, env: dict[str, str], run_dir: str, token: str, then: Callable[[Optional[int]], None]) -> bool:
         """Hand it its run (it runs none other), and ``then`` its exit code once it exits; False
         if it was gone (``then`` is not called)."""
-        try:
-            self._channel.send((env, run_dir, token, self._answer() is not None))
-        except OSError:
+        answered = self._answer() is not None
+        asked = encode_call(ChannelCall("GET", f"/v1/runner/{env['WML_RUN_ID']}/spec", token, b"")) if answered else None
+        with self._lock:  # the thread answering the pipe closes it under this lock, once the runner is gone
+            handed = self._hand((env, run_dir, token, answered), asked)
+            if handed:
+                self._then, exited = then, self.exited
+        if not handed:
             log.warning("local: an idle runner (pid %s) was gone; another takes its launch", self.process.pid)
             self._hang_up()
             return False
-        with self._lock:
-            self._then, exited = then, self.exited
         if exited:
             then(self.process.exitcode)
+        return True
+
+    def _hand(self, launch: tuple, asked: Optional[bytes]) -> bool:
+        """Send ``launch`` over the pipe, ``asked`` to be answered there before any call of the
+        runner's (holding the lock); False if the runner is gone."""
+        self._asked = asked
+        try:
+            self._channel.send(launch)
+        except OSError:
+            return False
+        if asked is not None and self._wake is not None:  # (None: its thread ended: the runner is gone)
+            os.write(self._wake, b"\0")
         return True
 
     def end(self, timeout_s: float = 5.0) -> None:

@@ -183,21 +183,26 @@ def test_calls_from_several_threads_are_sent_at_once_and_each_gets_its_own_answe
 
 def test_the_spec_asked_for_the_runner_at_its_launch_answers_its_own_ask_which_is_not_sent():
     """The executor asks for the spec as it launches the runner: its answer, the first on the pipe,
-    answers the runner's ask for its spec, however the runner's threads interleave (the code
-    fetched meanwhile gets the code), and only the other calls are sent."""
+    answers the runner's ask for its spec at once, though another thread (fetching the code
+    meanwhile) reads the pipe and still waits for its own answer; only the other calls are sent."""
     ours, theirs = Pipe()
     transport = PipeTransport(theirs, httpx.MockTransport(lambda request: httpx.Response(503)))
     transport.expect("GET", "/spec")
     client = httpx.Client(base_url="http://backend/v1/runner/r1", transport=transport)
+
+    def answer(body: dict) -> bytes:
+        return encode_answer(ChannelAnswer(200, "application/json", json.dumps(body).encode()))
     with ThreadPoolExecutor(2) as pool, ours:
-        code = pool.submit(lambda: client.get("/code").json())  # sent first, answered second
+        code = pool.submit(lambda: client.get("/code").json())  # sent first: its thread reads the pipe
         assert decode_call(ours.recv_bytes()).path == "/v1/runner/r1/code"
-        for body in ({"the": "spec"}, {"the": "code"}):
-            ours.send_bytes(encode_answer(ChannelAnswer(200, "application/json", json.dumps(body).encode())))
-        assert client.get("/spec").json() == {"the": "spec"}
+        ours.send_bytes(answer({"the": "spec"}))
+        spec = pool.submit(lambda: client.get("/spec").json())
+        assert spec.result(5) == {"the": "spec"}, "the spec waited for the code's answer"
+        assert not code.done()
+        ours.send_bytes(answer({"the": "code"}))
         assert code.result(10) == {"the": "code"}
-        ours.send_bytes(encode_answer(ChannelAnswer(200, "application/json", b'{"the": "next spec"}')))
         later = pool.submit(lambda: client.get("/spec").json())  # a second ask is sent, as any call
         assert decode_call(ours.recv_bytes()).path == "/v1/runner/r1/spec"
+        ours.send_bytes(answer({"the": "next spec"}))
         assert later.result(10) == {"the": "next spec"}
         assert not ours.poll(0.1), "the spec asked for the runner was asked again"

@@ -20,6 +20,12 @@ REPORT_BODY_BYTES = 8 << 20
 MAX_CALL_BYTES = REPORT_BODY_BYTES + (64 << 10)
 
 
+#: The calls (method, name) a local executor makes for its runner as it launches it, in this order,
+#: answered as the runner's own would be: their answers are the first on the runner's pipe, and
+#: answer the runner's first such calls, which it does not send (``PipeTransport.expect``).
+ASKED_AT_LAUNCH = (("GET", "spec"), ("GET", "code"))
+
+
 class ChannelCall(NamedTuple):
     """One API call of a runner, as it would be made over HTTP."""
 

@@ -31,18 +31,21 @@ class PipeTransport(httpx.BaseTransport):
         self._channel: Optional[Connection] = channel
         self._fallback = fallback
         self._send_lock = threading.Lock()
-        self._receive_lock = threading.Lock()
+        #: Whether a thread is reading an answer (a thread at a time, an answer at a time): the
+        #: others wait on ``_answered`` until theirs has come, or the pipe is theirs to read.
+        self._reading = False
+        self._answered = threading.Condition()
         #: The answer each call sent awaits, in the order sent.
         self._awaited: deque[Future] = deque()
-        #: A call the backend was asked on this runner's behalf (method, path end), and its answer.
-        self._expected: Optional[tuple[str, str, Future]] = None
+        #: The calls the backend was asked on this runner's behalf (method, path end), and their answers.
+        self._expected: list[tuple[str, str, Future]] = []
 
     def expect(self, method: str, path_end: str) -> None:
-        """The first answer on the pipe is to a call made for this runner, before it made any:
-        it answers its first ``method`` call whose path ends with ``path_end``, which is not sent."""
+        """The next answer on the pipe is to a call made for this runner, before it made any: it
+        answers its first ``method`` call whose path ends with ``path_end``, which is not sent."""
         with self._send_lock:
-            self._expected = (method, path_end, Future())
-            self._awaited.append(self._expected[2])
+            self._expected.append((method, path_end, Future()))
+            self._awaited.append(self._expected[-1][2])
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         answer = self._over_pipe(request) if self._channel is not None else None
@@ -60,13 +63,14 @@ class PipeTransport(httpx.BaseTransport):
         return awaited.result() if not awaited.exception() else None
 
     def _asked_already(self, request: httpx.Request) -> Optional[Future]:
-        """The answer ``request`` awaits if it is the call ``expect`` said was made for it."""
+        """The answer ``request`` awaits if it is a call ``expect`` said was made for it."""
         with self._send_lock:
-            expected = self._expected
-            if expected is None or request.method != expected[0] or not request.url.path.endswith(expected[1]):
-                return None
-            self._expected = None
-            return expected[2]
+            for expected in self._expected:
+                method, path_end, answer = expected
+                if request.method == method and request.url.path.endswith(path_end):
+                    self._expected.remove(expected)
+                    return answer
+            return None
 
     def _send(self, request: httpx.Request) -> Optional[Future]:
         """Send ``request``; the answer it awaits (None once the pipe has failed)."""
@@ -86,19 +90,34 @@ class PipeTransport(httpx.BaseTransport):
         return awaited
 
     def _receive(self, awaited: Future) -> None:
-        """Read answers, handing each to the call that awaits it, until ``awaited`` has its own."""
-        with self._receive_lock:
+        """Read answers, handing each to the call that awaits it, until ``awaited`` has its own
+        (which another thread may read for it: it does not wait for that thread's own answer)."""
+        with self._answered:
             while not awaited.done():
-                channel = self._channel
+                if self._reading:
+                    self._answered.wait()
+                    continue
+                self._reading = True
+                self._answered.release()
                 try:
-                    if channel is None:
-                        raise EOFError("closed")
-                    answer = decode_answer(channel.recv_bytes())
-                except PIPE_ERRORS:
-                    with self._send_lock:
-                        self._fail()
-                    return
-                self._awaited.popleft().set_result(answer)
+                    self._read_one()
+                finally:
+                    self._answered.acquire()
+                    self._reading = False
+                    self._answered.notify_all()
+
+    def _read_one(self) -> None:
+        """Read one answer, for the call that awaits the first (all of them fail if the pipe does)."""
+        channel = self._channel
+        try:
+            if channel is None:
+                raise EOFError("closed")
+            answer = decode_answer(channel.recv_bytes())
+        except PIPE_ERRORS:
+            with self._send_lock:
+                self._fail()
+            return
+        self._awaited.popleft().set_result(answer)
 
     def _fail(self) -> None:
         """The pipe has failed (called holding the send lock): close it; the calls that await an

@@ -75,10 +75,10 @@ STORE_RETRY_S = 300.0
 REQUIRED_ENV = ("WML_BACKEND_URL", "WML_RUN_ID", "WML_RUNNER_TOKEN")
 
 
-def main(token: Optional[str] = None, spec_asked: bool = False) -> int:
+def main(token: Optional[str] = None, asked_at_launch: bool = False) -> int:
     """Run the run named by the environment with ``token`` (None: taken out of the environment);
-    the exit code is 0 whenever the end was reported. ``spec_asked``: the local executor asked
-    for the run's spec on the runner's behalf (``Reporter``)."""
+    the exit code is 0 whenever the end was reported. ``asked_at_launch``: the local executor made
+    the runner's first calls for it (``Reporter``)."""
     harden_runner()  # first: from now on nothing of this process is readable through /proc
     token = token or take_token(os.environ)
     missing = [name for name in REQUIRED_ENV[:2] if not os.environ.get(name)] + ([] if token else [REQUIRED_ENV[2]])
@@ -88,7 +88,7 @@ def main(token: Optional[str] = None, spec_asked: bool = False) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s: %(message)s", force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    reporter = Reporter(os.environ["WML_BACKEND_URL"], os.environ["WML_RUN_ID"], token, spec_asked=spec_asked)
+    reporter = Reporter(os.environ["WML_BACKEND_URL"], os.environ["WML_RUN_ID"], token, asked_at_launch=asked_at_launch)
     ws = Workspace(Path(os.environ.get("WML_WORK_DIR") or "/job"))
     runner = Runner(reporter, ws, learner_of_pod(os.environ), isolate=os.environ.get(RUN_USER_ENV) == POOL)
     # The handler runs in the main thread, which may hold a learner's lock (starting its command)

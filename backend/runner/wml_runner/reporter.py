@@ -15,6 +15,8 @@ import httpx
 from wml_core.errors import StorageError
 from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport, StoreCredential
 from wml_core.states import RunState
+from wml_core.runner_channel import (ASKED_AT_LAUNCH, ChannelAnswer, ChannelCall, decode_answer, decode_call,
+                                     encode_answer, encode_call)
 from wml_runner.channel import PipeTransport
 
 log = logging.getLogger("wml_runner")
@@ -45,10 +47,29 @@ def warm_up(channel: Optional[Connection] = None) -> None:
     global _spare, _channel
     _channel = channel
     _spare = _new_client(https=False)
+    _rehearse()
     for _ in range(SPARE_THREADS):
         jobs: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=_spare_thread, args=(jobs,), name="wml-spare", daemon=True).start()
         _spare_threads.append(jobs)
+
+
+def _rehearse() -> None:
+    """Go once through what a run's first calls do (a request over the pipe's encoding and its
+    answer, the spec's and a report's models), with nothing of a run: the memory they touch is
+    this process's own before a run waits on it (a forked runner copies each page it first
+    writes to: ~4 ms of a run's start otherwise)."""
+    spec = RunSpec(run_id="warm-up", experiment_id="warm-up", attempt=1, command="true", hparams={}, gpus=0,
+                   learners=1, framework="custom", store={}, results_bucket="warm-up", results_prefix="")
+    answer = encode_answer(ChannelAnswer(200, "application/json", spec.model_dump_json().encode()))
+
+    def backend(request: httpx.Request) -> httpx.Response:
+        decode_call(encode_call(ChannelCall(request.method, request.url.path, None, request.read())))
+        status, content_type, body = decode_answer(answer)
+        return httpx.Response(status, headers={"content-type": content_type}, content=body, request=request)
+    with httpx.Client(base_url="http://warm-up/v1/runner/warm-up", transport=httpx.MockTransport(backend)) as client:
+        RunSpec.model_validate(client.get("/spec").json())
+        client.post("/state", json=StateReport(state=RunState.DOWNLOADING).model_dump(mode="json"))
 
 
 def _spare_thread(jobs: queue.SimpleQueue) -> None:
@@ -89,13 +110,14 @@ class Reporter:
     is sent after them, and the first of them that failed fails it."""
 
     def __init__(self, url: str, run_id: str, token: str, deadline_s: float = REPORT_DEADLINE_S,
-                 spec_asked: bool = False):
-        """``spec_asked``: the executor asked for the run's spec on this runner's behalf, over its
-        pipe (the first answer there is the spec's)."""
+                 asked_at_launch: bool = False):
+        """``asked_at_launch``: the executor made this runner's first calls for it, over its pipe
+        (``ASKED_AT_LAUNCH``: their answers are the first there)."""
         self.run_id, self.deadline_s = run_id, deadline_s
         self._http, pipe = _take_client(https=url.startswith("https://"))
-        if spec_asked and pipe is not None:
-            pipe.expect("GET", "/spec")
+        self._code_asked = asked_at_launch and pipe is not None
+        for method, name in ASKED_AT_LAUNCH if self._code_asked else ():
+            pipe.expect(method, f"/{name}")
         self._http.base_url = f"{url.rstrip('/')}/v1/runner/{run_id}"
         self._http.headers["Authorization"] = f"Bearer {token}"
         self._code: Optional[Future] = None
@@ -125,7 +147,10 @@ class Reporter:
         return RunSpec.model_validate(self._call("GET", "/spec").json())
 
     def prefetch_code(self) -> None:
-        """Ask for the code zip now, in the background, while the spec is asked for (``code``)."""
+        """Ask for the code zip now, in the background, while the spec is asked for (``code``);
+        unless it was asked at the launch (its answer is on its way)."""
+        if self._code_asked:
+            return
         self._code = _in_background(lambda: self._call("GET", "/code").content)
 
     def code(self) -> bytes:

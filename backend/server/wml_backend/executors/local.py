@@ -24,7 +24,7 @@ import psutil
 from wml_core.private_files import write_private
 from wml_backend.executors.base import Capacity, Executor, Launch, RunnerCallCallback
 from wml_backend.executors.zygotes import Zygotes
-from wml_core.runner_channel import MAX_CALL_BYTES, ChannelCall, encode_call
+from wml_core.runner_channel import ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall, encode_call
 from wml_runner import enter
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
 from wml_runner.reporter import warm_up
@@ -88,9 +88,9 @@ def _idle_runner(channel: Connection) -> None:
     _run_runner(env, run_dir, token, answered)
 
 
-def _run_runner(env: dict[str, str], run_dir: str, token: str, spec_asked: bool) -> None:
+def _run_runner(env: dict[str, str], run_dir: str, token: str, asked_at_launch: bool) -> None:
     """Body of a forked runner: its own session, environment, directory and log file
-    (``spec_asked``: the executor asks its spec for it, over its pipe)."""
+    (``asked_at_launch``: the executor makes its first calls for it, over its pipe)."""
     os.setsid()
     os.chdir(run_dir)
     os.environ.clear()
@@ -101,7 +101,7 @@ def _run_runner(env: dict[str, str], run_dir: str, token: str, spec_asked: bool)
     os.dup2(log, 1)
     os.dup2(log, 2)
     from wml_runner.main import main
-    sys.exit(main(token, spec_asked))
+    sys.exit(main(token, asked_at_launch))
 
 
 class IdleRunner:
@@ -109,16 +109,16 @@ class IdleRunner:
     its own (started with it, not with its run: starting one waits until it is scheduled)
     answers its calls over the pipe (``answer``: see ``Executor.on_runner_call``) until it exits.
 
-    The first call it answers is the runner's ask for its spec, made on the runner's behalf as it
-    is launched (``PipeTransport.expect``): the answer is waiting when the runner needs it, rather
-    than a round trip later. It is answered as the runner's own ask would be (its token; not
-    before the start is recorded)."""
+    The first calls it answers are the runner's first calls (its spec, its code), made on the
+    runner's behalf as it is launched (``ASKED_AT_LAUNCH``): their answers are waiting when the
+    runner needs them, rather than a round trip later. They are answered as the runner's own
+    would be (its token; the spec not before the start is recorded)."""
 
     def __init__(self, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None) -> None:
         self._channel, theirs = _FORKSERVER.Pipe(duplex=True)
         self._answer = answer
-        #: The spec call to answer first, once launched; and what wakes the thread for it.
-        self._asked: Optional[bytes] = None
+        #: The calls to answer first, once launched; and what wakes the thread for them.
+        self._asked: list[bytes] = []
         self._woken, self._wake = os.pipe()
         self.process = _FORKSERVER.Process(target=_idle_runner, args=(theirs,), daemon=False)
         self.process.start()
@@ -145,14 +145,14 @@ class IdleRunner:
 
     def _serve(self) -> None:
         """Answer the runner's calls over the pipe, one at a time, until it exits (or the pipe
-        closes); the spec asked on its behalf before any."""
+        closes); those made on its behalf before any."""
         try:
             while True:
                 ready = wait([self._channel, self.process.sentinel, self._woken])
                 if self._woken in ready:
                     os.read(self._woken, 1)
-                asked, self._asked = self._asked, None
-                if asked is not None and not self._answer_call(asked):
+                asked, self._asked = self._asked, []
+                if not all(self._answer_call(call) for call in asked):
                     return
                 if self._channel in ready:
                     if not self._answer_call(self._channel.recv_bytes(MAX_CALL_BYTES)):
@@ -183,7 +183,8 @@ class IdleRunner:
         """Hand it its run (it runs none other), and ``then`` its exit code once it exits; False
         if it was gone (``then`` is not called)."""
         answered = self._answer() is not None
-        asked = encode_call(ChannelCall("GET", f"/v1/runner/{env['WML_RUN_ID']}/spec", token, b"")) if answered else None
+        asked = [encode_call(ChannelCall(method, f"/v1/runner/{env['WML_RUN_ID']}/{name}", token, b""))
+                 for method, name in ASKED_AT_LAUNCH] if answered else []
         with self._lock:  # the thread answering the pipe closes it under this lock, once the runner is gone
             handed = self._hand((env, run_dir, token, answered), asked)
             if handed:
@@ -196,15 +197,15 @@ class IdleRunner:
             then(self.process.exitcode)
         return True
 
-    def _hand(self, launch: tuple, asked: Optional[bytes]) -> bool:
-        """Send ``launch`` over the pipe, ``asked`` to be answered there before any call of the
+    def _hand(self, launch: tuple, asked: list[bytes]) -> bool:
+        """Send ``launch`` over the pipe, the calls ``asked`` to be answered there before any of the
         runner's (holding the lock); False if the runner is gone."""
         self._asked = asked
         try:
             self._channel.send(launch)
         except OSError:
             return False
-        if asked is not None and self._wake is not None:  # (None: its thread ended: the runner is gone)
+        if asked and self._wake is not None:  # (None: its thread ended: the runner is gone)
             os.write(self._wake, b"\0")
         return True
 

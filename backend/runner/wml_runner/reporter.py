@@ -105,9 +105,9 @@ def _new_client(https: bool) -> tuple[httpx.Client, Optional[PipeTransport]]:
 class Reporter:
     """Calls the backend as one run's runner; retries through connection errors and 5xx.
 
-    Progress reports (``state(..., wait=False)``) are sent in order by a thread of their own on
-    the kept-alive connection, so that the run goes on meanwhile; a report that waits (its end)
-    is sent after them, and the first of them that failed fails it."""
+    State reports are sent in order by a thread of their own on the kept-alive connection, so
+    that the run goes on meanwhile (``state(..., wait=False)``); a report that waits (its end)
+    returns once it is answered, and the first of them that failed fails it."""
 
     def __init__(self, url: str, run_id: str, token: str, deadline_s: float = REPORT_DEADLINE_S,
                  asked_at_launch: bool = False):
@@ -174,12 +174,10 @@ class Reporter:
         self._raise_failure()
         body = StateReport(state=state, exit_code=exit_code, reason=reason,
                            log_tail=log_tail or []).model_dump(mode="json")
-        if not wait:
-            self._start_sender()
-            self._outbox.put(body)
-            return
-        self.flush()
-        self._call("POST", "/state", json=body)
+        self._start_sender()
+        self._outbox.put(body)  # a report that waits too: sent as soon as the one before is answered
+        if wait:
+            self.flush()
 
     def flush(self) -> None:
         """Wait until every report sent in the background is answered; raise the first failure."""

@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import stat
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,24 @@ class Workspace:
                 shutil.rmtree(path, ignore_errors=True)
                 path.mkdir(parents=True)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+
+def rehearse() -> None:
+    """Go once through what every run's folder sees (made fresh, its code unpacked, its results
+    stored to a file store), in a folder of its own then deleted: the memory this touches is
+    this process's own before a run waits on it (``wml_runner.reporter``'s rehearsal says why)."""
+    with tempfile.TemporaryDirectory(prefix="wml-warm-up-") as folder:
+        ws = Workspace(Path(folder) / "run")
+        ws.reset()
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as archive:
+            archive.writestr("train.py", "")
+        unpack_code(code.getvalue(), ws.model)
+        spec = RunSpec(run_id="warm-up", experiment_id="warm-up", attempt=1, command="true", hparams={}, gpus=0,
+                       learners=1, framework="custom", store={"kind": "file", "root": folder},
+                       results_bucket="warm-up", results_prefix="training-warm-up/")
+        ws.training_log(1).write_text("")
+        store_results(open_run_store(spec), spec, ws, code.getvalue())
 
 
 def unpack_code(archive: bytes, dest: Path) -> None:

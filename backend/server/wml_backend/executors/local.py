@@ -28,6 +28,7 @@ from wml_core.runner_channel import ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall
 from wml_runner import enter
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
 from wml_runner.reporter import warm_up
+from wml_runner.workspace import rehearse
 from wml_runner.zygote import FRAMEWORK_MODULES, ZYGOTE_ENV
 
 log = logging.getLogger("wml_backend")
@@ -77,6 +78,7 @@ def _idle_runner(channel: Connection) -> None:
     (the executor closed, or the backend is gone)."""
     harden_runner()  # before any secret (the launch) arrives
     warm_up(channel)
+    rehearse()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the backend's terminal: the backend closes its pipe
     try:
         env, run_dir, token, answered = channel.recv()

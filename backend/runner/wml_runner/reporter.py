@@ -18,6 +18,7 @@ from wml_core.states import RunState
 from wml_core.runner_channel import (ASKED_AT_LAUNCH, ChannelAnswer, ChannelCall, decode_answer, decode_call,
                                      encode_answer, encode_call)
 from wml_runner.channel import PipeTransport
+from wml_runner.workspace import REHEARSAL_SPEC
 
 log = logging.getLogger("wml_runner")
 
@@ -59,9 +60,7 @@ def _rehearse() -> None:
     answer, the spec's and a report's models), with nothing of a run: the memory they touch is
     this process's own before a run waits on it (a forked runner copies each page it first
     writes to: ~4 ms of a run's start otherwise)."""
-    spec = RunSpec(run_id="warm-up", experiment_id="warm-up", attempt=1, command="true", hparams={}, gpus=0,
-                   learners=1, framework="custom", store={}, results_bucket="warm-up", results_prefix="")
-    answer = encode_answer(ChannelAnswer(200, "application/json", spec.model_dump_json().encode()))
+    answer = encode_answer(ChannelAnswer(200, "application/json", REHEARSAL_SPEC.model_dump_json().encode()))
 
     def backend(request: httpx.Request) -> httpx.Response:
         decode_call(encode_call(ChannelCall(request.method, request.url.path, None, request.read())))
@@ -115,8 +114,8 @@ class Reporter:
         (``ASKED_AT_LAUNCH``: their answers are the first there)."""
         self.run_id, self.deadline_s = run_id, deadline_s
         self._http, pipe = _take_client(https=url.startswith("https://"))
-        self._code_asked = asked_at_launch and pipe is not None
-        for method, name in ASKED_AT_LAUNCH if self._code_asked else ():
+        self._asked_at_launch = asked_at_launch and pipe is not None
+        for method, name in ASKED_AT_LAUNCH if self._asked_at_launch else ():
             pipe.expect(method, f"/{name}")
         self._http.base_url = f"{url.rstrip('/')}/v1/runner/{run_id}"
         self._http.headers["Authorization"] = f"Bearer {token}"
@@ -149,7 +148,7 @@ class Reporter:
     def prefetch_code(self) -> None:
         """Ask for the code zip now, in the background, while the spec is asked for (``code``);
         unless it was asked at the launch (its answer is on its way)."""
-        if self._code_asked:
+        if self._asked_at_launch:
             return
         self._code = _in_background(lambda: self._call("GET", "/code").content)
 

@@ -82,6 +82,12 @@ class Workspace:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
 
 
+#: The spec of the run of nothing that idle runners rehearse with (``rehearse``, ``reporter.warm_up``).
+REHEARSAL_SPEC = RunSpec(run_id="warm-up", experiment_id="warm-up", attempt=1, command="true", hparams={}, gpus=0,
+                         learners=1, framework="custom", store={}, results_bucket="warm-up",
+                         results_prefix="training-warm-up/")
+
+
 def rehearse() -> None:
     """Go once through what every run's folder sees (made fresh, its code unpacked, its results
     stored to a file store), in a folder of its own then deleted: the memory this touches is
@@ -93,9 +99,7 @@ def rehearse() -> None:
         with zipfile.ZipFile(code, "w") as archive:
             archive.writestr("train.py", "")
         unpack_code(code.getvalue(), ws.model)
-        spec = RunSpec(run_id="warm-up", experiment_id="warm-up", attempt=1, command="true", hparams={}, gpus=0,
-                       learners=1, framework="custom", store={"kind": "file", "root": folder},
-                       results_bucket="warm-up", results_prefix="training-warm-up/")
+        spec = REHEARSAL_SPEC.model_copy(update={"store": {"kind": "file", "root": folder}})
         ws.training_log(1).write_text("")
         store_results(open_run_store(spec), spec, ws, code.getvalue())
 

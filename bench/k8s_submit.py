@@ -194,14 +194,11 @@ def wait_for_ttl(ns: BackendNamespace, ttl_s: int) -> dict[str, int]:
 def pod_status_writes(cluster: Cluster, ns: BackendNamespace) -> dict[str, list[float]]:
     """When the API server received the nodes' writes of each pod's status, by pod name (from the
     audit log: no watcher can see a write before it was received)."""
-    import json
     mark = f'"namespace":"{ns.name}"'
     writes: dict[str, list[float]] = defaultdict(list)
-    for line in cluster.audit_log.read_text().splitlines():
-        if '"pods"' in line and '"status"' in line and mark in line and '"system:nodes"' in line:
-            event = json.loads(line)
-            if event.get("stage") == "ResponseComplete" and event["objectRef"].get("subresource") == "status":
-                writes[event["objectRef"]["name"]].append(_stamp(event["requestReceivedTimestamp"]))
+    for event in cluster.audit_events('"pods"', '"status"', mark, '"system:nodes"'):
+        if event.get("stage") == "ResponseComplete" and event["objectRef"].get("subresource") == "status":
+            writes[event["objectRef"]["name"]].append(_stamp(event["requestReceivedTimestamp"]))
     return writes
 
 

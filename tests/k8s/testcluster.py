@@ -67,8 +67,19 @@ class Cluster:
         return self.state is not None
 
     @property
-    def audit_log(self) -> Optional[Path]:
-        return self.state / "logs" / "audit.log" if self.state else None
+    def has_audit_log(self) -> bool:
+        """Whether the API server writes an audit log (the test cluster's does)."""
+        return self.state is not None
+
+    def audit_events(self, *marks: str) -> list[dict]:
+        """The audit log's events whose line holds every one of ``marks`` (empty: no audit log).
+
+        Only whole lines: the API server may be writing the last one as it is read."""
+        if self.state is None:
+            return []
+        text = (self.state / "logs" / "audit.log").read_text()
+        whole = text[:text.rfind("\n") + 1].splitlines()
+        return [json.loads(line) for line in whole if all(mark in line for mark in marks)]
 
     def api(self):
         """The administrator's API client (``kubernetes.client.ApiClient``)."""
@@ -277,11 +288,9 @@ class BackendNamespace:
 
     def calls(self) -> Optional[list[dict]]:
         """The backend's requests so far, from the test cluster's audit log (None elsewhere)."""
-        log = self.cluster.audit_log
-        if log is None:
+        if not self.cluster.has_audit_log:
             return None
-        mark = f'"username":"{self.user}"'
-        events = (json.loads(line) for line in log.read_text().splitlines() if mark in line)
+        events = self.cluster.audit_events(f'"username":"{self.user}"')
         return [e for e in events if e.get("stage") == "ResponseComplete"]
 
     def writes(self) -> Optional[Counter]:

@@ -48,7 +48,7 @@ def idle_of(backend: psutil.Process) -> set[int]:
     """The pids of the idle runners of ``backend``'s local executor: its fork server's children
     still in the server's session (a runner given a run makes a session of its own first)."""
     found = set()
-    for server in (p for p in backend.children() if "forkserver" in " ".join(p.cmdline())):
+    for server in fork_servers(backend):
         for child in server.children():
             try:
                 if os.getsid(child.pid) == os.getsid(server.pid):
@@ -56,6 +56,11 @@ def idle_of(backend: psutil.Process) -> set[int]:
             except OSError:
                 pass
     return found
+
+
+def fork_servers(backend: psutil.Process) -> list[psutil.Process]:
+    """The fork server ``backend``'s local executors fork their runners from (one, once started)."""
+    return [p for p in backend.children() if "forkserver" in " ".join(p.cmdline())]
 
 
 def gone(pid: int) -> bool:
@@ -106,7 +111,7 @@ def test_runs_started_back_to_back_each_get_a_runner_of_their_own_that_ends_with
     assert ended == {(run.id, 1) for run in runs}
     for run, handle in zip(runs, handles):
         assert backend.store.run(run.id).reported_state is RunState.COMPLETED
-        assert gone(handle["pid"]), "a runner outlived its run (it would take another)"
+        wait_for(lambda: gone(handle["pid"]), timeout=5)  # (a runner ends its run by a last word, then exits)
     # and the executor keeps runners ready for the next start
     ready(psutil.Process(), others)
 
@@ -190,6 +195,26 @@ def test_a_runner_whose_start_is_not_recorded_never_runs_though_its_spec_was_ask
     assert backend.store.run(run.id).reported_state is RunState.COMPLETED
     assert calls[0] == f"GET /v1/runner/{run.id}/spec", "the spec is asked first, at the launch"
     assert "POST /v1/runner/{run.id}/state".format(run=run) in calls, "the runner's own calls came over its pipe"
+
+
+def test_a_run_ends_at_its_runners_last_word_not_once_its_process_is_reaped(backend, executor, others, tmp_path):
+    """A runner's last word over its pipe says that its run is over: the end is not kept waiting
+    while the kernel frees the runner's memory and the fork server reaps it (stopped here, so
+    that it cannot until it goes on)."""
+    local, exits = executor
+    local.on_runner_call = bridge_to(backend.url, [])
+    ready(psutil.Process(), others)
+    [server] = fork_servers(psutil.Process())
+    run = tiny_run(backend, tmp_path)
+    server.suspend()
+    try:
+        _, handle = admit(backend, run, local)
+        assert exits.next() == (run.id, 1, 0), "the run's end waited for its runner to be reaped"
+        assert psutil.pid_exists(handle["pid"]), "the runner was reaped by a fork server that is stopped"
+    finally:
+        server.resume()
+    wait_for(lambda: not psutil.pid_exists(handle["pid"]), timeout=10)
+    assert backend.store.run(run.id).reported_state is RunState.COMPLETED
 
 
 def bridge_to(url: str, calls: list[str]):

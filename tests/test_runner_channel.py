@@ -28,7 +28,7 @@ from wml_backend.rundb import SqliteRunStore
 from wml_backend.service import Service
 from wml_backend.settings import Settings
 from wml_core.runner_channel import (ChannelAnswer, ChannelCall, decode_answer, decode_call, encode_answer,
-                                     encode_call)
+                                     encode_call, last_word)
 from wml_core.states import RunState
 from wml_runner.channel import PipeTransport
 
@@ -206,3 +206,25 @@ def test_the_spec_asked_for_the_runner_at_its_launch_answers_its_own_ask_which_i
         ours.send_bytes(answer({"the": "next spec"}))
         assert later.result(10) == {"the": "next spec"}
         assert not ours.poll(0.1), "the spec asked for the runner was asked again"
+
+
+def test_a_runner_closing_its_pipe_says_its_last_word_which_no_call_can_be_taken_for():
+    """Its last word says the exit code it exits with; a call, or a message that only looks like a
+    last word, is not one (the executor answers it as a call)."""
+    ours, theirs = Pipe()
+    PipeTransport(theirs, httpx.MockTransport(lambda request: httpx.Response(503))).close(exit_code=0)
+    assert last_word(ours.recv_bytes()) == 0
+    with pytest.raises(EOFError):  # nothing more: the pipe is closed
+        ours.recv_bytes()
+
+    call = encode_call(ChannelCall("POST", "/v1/runner/r1/state", "t0k3n", b'{"exit": 0}'))
+    assert last_word(call) is None
+    assert [last_word(message) for message in (b'{"exit":"0"}\n', b'{"exit":true}\n', b'{"exit":', b'{"exit":1}')] \
+        == [None, None, None, None]
+
+
+def test_a_runner_whose_backend_is_gone_closes_its_pipe_without_a_last_word_or_a_failure():
+    ours, theirs = Pipe()
+    transport = PipeTransport(theirs, httpx.MockTransport(lambda request: httpx.Response(503)))
+    ours.close()
+    transport.close(exit_code=0)  # nothing raised: the executor sees its exit instead

@@ -6,6 +6,10 @@ would send over HTTP), then the request's body as it is. An answer is one messag
 ``{"status", "type"}`` (the HTTP status and content type the API would answer), then its body.
 Both sides take it from here; nothing in it is unpickled, so a runner can make the backend parse
 nothing but JSON and bytes.
+
+A runner's last message is its last word, ``{"exit": N}``: it makes no more calls, its run is over
+(its end reported and answered, its user's processes gone), and it exits with N. Its executor
+need not wait for the process to be gone, and reaped, to say that it ended.
 """
 
 from __future__ import annotations
@@ -68,6 +72,25 @@ def decode_answer(message: bytes) -> ChannelAnswer:
     if not isinstance(head.get("status"), int) or not isinstance(head.get("type"), str):
         raise ValueError("an answer needs a status and a content type")
     return ChannelAnswer(head["status"], head["type"], body)
+
+
+def encode_last_word(exit_code: int) -> bytes:
+    """A runner's last word: it exits with ``exit_code``."""
+    return _message({"exit": exit_code}, b"")
+
+
+def last_word(message: bytes) -> Optional[int]:
+    """The exit code a runner's last word says; None if ``message`` is not one (a call)."""
+    if not message.startswith(_LAST_WORD):  # a call's header begins with its method
+        return None
+    try:
+        exit_code = _parts(message)[0]["exit"]
+    except ValueError:
+        return None
+    return exit_code if type(exit_code) is int else None
+
+
+_LAST_WORD = b'{"exit":'
 
 
 def _message(head: dict, body: bytes) -> bytes:

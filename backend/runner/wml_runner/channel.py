@@ -13,7 +13,7 @@ from typing import Optional
 
 import httpx
 
-from wml_core.runner_channel import ChannelAnswer, ChannelCall, decode_answer, encode_call
+from wml_core.runner_channel import ChannelAnswer, ChannelCall, decode_answer, encode_call, encode_last_word
 
 #: What the pipe raises once it is closed, or the backend is gone.
 PIPE_ERRORS = (OSError, EOFError, ValueError)
@@ -132,7 +132,14 @@ class PipeTransport(httpx.BaseTransport):
         while self._awaited:
             self._awaited.popleft().set_exception(ConnectionError("the pipe to the backend is gone"))
 
-    def close(self) -> None:
+    def close(self, exit_code: Optional[int] = None) -> None:
+        """Close the pipe, saying first, if ``exit_code`` is given, that this is the runner's last
+        word: its run is over, and it exits with ``exit_code`` (``wml_core.runner_channel``)."""
         with self._send_lock:
+            if exit_code is not None and self._channel is not None:
+                try:
+                    self._channel.send_bytes(encode_last_word(exit_code))
+                except PIPE_ERRORS:
+                    pass  # the executor sees the runner's exit instead
             self._fail()
         self._fallback.close()

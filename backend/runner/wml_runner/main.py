@@ -97,7 +97,7 @@ def main(token: Optional[str] = None, asked_at_launch: bool = False) -> int:
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=runner.cancel, daemon=True).start())
     reporter.prefetch_code()
     code = runner.run()
-    reporter.close()
+    reporter.close(exit_code=code)  # its last word: the executor need not wait for this process to end
     runner.release()
     return code
 

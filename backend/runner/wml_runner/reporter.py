@@ -113,10 +113,10 @@ class Reporter:
         """``asked_at_launch``: the executor made this runner's first calls for it, over its pipe
         (``ASKED_AT_LAUNCH``: their answers are the first there)."""
         self.run_id, self.deadline_s = run_id, deadline_s
-        self._http, pipe = _take_client(https=url.startswith("https://"))
-        self._asked_at_launch = asked_at_launch and pipe is not None
+        self._http, self._pipe = _take_client(https=url.startswith("https://"))
+        self._asked_at_launch = asked_at_launch and self._pipe is not None
         for method, name in ASKED_AT_LAUNCH if self._asked_at_launch else ():
-            pipe.expect(method, f"/{name}")
+            self._pipe.expect(method, f"/{name}")
         self._http.base_url = f"{url.rstrip('/')}/v1/runner/{run_id}"
         self._http.headers["Authorization"] = f"Bearer {token}"
         self._code: Optional[Future] = None
@@ -214,9 +214,12 @@ class Reporter:
         body = LogAppend(learner=learner, offset=offset, data=text).model_dump()
         return self._call("POST", "/logs", json=body).json()["count"]
 
-    def close(self) -> None:
-        """Close the connection, once the reports sent in the background are answered."""
+    def close(self, exit_code: Optional[int] = None) -> None:
+        """Close the connection, once the reports sent in the background are answered; with
+        ``exit_code``, over a pipe, as the runner's last word (``PipeTransport.close``)."""
         self._outbox.join()
+        if self._pipe is not None:
+            self._pipe.close(exit_code)
         self._http.close()
 
 

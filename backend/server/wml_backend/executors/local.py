@@ -24,7 +24,7 @@ import psutil
 from wml_core.private_files import write_private
 from wml_backend.executors.base import Capacity, Executor, Launch, RunnerCallCallback
 from wml_backend.executors.zygotes import Zygotes
-from wml_core.runner_channel import ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall, encode_call
+from wml_core.runner_channel import ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall, encode_call, last_word
 from wml_runner import enter
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
 from wml_runner.reporter import warm_up
@@ -114,7 +114,11 @@ class IdleRunner:
     The first calls it answers are the runner's first calls (its spec, its code), made on the
     runner's behalf as it is launched (``ASKED_AT_LAUNCH``): their answers are waiting when the
     runner needs them, rather than a round trip later. They are answered as the runner's own
-    would be (its token; the spec not before the start is recorded)."""
+    would be (its token; the spec not before the start is recorded).
+
+    Its run is over when it says its last word (``wml_core.runner_channel``), else when it exits:
+    the end is not kept waiting while the kernel frees its memory (~3 ms) and the fork server
+    reaps it."""
 
     def __init__(self, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None) -> None:
         self._channel, theirs = _FORKSERVER.Pipe(duplex=True)
@@ -127,27 +131,38 @@ class IdleRunner:
         theirs.close()
         self.create_time = psutil.Process(self.process.pid).create_time()
         self._lock = threading.Lock()
+        #: Whether its run is over (or it exited idle), and the exit code it exits with.
         self.exited = False
+        self.exit_code: Optional[int] = None
         self._then: Optional[Callable[[Optional[int]], None]] = None
         self._waiter = threading.Thread(target=self._wait, name="wml-runner-exit", daemon=True)
         self._waiter.start()
 
     def _wait(self) -> None:
-        self._serve()
+        exit_code = self._serve()  # as its last word says, if it said one
         with self._lock:  # not while a launch may still wake the thread (``launch``)
             self._channel.close()
             os.close(self._woken)
             os.close(self._wake)
             self._wake = None
-        self.process.join()
-        with self._lock:
-            self.exited, then = True, self._then
-        if then is not None:
-            then(self.process.exitcode)
+        if exit_code is None:  # as its exit says
+            self.process.join()
+            exit_code = self.process.exitcode
+        self._ended(exit_code)
+        self.process.join()  # after a last word: its process ends, and the fork server reaps it
 
-    def _serve(self) -> None:
+    def _ended(self, exit_code: Optional[int]) -> None:
+        """The runner's run is over: ``then`` its exit code (once launched)."""
+        with self._lock:
+            self.exited, self.exit_code, then = True, exit_code, self._then
+        if then is not None:
+            then(exit_code)
+
+    def _serve(self) -> Optional[int]:
         """Answer the runner's calls over the pipe, one at a time, until it exits (or the pipe
-        closes); those made on its behalf before any."""
+        closes); those made on its behalf before any. The exit code its last word says, if it
+        said one: its run is over then, though its process may take milliseconds more to end
+        (its memory freed) and be reaped."""
         try:
             while True:
                 ready = wait([self._channel, self.process.sentinel, self._woken])
@@ -155,14 +170,18 @@ class IdleRunner:
                     os.read(self._woken, 1)
                 asked, self._asked = self._asked, []
                 if not all(self._answer_call(call) for call in asked):
-                    return
+                    return None
                 if self._channel in ready:
-                    if not self._answer_call(self._channel.recv_bytes(MAX_CALL_BYTES)):
-                        return
+                    message = self._channel.recv_bytes(MAX_CALL_BYTES)
+                    said = last_word(message)
+                    if said is not None:
+                        return said
+                    if not self._answer_call(message):
+                        return None
                 elif self.process.sentinel in ready:
-                    return
+                    return None
         except (EOFError, OSError):
-            pass
+            return None
 
     def _answer_call(self, message: bytes) -> bool:
         """Send the answer to the call ``message``; False if none can be given (the executor closed)."""
@@ -196,7 +215,7 @@ class IdleRunner:
             self._hang_up()
             return False
         if exited:
-            then(self.process.exitcode)
+            then(self.exit_code)
         return True
 
     def _hand(self, launch: tuple, asked: list[bytes]) -> bool:

@@ -9,6 +9,7 @@ import re
 
 import pytest
 from notebook_page import assert_follows_theme, open_notebook, set_theme, start
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
 #: This module's kernels draw the live chart with ipympl (``conftest.lab``).
@@ -39,9 +40,24 @@ def figure(page, lab, gate):
     output = panel.locator(".jp-Cell").nth(1).locator(".jp-OutputArea")
     output.get_by_text(re.compile(r"2 (running|completed)|1 running · 1 completed")).first.wait_for(timeout=150_000)
     figure = output.locator(".jupyter-matplotlib-figure")
-    figure.locator("canvas").first.wait_for()
+    shown(page, figure.locator("canvas").first)
     yield figure
     gate.touch()
+
+
+def shown(page, canvas, tries: int = 3) -> None:
+    """Wait for ``canvas`` to be drawn (sized by the kernel's first answer to it). Once, in a full
+    run, it stayed blank for 30 s; under ipykernel 7 a canvas's first messages can wait for the
+    kernel's next request (ipython/ipykernel#1476), so each try that times out sends one: a
+    request for the kernel's info, as a user's next cell would."""
+    for _ in range(tries):
+        try:
+            canvas.wait_for(timeout=10_000)
+            return
+        except PlaywrightTimeoutError:
+            page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+                          ".requestKernelInfo()")
+    canvas.wait_for()
 
 
 def _read(figure, x: float, y: float) -> str:

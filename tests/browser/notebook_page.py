@@ -47,16 +47,21 @@ def set_theme(page, dark: bool) -> None:
     page.wait_for_timeout(800)  # the theme's CSS applies after the attribute
 
 
-def backdrop(locator) -> tuple[int, int, int]:
-    """The colour an element is drawn on: the first opaque background among it and its ancestors."""
-    rgb = locator.evaluate("""(node) => {
-        for (let n = node; n; n = n.parentElement) {
-            const c = getComputedStyle(n).backgroundColor.match(/[\\d.]+/g).map(Number);
-            if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
-        }
-        return [255, 255, 255];
-    }""")
-    return tuple(round(c) for c in rgb)
+def backdrop(locator, tries: int = 5) -> tuple[int, int, int]:
+    """The colour an element is drawn on: the first opaque background among it and its ancestors
+    (looked at again if a live redraw replaced the element meanwhile: a detached one has none)."""
+    for _ in range(tries):
+        rgb = locator.evaluate("""(node) => {
+            if (!node.isConnected) return null;
+            for (let n = node; n; n = n.parentElement) {
+                const c = getComputedStyle(n).backgroundColor.match(/[\\d.]+/g).map(Number);
+                if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
+            }
+            return [255, 255, 255];
+        }""")
+        if rgb is not None:
+            return tuple(round(c) for c in rgb)
+    raise AssertionError(f"a live redraw replaced the element at each of {tries} looks")
 
 
 def assert_follows_theme(element, dark: bool) -> None:

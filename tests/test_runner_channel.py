@@ -212,7 +212,7 @@ def test_a_runner_closing_its_pipe_says_its_last_word_which_no_call_can_be_taken
     """Its last word says the exit code it exits with; a call, or a message that only looks like a
     last word, is not one (the executor answers it as a call)."""
     ours, theirs = Pipe()
-    PipeTransport(theirs, httpx.MockTransport(lambda request: httpx.Response(503))).close(exit_code=0)
+    PipeTransport(theirs, httpx.MockTransport(lambda request: httpx.Response(503))).say_last_word(0)
     assert last_word(ours.recv_bytes()) == 0
     with pytest.raises(EOFError):  # nothing more: the pipe is closed
         ours.recv_bytes()
@@ -227,4 +227,4 @@ def test_a_runner_whose_backend_is_gone_closes_its_pipe_without_a_last_word_or_a
     ours, theirs = Pipe()
     transport = PipeTransport(theirs, httpx.MockTransport(lambda request: httpx.Response(503)))
     ours.close()
-    transport.close(exit_code=0)  # nothing raised: the executor sees its exit instead
+    transport.say_last_word(0)  # nothing raised: the executor sees its exit instead

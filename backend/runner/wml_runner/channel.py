@@ -132,14 +132,18 @@ class PipeTransport(httpx.BaseTransport):
         while self._awaited:
             self._awaited.popleft().set_exception(ConnectionError("the pipe to the backend is gone"))
 
-    def close(self, exit_code: Optional[int] = None) -> None:
-        """Close the pipe, saying first, if ``exit_code`` is given, that this is the runner's last
-        word: its run is over, and it exits with ``exit_code`` (``wml_core.runner_channel``)."""
+    def say_last_word(self, exit_code: int) -> None:
+        """Say the runner's last word (its run is over, and it exits with ``exit_code``:
+        ``wml_core.runner_channel``) and close the pipe; later calls go over HTTP."""
         with self._send_lock:
-            if exit_code is not None and self._channel is not None:
+            if self._channel is not None:
                 try:
                     self._channel.send_bytes(encode_last_word(exit_code))
                 except PIPE_ERRORS:
                     pass  # the executor sees the runner's exit instead
+            self._fail()
+
+    def close(self) -> None:
+        with self._send_lock:
             self._fail()
         self._fallback.close()

@@ -216,10 +216,10 @@ class Reporter:
 
     def close(self, exit_code: Optional[int] = None) -> None:
         """Close the connection, once the reports sent in the background are answered; with
-        ``exit_code``, over a pipe, as the runner's last word (``PipeTransport.close``)."""
+        ``exit_code``, over a pipe, as the runner's last word (``PipeTransport.say_last_word``)."""
         self._outbox.join()
-        if self._pipe is not None:
-            self._pipe.close(exit_code)
+        if self._pipe is not None and exit_code is not None:
+            self._pipe.say_last_word(exit_code)
         self._http.close()
 
 

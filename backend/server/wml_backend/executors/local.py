@@ -131,8 +131,7 @@ class IdleRunner:
         theirs.close()
         self.create_time = psutil.Process(self.process.pid).create_time()
         self._lock = threading.Lock()
-        #: Whether its run is over (or it exited idle), and the exit code it exits with.
-        self.exited = False
+        #: The exit code it exits with, once its run is over (or it exited idle).
         self.exit_code: Optional[int] = None
         self._then: Optional[Callable[[Optional[int]], None]] = None
         self._waiter = threading.Thread(target=self._wait, name="wml-runner-exit", daemon=True)
@@ -151,10 +150,15 @@ class IdleRunner:
         self._ended(exit_code)
         self.process.join()  # after a last word: its process ends, and the fork server reaps it
 
+    @property
+    def exited(self) -> bool:
+        """Whether its run is over (or it exited idle)."""
+        return self.exit_code is not None
+
     def _ended(self, exit_code: Optional[int]) -> None:
         """The runner's run is over: ``then`` its exit code (once launched)."""
         with self._lock:
-            self.exited, self.exit_code, then = True, exit_code, self._then
+            self.exit_code, then = exit_code, self._then
         if then is not None:
             then(exit_code)
 

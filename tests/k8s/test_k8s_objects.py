@@ -340,6 +340,13 @@ def test_waiting_and_stuck_reasons():
     no_secret = state(waiting={"reason": "CreateContainerConfigError", "message": 'secret "wml-x" not found'})
     assert stuck_reason(pod(no_secret), secret="wml-x") is None  # its own Secret, made just after the Job
     assert stuck_reason(pod(no_secret), secret="wml-y").startswith("cannot start the runner container (")
+    not_yet_linked = state(waiting={"reason": "CreateContainerConfigError", "message": (
+        'secrets "wml-x" is forbidden: User "system:node:node-1" cannot get resource "secrets" in API group "" '
+        "in the namespace \"wml\": no relationship found between node 'node-1' and this object")})
+    assert stuck_reason(pod(not_yet_linked), secret="wml-x") is None  # the Node authorizer learns of the pod next
+    refused = state(waiting={"reason": "CreateContainerConfigError", "message": (
+        'secrets "wml-x" is forbidden: User "system:node:node-1" cannot get resource "secrets"')})
+    assert stuck_reason(pod(refused), secret="wml-x").startswith("cannot start the runner container (")
 
 
 PSA = ('Error creating: pods "wml-x-abcde" is forbidden: violates PodSecurity "restricted:latest": '

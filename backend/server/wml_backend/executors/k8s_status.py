@@ -134,17 +134,25 @@ def learner_failure(pod: Mapping[str, Any]) -> str:
 
 
 def stuck_reason(pod: Optional[Mapping[str, Any]], secret: Optional[str] = None) -> Optional[str]:
-    """Why the runner container cannot start (image pull, container config), if so. A missing
-    ``secret`` (the run's own, made just after its Job) is a wait, not a reason: the kubelet
-    tries again, and finds it."""
+    """Why the runner container cannot start (image pull, container config), if so. The run's own
+    ``secret`` not readable yet is a wait, not a reason: the kubelet tries again, and reads it."""
     waiting = container_state(pod).get("waiting") or {}
     reason, message = waiting.get("reason"), waiting.get("message") or ""
     if reason in IMAGE_PULL_ERRORS:
         image = pod["spec"]["containers"][0]["image"]
         return f"cannot pull image {image} ({reason}): {message}".rstrip(": ")
-    if reason in CONTAINER_ERRORS and not (secret and re.search(rf'secrets? "{re.escape(secret)}" not found', message)):
+    if reason in CONTAINER_ERRORS and not (secret and _not_readable_yet(secret, message)):
         return f"cannot start the runner container ({reason}): {message}".rstrip(": ")
     return None
+
+
+def _not_readable_yet(secret: str, message: str) -> bool:
+    """Whether the kubelet's ``message`` says the run's own Secret is not there yet (it is made just
+    after the Job) or its node may not read it yet: the Node authorizer learns that a pod was bound
+    to a node a moment after the binding, and a kubelet that asks first is refused."""
+    own = rf'secrets? "{re.escape(secret)}"'
+    return bool(re.search(rf"{own} not found", message) or
+                re.search(rf"{own} is forbidden: .*no relationship found between node", message))
 
 
 def waiting_note(job: Mapping[str, Any], pod: Optional[Mapping[str, Any]],

@@ -684,6 +684,11 @@ def test_events_are_read_after_a_seq_by_account_and_pruned_by_age(store):
     assert store.events(first, "alice") == []
     assert [e["run"]["id"] for _, e in store.events(0, "alice")] == ["e1-1"]
     assert len(store.events(0, limit=2)) == 2
+    log = store.event_log(0)
+    assert [(seq, account) for seq, account, _ in log] == \
+        [(seq, who) for who in ("alice", "bob") for seq, _ in store.events(0, who)]  # alice's came first
+    assert [event for _, _, event in log] == [event for _, event in store.events(0)]
+    assert store.event_log(first, limit=1) == [(store.events(first)[0][0], "bob", store.events(first)[0][1])]
     assert store.prune_events(before=0) == 0
     assert store.prune_events(before=datetime.now(timezone.utc).timestamp() + 1) == 3
     assert store.events(0) == [] and store.latest_event() in (0, note)

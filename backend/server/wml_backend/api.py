@@ -8,7 +8,6 @@ in exactly one place, ``gate.error_response``.
 
 import functools
 import ipaddress
-import json
 from typing import Annotated, Awaitable, Callable, Optional
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -288,13 +287,11 @@ async def _sse(subscription: Subscription, experiment: Optional[str]):
     """Server-sent events, each with its seq as ``id``: run changes and new metrics (of one
     experiment if given), with heartbeats."""
     yield ": connected\n\n"
-    async for item in subscription.stream():
-        if item is None:
+    async for sent in subscription.stream():
+        if sent is None:
             yield ": heartbeat\n\n"
-            continue
-        seq, event = item
-        if experiment is None or _experiment_of(event) == experiment:
-            yield f"id: {seq}\nevent: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+        elif experiment is None or _experiment_of(sent.event) == experiment:
+            yield f"id: {sent.seq}\nevent: {sent.event['type']}\ndata: {sent.text}\n\n"
 
 
 def _experiment_of(event: dict) -> Optional[str]:

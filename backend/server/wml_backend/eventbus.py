@@ -1,17 +1,22 @@
 """Run events for ``GET /v1/events``, read from the run store's event log by every replica.
 
 Writes record their events in the store, in the transaction that makes the change
-(``RunStore.events``). ``EventBus`` watches the log's latest seq and wakes this replica's
-subscribers, each of which reads its account's events after the last seq it sent. So a client
-sees every change whichever replica caused it and whichever it is connected to, and one that
-reconnects to any replica with ``Last-Event-ID`` resumes where it was: no gap, no repeat.
+(``RunStore.events``). ``EventBus`` watches the log, reads what is new once for all of this
+replica's subscribers (each event encoded once), keeps the latest in memory, and wakes the
+subscribers; each sends its account's events after the last seq it sent, from memory, or from
+the store when it is further behind. So a client sees every change whichever replica caused it
+and whichever it is connected to, and one that reconnects to any replica with ``Last-Event-ID``
+resumes where it was: no gap, no repeat.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
+from collections import deque
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Optional
 
 from starlette.concurrency import run_in_threadpool
@@ -23,8 +28,26 @@ log = logging.getLogger("wml_backend")
 #: Seconds between two looks at the latest seq: how late another replica's event may reach a
 #: subscriber here (this replica's own are looked for at once, ``poke``).
 POLL_S = 0.1
-#: Most events a subscriber reads from the store at once.
+#: Most events read from the store at once.
 BATCH = 500
+#: Events kept in memory for the subscribers (about a minute of a busy backend's).
+RECENT_EVENTS = 5000
+
+
+@dataclass(frozen=True)
+class SentEvent:
+    """One event as the streams send it: its seq, its account, the event, and its JSON text
+    (made once, whatever the number of streams)."""
+
+    seq: int
+    account: str
+    event: dict
+    text: str
+
+    @classmethod
+    def of(cls, seq: int, account: str, event: dict) -> "SentEvent":
+        """The event recorded at ``seq`` for ``account``, encoded."""
+        return cls(seq, account, event, json.dumps(event, default=str))
 
 
 class EventBus:
@@ -38,6 +61,9 @@ class EventBus:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._poke, self._stop = threading.Event(), threading.Event()
         self._latest = 0
+        #: The latest events, by seq: every one after ``_floor`` up to the last read.
+        self._recent: deque[SentEvent] = deque(maxlen=RECENT_EVENTS)
+        self._floor = 0
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -48,7 +74,7 @@ class EventBus:
 
     def start(self) -> None:
         """Start watching the log."""
-        self._latest = self.store.latest_event()
+        self._latest = self._floor = self.store.latest_event()
         self._thread = threading.Thread(target=self._watch, name="wml-events", daemon=True)
         self._thread.start()
 
@@ -77,7 +103,38 @@ class EventBus:
                 continue
             if latest != self._latest:
                 self._latest = latest
+                try:
+                    self._read_new()
+                except Exception:  # the streams read what is missing from the store
+                    log.warning("could not read the event log", exc_info=True)
                 self._wake_all()
+
+    def _read_new(self) -> None:
+        """Read the events recorded since the last read into memory, oldest ones dropped."""
+        while True:
+            batch = self.store.event_log(self._recent[-1].seq if self._recent else self._floor, BATCH)
+            with self._lock:
+                for seq, account, event in batch:
+                    if len(self._recent) == RECENT_EVENTS:
+                        self._floor = self._recent.popleft().seq
+                    self._recent.append(SentEvent.of(seq, account, event))
+            if len(batch) < BATCH:
+                return
+
+    def recent(self, account: str, after: int) -> Optional[list[SentEvent]]:
+        """``account``'s events after seq ``after`` from memory, in seq order; None when some of them
+        may be older than what memory holds (then the store has them)."""
+        with self._lock:
+            if after < self._floor:
+                return None
+            found = []
+            for sent in reversed(self._recent):
+                if sent.seq <= after:
+                    break
+                if sent.account == account:
+                    found.append(sent)
+        found.reverse()
+        return found
 
     def _wake_all(self) -> None:
         self._wake_streams()
@@ -110,18 +167,20 @@ class Subscription:
     def __init__(self, bus: EventBus, account: str, after: int, waiter: tuple):
         self._bus, self.account, self.last, self._waiter = bus, account, after, waiter
 
-    async def stream(self, heartbeat: float = 15.0) -> AsyncIterator[Optional[tuple[int, dict]]]:
-        """Yield (seq, event) as they are recorded, ``None`` every ``heartbeat`` idle seconds,
-        until the bus closes (after the events recorded before); unsubscribes at the end."""
+    async def stream(self, heartbeat: float = 15.0) -> AsyncIterator[Optional[SentEvent]]:
+        """Yield each event as it is recorded, ``None`` every ``heartbeat`` idle seconds, until
+        the bus closes (after the events recorded before); unsubscribes at the end."""
         woken = self._waiter[1]
         try:
             while True:
                 closing = self._bus._stop.is_set()
                 woken.clear()  # before reading: an event recorded after the read wakes the wait
-                batch = await run_in_threadpool(self._bus.store.events, self.last, self.account, BATCH)
-                for seq, event in batch:
-                    self.last = seq
-                    yield seq, event
+                batch = None if closing else self._bus.recent(self.account, self.last)
+                if batch is None:  # far behind, or closing (memory may lag the store)
+                    batch = await run_in_threadpool(self._stored)
+                for sent in batch:
+                    self.last = sent.seq
+                    yield sent
                 if len(batch) == BATCH:  # there may be more; a shorter batch was all there was when read
                     continue
                 if closing:
@@ -132,3 +191,8 @@ class Subscription:
                     yield None
         finally:
             self._bus._unsubscribe(self._waiter)
+
+    def _stored(self) -> list[SentEvent]:
+        """The next events after the last sent, from the store."""
+        return [SentEvent.of(seq, self.account, event)
+                for seq, event in self._bus.store.events(self.last, self.account, BATCH)]

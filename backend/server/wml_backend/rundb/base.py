@@ -379,6 +379,11 @@ class RunStore(ABC):
         """
 
     @abstractmethod
+    def event_log(self, after: int, limit: int = 500) -> list[tuple[int, str, dict]]:
+        """Up to ``limit`` events of every account with ``seq > after``, as (seq, account, event),
+        by seq (as ``events``)."""
+
+    @abstractmethod
     def latest_event(self) -> int:
         """The highest seq recorded (0 before the first event)."""
 

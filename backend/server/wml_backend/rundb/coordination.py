@@ -88,7 +88,12 @@ class SqlCoordination:
     def events(self, after: int, account: Optional[str] = None, limit: int = 500) -> list[tuple[int, dict]]:
         where, args = ("seq > ? AND account = ?", (after, account)) if account else ("seq > ?", (after,))
         rows = self._query(f"SELECT seq, payload FROM events WHERE {where} ORDER BY seq LIMIT {int(limit)}", args)
-        return [(seq, json.loads(payload) if isinstance(payload, (str, bytes)) else payload) for seq, payload in rows]
+        return [(seq, _payload(payload)) for seq, payload in rows]
+
+    def event_log(self, after: int, limit: int = 500) -> list[tuple[int, str, dict]]:
+        rows = self._query(f"SELECT seq, account, payload FROM events WHERE seq > ? ORDER BY seq LIMIT {int(limit)}",
+                           (after,))
+        return [(seq, account, _payload(payload)) for seq, account, payload in rows]
 
     def latest_event(self) -> int:
         return self._query("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0]
@@ -146,3 +151,8 @@ class SqlCoordination:
         return [StateCount(account=account, state=state, runs=runs, gpus=gpus if RunState(state).active else 0,
                            oldest=oldest.get(account) if state == queued else None)
                 for account, state, runs, gpus in rows]
+
+
+def _payload(stored: Any) -> dict:
+    """An event as the database gives it back: JSON text (SQLite), or already decoded (PostgreSQL's jsonb)."""
+    return json.loads(stored) if isinstance(stored, (str, bytes)) else stored

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
+from wml_runner import tensorboard
+from wml_runner.isolation import read_run_file as real_read
 from wml_runner.tensorboard import EventFileTail, events
 
 DEFINITION = Path(__file__).parent / "definitions" / "tensorboard"
@@ -41,6 +43,24 @@ def test_tail_returns_only_new_complete_records(tmp_path):
     partial.write_bytes(complete)
     assert [v for _, _, v in tail.new_scalars()] == [{"acc": 0.125}]
     assert path.read_bytes() == whole
+
+
+def test_tail_reads_only_what_was_written_since_its_last_look(tmp_path, monkeypatch):
+    """A long run's event file is not read again from its start every tenth of a second."""
+    write_scalars(tmp_path / "a", [0.5] * 200)
+    path = next((tmp_path / "a").glob("*tfevents*"))
+    tail = EventFileTail(tmp_path / "a")
+    assert len(tail.new_scalars()) == 200
+    write_scalars(tmp_path / "b", [0.25])
+    more = next((tmp_path / "b").glob("*tfevents*")).read_bytes()
+    read = []
+    monkeypatch.setattr(tensorboard, "read_run_file",
+                        lambda *args: read.append(len(data := real_read(*args))) or data)
+    assert tail.new_scalars() == [] and read == [0]
+    with path.open("ab") as f:
+        f.write(more)
+    assert [v for _, _, v in tail.new_scalars()] == [{"acc": 0.25}]
+    assert read == [0, len(more)]
 
 
 def test_run_with_tensorboard_metrics(backend):

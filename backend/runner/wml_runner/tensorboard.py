@@ -111,16 +111,16 @@ class EventFileTail:
         """Scalars written since the last call, from complete records only."""
         out = []
         for path in sorted(self.folder.rglob("*tfevents*")) if self._readable() else []:
+            start = self._done.get(path, 0)
             try:
-                data = read_run_file(path, self.root)
+                data = read_run_file(path, self.root, start)  # what is new only: event files grow long
             except (OSError, ValueError):  # gone, a link, not a file
                 continue
-            start = self._done.get(path, 0)
-            consumed = start
-            for record in _records_from(data, start):
+            consumed = 0
+            for record in _records_from(data, 0):
                 consumed = record[0]
                 out.extend(events(record[1]))
-            self._done[path] = consumed
+            self._done[path] = start + consumed
         return out
 
 

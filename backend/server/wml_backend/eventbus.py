@@ -103,11 +103,21 @@ class EventBus:
                 continue
             if latest != self._latest:
                 self._latest = latest
-                try:
-                    self._read_new()
-                except Exception:  # the streams read what is missing from the store
-                    log.warning("could not read the event log", exc_info=True)
+                self._take_in(latest)
                 self._wake_all()
+
+    def _take_in(self, latest: int) -> None:
+        """Keep the events recorded up to seq ``latest`` in memory for the streams; with no stream
+        to serve, read none (a stream that starts later reads those from the store)."""
+        if not self.subscribers:
+            with self._lock:
+                self._recent.clear()
+                self._floor = latest
+            return
+        try:
+            self._read_new()
+        except Exception:  # the streams read what is missing from the store
+            log.warning("could not read the event log", exc_info=True)
 
     def _read_new(self) -> None:
         """Read the events recorded since the last read into memory, oldest ones dropped."""
@@ -115,7 +125,7 @@ class EventBus:
             batch = self.store.event_log(self._recent[-1].seq if self._recent else self._floor, BATCH)
             with self._lock:
                 for seq, account, event in batch:
-                    if len(self._recent) == RECENT_EVENTS:
+                    if len(self._recent) == self._recent.maxlen:
                         self._floor = self._recent.popleft().seq
                     self._recent.append(SentEvent.of(seq, account, event))
             if len(batch) < BATCH:

@@ -78,7 +78,9 @@ def test_streams_that_keep_up_are_sent_from_memory_and_the_log_is_read_once_for_
 
     async def main():
         streams = [asyncio.create_task(receive(bus, "alice", 5)) for _ in range(20)]
-        await asyncio.sleep(0.3)  # every stream is subscribed, and waits
+        while bus.subscribers < len(streams):  # every stream is subscribed, and waits
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # each has read what there was (nothing) and waits
         counting.reads.update(events=0, event_log=0)
         record(store, 10)
         bus.poke()

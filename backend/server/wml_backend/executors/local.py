@@ -258,13 +258,16 @@ class IdleRunners:
         threading.Thread(target=self._fill, name="wml-idle-runners", daemon=True).start()
 
     def take(self) -> IdleRunner:
-        """An idle runner, no longer idle (forked now if none is ready)."""
+        """An idle runner, no longer idle (forked now if none is ready); ``refill`` once it is launched."""
         with self._lock:
             ready = [runner for runner in self._idle if not runner.exited]
             runner = ready.pop(0) if ready else None
             self._idle = ready
-        self._wanted.set()
         return runner or IdleRunner(self._answer)
+
+    def refill(self) -> None:
+        """Fork idle runners again, up to ``keep`` (after a launch: forking them then would slow it)."""
+        self._wanted.set()
 
     def _fill(self) -> None:
         while self._wanted.wait() and not self._closed:
@@ -347,9 +350,14 @@ class LocalExecutor(Executor):
         for _ in range(LAUNCH_TRIES):
             runner = self.idle.take()
             handle = {"pid": runner.process.pid, "create_time": runner.create_time, "attempt": launch.attempt}
-            write_private(self._note(launch.run_id), json.dumps(handle))  # noted before it holds the token
-            if runner.launch(env, str(run_dir), launch.env[TOKEN_ENV],
-                             then=functools.partial(self._exited, launch.run_id, launch.attempt, runner.process.pid)):
+            try:
+                write_private(self._note(launch.run_id), json.dumps(handle))  # noted before it holds the token
+                launched = runner.launch(env, str(run_dir), launch.env[TOKEN_ENV],
+                                         then=functools.partial(self._exited, launch.run_id, launch.attempt,
+                                                                runner.process.pid))
+            finally:
+                self.idle.refill()
+            if launched:
                 return handle
         raise RuntimeError(f"no runner took the launch in {LAUNCH_TRIES} tries (see the backend's log)")
 

@@ -4,8 +4,10 @@ Prints errors, read latency percentiles (goal p99 <= 100 ms), the throughput, an
 memory over time. The baseline, measured first in the same run, is one client alone: the
 ratio of the loaded p99 to its median is what the load costs.
 
-Each client waits 0 to 2 x ``--think`` seconds between requests: 0.5 s is a UI polling about
-once a second; ``--think 0.025`` has every client hammer the backend (its saturation point).
+Each client waits 0 to 2 x ``--think`` seconds before each request, its first included (users
+do not open their notebooks in the same millisecond): 0.5 s is a UI polling about once a second;
+``--think 0.025`` has every client hammer the backend (its saturation point). The moment every
+client asks at once (a reconnect after a restart) is measured on its own, before the load.
 
 Each of ``--repeat`` consecutive runs (default 5: the goal holds in 5 of 5) starts a backend on
 a fresh copy of the same seeded database and prints its own figures.
@@ -83,7 +85,10 @@ async def client_loop(http: aiohttp.ClientSession, body: dict, until: float, thi
                       errors: list, experiments: list[str]) -> None:
     """One user: mostly reads, now and then a submission, ``think`` seconds apart on average."""
     rng = random.Random()
-    while time.monotonic() < until:
+    while True:
+        await asyncio.sleep(rng.uniform(0.0, 2 * think))
+        if time.monotonic() >= until:
+            return
         roll = rng.random()
         if roll < 0.05:
             op, call = "submit", http.post("/v1/experiments", json=body)
@@ -104,7 +109,6 @@ async def client_loop(http: aiohttp.ClientSession, body: dict, until: float, thi
         except aiohttp.ClientError as exc:
             errors.append(f"{op}: {type(exc).__name__}")
         lat[op].append(time.monotonic() - started)
-        await asyncio.sleep(rng.uniform(0.0, 2 * think))
 
 
 async def alone(url: str, token: str, rounds: int = 30) -> list[float]:
@@ -119,6 +123,22 @@ async def alone(url: str, token: str, rounds: int = 30) -> list[float]:
                     await response.read()
                 times.append(time.monotonic() - started)
     return times
+
+
+async def herd(url: str, token: str, clients: int) -> list[float]:
+    """Every client's latency when all list the experiments at the same moment, each on a connection of its own."""
+    async def one() -> float:
+        async with aiohttp.ClientSession(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+            await ready.wait()
+            started = time.monotonic()
+            async with http.get("/v1/experiments") as response:
+                await response.read()
+            return time.monotonic() - started
+    ready = asyncio.Event()
+    asked = [asyncio.create_task(one()) for _ in range(clients)]
+    await asyncio.sleep(0.1)
+    ready.set()
+    return list(await asyncio.gather(*asked))
 
 
 async def server_timing(url: str, token: str) -> dict[str, tuple[float, float]]:
@@ -200,7 +220,7 @@ def measure(home: Path, args: argparse.Namespace) -> float:
     proc = psutil.Process(backend.proc.pid)
     manifest, code = definition(home)
     body = {"manifest": manifest, "code_zip_b64": code}
-    memory, baseline = [], []
+    memory, baseline, at_once = [], [], []
 
     async def sample_memory(until: float) -> None:
         while time.monotonic() < until:
@@ -209,6 +229,7 @@ def measure(home: Path, args: argparse.Namespace) -> float:
 
     async def run_all():
         baseline.extend(await alone(backend.url, backend.token))
+        at_once.extend(await herd(backend.url, backend.token, args.clients))
         before = await server_timing(backend.url, backend.token)
         until = time.monotonic() + args.seconds
         loaded = (await asyncio.gather(load(backend.url, backend.token, args.clients, args.seconds, args.think,
@@ -225,6 +246,8 @@ def measure(home: Path, args: argparse.Namespace) -> float:
     reads = [v for op, values in lat.items() if op != "submit" for v in values]
     requests = sum(len(values) for values in lat.values())
     print(f"one client alone: reads p50 {1000 * statistics.median(baseline):.1f} ms")
+    print(f"{args.clients} clients listing experiments at the same moment: p50 {1000 * statistics.median(at_once):.1f} ms,"
+          f" the last answered after {1000 * max(at_once):.1f} ms")
     print(f"{args.clients} clients for {args.seconds:.0f} s against {args.seed_runs} stored runs: "
           f"{requests / args.seconds:.0f} requests/s")
     for op, values in sorted(lat.items()):

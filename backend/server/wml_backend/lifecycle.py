@@ -115,6 +115,9 @@ class Lifecycle:
         #: runner exited (then the run ended so: ``_stop_if_asked`` has nothing to stop).
         self._starting: dict[str, bool] = {}
         self._starting_lock = threading.Lock()
+        #: How many runs' starts this process recorded (their handles), and who waits for the next.
+        self.starts_recorded = 0
+        self._start_recorded = threading.Condition()
         executor.on_exit = self.runner_exited
         executor.on_note = self.note
         executor.on_bound = self.gpus_bound
@@ -360,7 +363,16 @@ class Lifecycle:
             self._end_lost(self.store.run(run.id) or row, None, f"could not start the run: {exc}")
             return
         self.store.update_run(run.id, handle=handle)
+        with self._start_recorded:
+            self.starts_recorded += 1
+            self._start_recorded.notify_all()
         self._stop_if_asked(run.id)
+
+    def wait_for_start(self, seen: int, timeout_s: float) -> None:
+        """Return once this process records a run's start beyond the ``seen`` first
+        (``starts_recorded``), or after ``timeout_s``."""
+        with self._start_recorded:
+            self._start_recorded.wait_for(lambda: self.starts_recorded > seen, timeout_s)
 
     def _stop_if_asked(self, run_id: str) -> None:
         """Carry out what was decided while the run's start was in flight (its runner had no handle

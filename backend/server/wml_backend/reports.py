@@ -23,8 +23,9 @@ RUNNER_STATES = frozenset({RunState.DOWNLOADING, RunState.PROCESSING, RunState.S
 
 
 #: How long a runner's ask for its spec waits for its start to be recorded before it is refused
-#: (it asks again later), and how often the run is read meanwhile: a local runner asks within
-#: milliseconds of its start, while its handle is being stored.
+#: (it asks again later), and how often the run is read meanwhile (a start this process records
+#: wakes the wait at once): a local runner asks within milliseconds of its start, while its
+#: handle is being stored.
 SPEC_WAIT_S, SPEC_POLL_S = 0.05, 0.002
 
 
@@ -71,14 +72,18 @@ class RunnerReports:
         """``run`` (read again) once its start is recorded, waiting ``SPEC_WAIT_S`` at most for it;
         still the attempt whose runner asks (its token)."""
         deadline = time.monotonic() + SPEC_WAIT_S
+        life = self.service.lifecycle
         while not run.handle:
-            if time.monotonic() > deadline:
-                raise BackendUnavailable(f"the start of run {run.id} is not recorded yet; try again")
-            time.sleep(SPEC_POLL_S)
+            seen = life.starts_recorded  # before the read: a start recorded after it wakes the wait
             again = self.store.run(run.id, transitions="none")
             if again is None or again.runner_token_hash != run.runner_token_hash:
                 raise Unauthorized("missing or unknown runner token")
             run = again
+            if run.handle:
+                break
+            if time.monotonic() > deadline:
+                raise BackendUnavailable(f"the start of run {run.id} is not recorded yet; try again")
+            life.wait_for_start(seen, SPEC_POLL_S)  # woken by this process's record; another replica's is read
         return run
 
     def credential(self, run: RunRow) -> StoreCredential:

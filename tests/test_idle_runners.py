@@ -27,6 +27,8 @@ from wml_core.states import RunState
 
 #: Seconds within which idle runners are forked again, or gone.
 READY_S = 20.0
+#: The slots of the tests' executors: each keeps as many runners idle.
+SLOTS = 3
 
 
 @pytest.fixture
@@ -39,7 +41,7 @@ def others() -> frozenset[int]:
 @pytest.fixture
 def executor(tmp_path, others) -> Iterator[tuple[LocalExecutor, Exits]]:
     exits = Exits()
-    executor = exits.wire(LocalExecutor(tmp_path / "runs", gpus=2, slots=3, warm={}))
+    executor = exits.wire(LocalExecutor(tmp_path / "runs", gpus=2, slots=SLOTS, warm={}))
     yield executor, exits
     executor.close()
 
@@ -71,9 +73,10 @@ def gone(pid: int) -> bool:
         return True
 
 
-def ready(backend: psutil.Process, others: frozenset[int] = frozenset()) -> set[int]:
-    """``backend``'s idle runners but ``others``, once there are as many as one executor keeps."""
-    return wait_for(lambda: len(found := idle_of(backend) - others) >= IDLE_RUNNERS and found)
+def ready(backend: psutil.Process, others: frozenset[int] = frozenset(), slots: int = SLOTS) -> set[int]:
+    """``backend``'s idle runners but ``others``, once there are as many as one executor of
+    ``slots`` keeps."""
+    return wait_for(lambda: len(found := idle_of(backend) - others) >= min(slots, IDLE_RUNNERS) and found)
 
 
 def wait_for(check, timeout: float = READY_S):
@@ -101,9 +104,11 @@ def test_idle_runners_are_ready_before_any_run_and_hold_no_secret(backend, execu
 def test_runs_started_back_to_back_each_get_a_runner_of_their_own_that_ends_with_them(
         backend, executor, others, tmp_path, caplog):
     local, exits = executor
-    runs = [tiny_run(backend, tmp_path) for _ in range(3)]
+    idle = ready(psutil.Process(), others)
+    runs = [tiny_run(backend, tmp_path) for _ in range(SLOTS)]
     handles = [admit(backend, run, local)[1] for run in runs]
     assert len({handle["pid"] for handle in handles}) == len(runs)
+    assert {handle["pid"] for handle in handles} <= idle, "a start of the wave waited for a runner to be forked"
     # A runner that takes its launch and closes its pipe at once (its calls go over HTTP here) was
     # once taken for one that was gone, and its run given to a second runner too.
     assert "another takes its launch" not in caplog.text
@@ -128,7 +133,7 @@ def test_a_runner_killed_while_idle_is_passed_over(backend, executor, others, tm
 
 def test_closing_the_executor_ends_its_idle_runners_not_its_runs(backend, others, tmp_path):
     exits = Exits()
-    local = exits.wire(LocalExecutor(tmp_path / "runs", gpus=2, slots=3, warm={}))
+    local = exits.wire(LocalExecutor(tmp_path / "runs", gpus=2, slots=SLOTS, warm={}))
     idle = ready(psutil.Process(), others)
     run = tiny_run(backend, tmp_path, steps=10, sleep=0.1)
     _, handle = admit(backend, run, local)
@@ -152,7 +157,7 @@ def test_idle_runners_end_when_their_backend_dies(tmp_path):
     (tmp_path / "backend.py").write_text(script)
     backend = subprocess.Popen([sys.executable, str(tmp_path / "backend.py")])
     try:
-        idle = ready(psutil.Process(backend.pid))
+        idle = ready(psutil.Process(backend.pid), slots=1)
         backend.kill()
         backend.wait()
         wait_for(lambda: all(gone(pid) for pid in idle), timeout=10)

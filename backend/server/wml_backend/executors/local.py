@@ -67,8 +67,10 @@ _FORKSERVER.set_forkserver_preload(["wml_backend.executors.runner_server", __nam
 TOKEN_ENV = "WML_RUNNER_TOKEN"
 
 
-#: Runners kept forked ahead, idle, so that a start finds one ready (``IdleRunners``).
-IDLE_RUNNERS = 2
+#: Runners kept forked ahead, idle, so that a start finds one ready (``IdleRunners``): one per
+#: slot, so that a wave of starts (an experiment's first) finds one each rather than waiting
+#: for forks, but no more than this many (each holds ~8 MB of its own).
+IDLE_RUNNERS = 8
 
 
 def _idle_runner(channel: Connection) -> None:
@@ -320,7 +322,7 @@ class LocalExecutor(Executor):
         self.isolation_gap = isolation_gap(self.work_dir)
         self.enter_helper = self._build_enter_helper() if self.isolation_gap is None else None
         # The fork server, and the first idle runners, start now, not with the first run (its imports take a second).
-        self.idle = IdleRunners(answer=lambda: self.on_runner_call)
+        self.idle = IdleRunners(keep=min(self._capacity.slots, IDLE_RUNNERS), answer=lambda: self.on_runner_call)
 
     @staticmethod
     def _build_enter_helper() -> Optional[Path]:

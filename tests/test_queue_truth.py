@@ -65,7 +65,9 @@ def test_a_run_waiting_for_a_run_slot_says_so(backend, tmp_path):
     client = backend.client(token)
     exp_id = submit(backend, definition(tmp_path, gpus=0, hyperparameters={"lr": [0.1, 0.2], "steps": [4],
                                                                           "sleep": [1.0]}), token=token)
-    second = until(lambda: (lambda r: r if r.queued_reason else None)(client.run(f"{exp_id}-02").model))
+    # once the first run holds the slot (before its admission, the second waits behind a head that fits)
+    until(lambda: client.run(f"{exp_id}-01").model.state.value != "QUEUED")
+    second = client.run(f"{exp_id}-02").model
     usage = client.usage()
     assert second.state.value == "QUEUED" and second.queued_reason == "a run slot: 1 of 1 busy"
     assert (usage.run_slots, usage.runs_in_use, usage.queued_runs) == (1, 1, 1)

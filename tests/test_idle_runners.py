@@ -202,6 +202,42 @@ def test_a_runner_whose_start_is_not_recorded_never_runs_though_its_spec_was_ask
     assert "POST /v1/runner/{run.id}/state".format(run=run) in calls, "the runner's own calls came over its pipe"
 
 
+def test_a_local_start_is_said_before_its_runner_holds_the_launch(backend, executor, others, tmp_path):
+    """The local executor says the runner's handle (``on_handle``) while that runner is still idle,
+    so that the start is recorded before the runner can ask for its spec: none waits for it."""
+    local, exits = executor
+    said: list[tuple[str, dict, bool]] = []
+    ready(psutil.Process(), others)
+    [server] = fork_servers(psutil.Process())
+
+    def on_handle(run_id: str, handle: dict) -> None:
+        still_idle = os.getsid(handle["pid"]) == os.getsid(server.pid)  # a launched runner has a session of its own
+        said.append((run_id, handle, still_idle))
+        backend.store.update_run(run_id, handle=handle)
+    local.on_handle = on_handle
+    run = tiny_run(backend, tmp_path)
+    _, handle = admit(backend, run, local, record=False)
+    assert said == [(run.id, handle, True)], "the handle was not said, or said once its runner held the launch"
+    assert exits.next() == (run.id, 1, 0)
+    assert backend.store.run(run.id).reported_state is RunState.COMPLETED
+
+
+def test_a_start_that_cannot_be_recorded_fails_and_leaves_no_runner(backend, executor, others, tmp_path):
+    """A store that refuses the start's record (a database failing over): the start fails, and
+    the runner taken for it, never given the launch, ends rather than waiting for ever."""
+    local, _ = executor
+    idle = ready(psutil.Process(), others)
+
+    def refuse(run_id: str, handle: dict) -> None:
+        raise RuntimeError("the run store is unavailable")
+    local.on_handle = refuse
+    run = tiny_run(backend, tmp_path)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        admit(backend, run, local)
+    wait_for(lambda: len([pid for pid in idle if gone(pid)]) == 1, timeout=10)
+    assert backend.store.run(run.id).state is RunState.PENDING, "a runner ran a start that was not recorded"
+
+
 def test_a_run_ends_at_its_runners_last_word_not_once_its_process_is_reaped(backend, executor, others, tmp_path):
     """A runner's last word over its pipe says that its run is over: the end is not kept waiting
     while the kernel frees the runner's memory and the fork server reaps it (stopped here, so

@@ -118,7 +118,10 @@ class Lifecycle:
         #: How many runs' starts this process recorded (their handles), and who waits for the next.
         self.starts_recorded = 0
         self._start_recorded = threading.Condition()
+        #: The handle recorded for each run whose start is in flight (``_record_start``).
+        self._recorded: dict[str, dict[str, Any]] = {}
         executor.on_exit = self.runner_exited
+        executor.on_handle = self._record_start
         executor.on_note = self.note
         executor.on_bound = self.gpus_bound
         executor.on_stopping = self.stopped_by_cluster
@@ -358,15 +361,28 @@ class Lifecycle:
         except Exception as exc:  # the executor could not start it: say why on the run (or end it as asked)
             with self._starting_lock:
                 self._starting.pop(run.id, None)
+                self._recorded.pop(run.id, None)
             self.executor_errors += 1
             log.exception("could not start %s", run.id, extra=run_fields(run))
             self._end_lost(self.store.run(run.id) or row, None, f"could not start the run: {exc}")
             return
-        self.store.update_run(run.id, handle=handle)
+        with self._starting_lock:
+            recorded = self._recorded.pop(run.id, None)
+        if recorded != handle:  # the executor did not say it before its runner held the launch
+            self._record_start(run.id, handle)
+            with self._starting_lock:
+                self._recorded.pop(run.id, None)
+        self._stop_if_asked(run.id)
+
+    def _record_start(self, run_id: str, handle: dict[str, Any]) -> None:
+        """Record the handle of the run's runner (its start: the spec is given from now on) and
+        wake the spec calls that wait for it."""
+        self.store.update_run(run_id, handle=handle)
+        with self._starting_lock:
+            self._recorded[run_id] = handle
         with self._start_recorded:
             self.starts_recorded += 1
             self._start_recorded.notify_all()
-        self._stop_if_asked(run.id)
 
     def wait_for_start(self, seen: int, timeout_s: float) -> None:
         """Return once this process records a run's start beyond the ``seen`` first

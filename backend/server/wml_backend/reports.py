@@ -24,8 +24,8 @@ RUNNER_STATES = frozenset({RunState.DOWNLOADING, RunState.PROCESSING, RunState.S
 
 #: How long a runner's ask for its spec waits for its start to be recorded before it is refused
 #: (it asks again later), and how often the run is read meanwhile (a start this process records
-#: wakes the wait at once): a local runner asks within milliseconds of its start, while its
-#: handle is being stored.
+#: wakes the wait at once): a runner may ask before its executor's ``start`` has returned (the
+#: local executor's start is recorded before its runner holds the launch: ``Executor.on_handle``).
 SPEC_WAIT_S, SPEC_POLL_S = 0.05, 0.002
 
 

@@ -23,6 +23,10 @@ class ExitCallback(Protocol):
         recorded for the run, it is queued again (``Lifecycle.preempt``)."""
 
 
+#: Called with (run_id, handle) by an executor that knows a run's handle before its runner holds
+#: the launch (the local executor): the start is recorded then, so that the runner's first calls
+#: find it recorded rather than waiting for ``start`` to return.
+HandleCallback = Callable[[str, dict[str, Any]], None]
 #: Called with (run_id, text) when the executor learns why a started run still waits.
 NoteCallback = Callable[[str, str], None]
 #: Called with (run_id, attempt, UNIX time) when the cluster has bound a started run's GPUs.
@@ -88,6 +92,7 @@ class Executor(ABC):
 
     def __init__(self) -> None:
         self.on_exit: ExitCallback = lambda run_id, attempt, code, reason=None, log_tail=None, disruption=None: None
+        self.on_handle: HandleCallback = lambda run_id, handle: None
         self.on_note: NoteCallback = lambda run_id, note: None
         self.on_bound: BoundCallback = lambda run_id, attempt, at: None
         self.on_stopping: StoppingCallback = lambda run_id, attempt, reason: None
@@ -101,7 +106,8 @@ class Executor(ABC):
 
     @abstractmethod
     def start(self, launch: Launch) -> dict[str, Any]:
-        """Start the runner of ``launch``; return a JSON handle (with ``attempt``) to find it again."""
+        """Start the runner of ``launch``; return a JSON handle (with ``attempt``) to find it again
+        (said to ``on_handle`` first, if the executor knows it before the runner holds the launch)."""
 
     @abstractmethod
     def cancel(self, run_id: str, handle: dict[str, Any]) -> None:

@@ -353,7 +353,7 @@ class LocalExecutor(Executor):
             runner = self.idle.take()
             handle = {"pid": runner.process.pid, "create_time": runner.create_time, "attempt": launch.attempt}
             try:
-                write_private(self._note(launch.run_id), json.dumps(handle))  # noted before it holds the token
+                self._say_handle(launch.run_id, handle, runner)
                 launched = runner.launch(env, str(run_dir), launch.env[TOKEN_ENV],
                                          then=functools.partial(self._exited, launch.run_id, launch.attempt,
                                                                 runner.process.pid))
@@ -362,6 +362,17 @@ class LocalExecutor(Executor):
             if launched:
                 return handle
         raise RuntimeError(f"no runner took the launch in {LAUNCH_TRIES} tries (see the backend's log)")
+
+    def _say_handle(self, run_id: str, handle: dict[str, Any], runner: IdleRunner) -> None:
+        """Note the run's runner, then say its handle (the start is recorded then, before the
+        runner holds the token and asks for its spec: ``on_handle``); if either fails, the runner,
+        never launched, is ended."""
+        try:
+            write_private(self._note(run_id), json.dumps(handle))
+            self.on_handle(run_id, handle)
+        except BaseException:
+            runner.end()
+            raise
 
     def _exited(self, run_id: str, attempt: int, pid: int, exit_code: Optional[int]) -> None:
         """Our runner ``pid`` of the run's ``attempt`` exited with ``exit_code``."""

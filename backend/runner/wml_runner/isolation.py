@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import importlib.util
 import os
 import pwd
@@ -497,9 +498,11 @@ def _mount_covers(covers: dict[Path, list[Path]]) -> None:
         os.close(fd)
 
 
+@functools.cache
 def runtime_paths() -> tuple[Path, ...]:
     """What a command run with this Python needs to see: its installation, its environment's
-    packages, and where ``wml_core`` and ``wml_jupyter`` (``from wml_jupyter import run``) are."""
+    packages, and where ``wml_core`` and ``wml_jupyter`` (``from wml_jupyter import run``) are
+    (found once per process: the fork server finds them for every runner, ``wml_runner.preload``)."""
     paths = {Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).resolve().parent}
     for name in ("wml_core", "wml_jupyter"):
         spec = importlib.util.find_spec(name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -139,3 +140,25 @@ def test_runners_of_runs_that_ended_while_the_backend_was_down_are_killed_at_sta
     assert not note.exists(), "the note of a killed runner is kept"
     run = backend.cli_json("show", run_id)
     assert (run["state"], run["reason"]) == ("HALTED", "ended while the backend was down")
+
+
+def test_a_recorded_start_whose_runner_is_gone_before_it_reported_is_queued_again(runners, tmp_path):
+    """A leader that died between recording a start and handing its runner the launch leaves a
+    PENDING run whose runner (an idle one, which exits with its leader) is gone having run nothing:
+    the next leader queues it again rather than failing it. One gone after it reported fails."""
+    never_ran, reported = (runners.submit(definition(tmp_path, hyperparameters={"lr": [0.1]}), TINY) for _ in range(2))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    handle = {"pid": dead.pid, "create_time": time.time(), "attempt": 1}
+    for run, states in ((never_ran, [RunState.PENDING]), (reported, [RunState.PENDING, RunState.DOWNLOADING])):
+        for state in states:
+            runners.store.transition(run.id, state, time.time(), attempt=1, gpu_ids=[0], runner_token_hash="gone")
+        runners.store.update_run(run.id, handle=handle)
+    executor = LocalExecutor(tmp_path / "runs", gpus=2, slots=2, warm={})
+    try:
+        Lifecycle(runners.settings(), runners.store, executor, EventBus(runners.store)).recover()
+    finally:
+        executor.close()
+    again = runners.store.run(never_ran.id)
+    assert (again.state, again.reason) == (RunState.QUEUED, "requeued after a backend restart")
+    assert runners.store.run(reported.id).state is RunState.FAILED

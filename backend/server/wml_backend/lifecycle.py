@@ -556,8 +556,10 @@ class Lifecycle:
                     self._give_grace(run, renew=False)
                 elif run.stop_state is not None:
                     self._ask_to_stop(run, renew=False)
-            elif not run.handle and run.stop_state is None:  # admitted but never started: it waits again
-                # (a runner its dead leader forked gets no spec: it has no handle, and its token is forgotten)
+            elif (not run.handle or run.state is RunState.PENDING) and run.stop_state is None:
+                # Admitted but never started, it waits again: its start was not recorded (a runner
+                # its dead leader forked gets no spec, and its token is forgotten), or its runner is
+                # gone before it reported anything (its leader died before handing it the launch).
                 self.move(run.id, RunState.QUEUED, gpu_ids=[], reason="requeued after a backend restart")
             else:
                 self._end_lost(run, None, "the run's process was lost while the backend was down")

@@ -71,6 +71,10 @@ TOKEN_ENV = "WML_RUNNER_TOKEN"
 #: slot, so that a wave of starts (an experiment's first) finds one each rather than waiting
 #: for forks, but no more than this many (each holds ~8 MB of its own).
 IDLE_RUNNERS = 8
+#: Taken runners are forked again once no start has taken one for this long (but never later
+#: than ``REFILL_LATEST_S`` after it was asked): a wave of starts takes runners one after another,
+#: and forking their replacements meanwhile slows the runners just launched.
+REFILL_QUIET_S, REFILL_LATEST_S = 0.05, 0.5
 
 
 def _idle_runner(channel: Connection) -> None:
@@ -252,6 +256,7 @@ class IdleRunners:
     def __init__(self, keep: int = IDLE_RUNNERS, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None):
         self.keep, self._answer = keep, answer
         self._idle: list[IdleRunner] = []
+        self._taken_at = 0.0  # (monotonic) when a start last took one
         self._lock = threading.Lock()
         self._wanted = threading.Event()
         self._wanted.set()
@@ -265,14 +270,17 @@ class IdleRunners:
             ready = [runner for runner in self._idle if not runner.exited]
             runner = ready.pop(0) if ready else None
             self._idle = ready
+            self._taken_at = time.monotonic()
         return runner or IdleRunner(self._answer)
 
     def refill(self) -> None:
-        """Fork idle runners again, up to ``keep`` (after a launch: forking them then would slow it)."""
+        """Fork idle runners again, up to ``keep``, once starts pause (``REFILL_QUIET_S``: after a
+        launch, not during it or the next ones of a wave)."""
         self._wanted.set()
 
     def _fill(self) -> None:
         while self._wanted.wait() and not self._closed:
+            self._after_quiet(time.monotonic() + REFILL_LATEST_S)
             self._wanted.clear()
             while len(self._idle) < self.keep and not self._closed:
                 try:
@@ -287,6 +295,11 @@ class IdleRunners:
                         self._idle.append(runner)
                 if not keep:
                     runner.end()
+
+    def _after_quiet(self, latest: float) -> None:
+        """Return once no runner has been taken for ``REFILL_QUIET_S``, or at ``latest``."""
+        while not self._closed and (left := min(self._taken_at + REFILL_QUIET_S, latest) - time.monotonic()) > 0:
+            time.sleep(left)
 
     def close(self) -> None:
         """End the idle runners (runners given a launch go on)."""

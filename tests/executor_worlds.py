@@ -23,7 +23,8 @@ import psutil
 from backend_process import BackendProcess
 from s3server import ANY_KEY, ANY_SECRET, MotoS3
 from wml_backend.executors.base import Executor, Launch
-from wml_backend.lifecycle import launch_of, store_credentials, token_hash
+from wml_backend.lifecycle import launch_of, store_credentials
+from wml_backend.tokens import token_hash
 from wml_backend.rundb import RunRow, SqliteRunStore
 from wml_backend.settings import Settings
 from wml_core.objectstore import StoreConfig

@@ -21,7 +21,8 @@ import pytest
 from executor_worlds import Exits, admit
 from test_executor_contract import backend, tiny_run  # noqa: F401  (the backend runners report to: a fixture)
 from wml_backend.executors.local import IDLE_RUNNERS, REFILL_QUIET_S, LocalExecutor
-from wml_backend.lifecycle import STORE_CREDENTIAL_ENV, token_hash
+from wml_backend.lifecycle import STORE_CREDENTIAL_ENV
+from wml_backend.tokens import token_hash
 from wml_core.runner_channel import ChannelAnswer, decode_call, encode_answer
 from wml_core.states import RunState
 

@@ -23,7 +23,7 @@ from executor_worlds import RunnerBackend
 from test_executor_contract import backend, tiny_run  # noqa: F401  (the backend whose runs are called for: a fixture)
 from wml_backend.api import create_app
 from wml_backend.executors.local import LocalExecutor
-from wml_backend.lifecycle import token_hash
+from wml_backend.tokens import token_hash
 from wml_backend.rundb import SqliteRunStore
 from wml_backend.service import Service
 from wml_backend.settings import Settings

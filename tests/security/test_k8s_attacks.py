@@ -28,7 +28,7 @@ import pytest
 from s3server import ALLOW_ALL_S3, running_moto
 from test_run_isolation import ATTACK, FLAKY, TOKEN_LIKE, VICTIM, outputs, report, show, stored, submit_code, \
     token_in_memory
-from wml_backend.lifecycle import token_hash
+from wml_backend.tokens import token_hash
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "k8s"))  # the test cluster's helpers live beside its tests
 from test_k8s_backend import BUCKET, IMAGES, ClusterBackend  # noqa: E402

@@ -29,7 +29,7 @@ from backend_process import BackendProcess
 from test_cli_e2e import definition
 from wml_backend.accounts import Accounts
 from wml_backend.daemon import parser, settings_from
-from wml_backend.lifecycle import token_hash
+from wml_backend.tokens import token_hash
 from wml_backend.rundb import Account, SqliteRunStore
 from wml_backend.settings import Settings
 from wml_core.errors import Conflict

@@ -10,7 +10,6 @@ unless the operator said all accounts trust each other (``--trusted-accounts``).
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Callable, Optional
 
 from wml_core.errors import Conflict, Forbidden, InvalidInput, NotFound, QuotaExceeded, WmlError, quoted
@@ -18,7 +17,7 @@ from wml_core.models import AccountCreated, AccountInfo, AccountLimits, AccountT
 from wml_core.private_files import write_private
 from wml_core.states import RunState
 from wml_backend.rundb import Account, RunRow, RunStore
-from wml_backend.lifecycle import token_hash
+from wml_backend.tokens import new_account_token, token_hash
 from wml_backend.scheduler import limits_of, over_limits
 from wml_backend.settings import Settings
 
@@ -83,7 +82,7 @@ class Accounts:
         if self.isolation_gap and not self.settings.trusted_accounts:
             raise Conflict(f"accounts: runs of different accounts cannot be kept apart here: {self.isolation_gap}; "
                            "start the backend as root, or with --trusted-accounts if all accounts trust each other")
-        token = secrets.token_urlsafe(32)
+        token = new_account_token()
         fields = {_STORED[k]: v for k, v in limits.model_dump().items()}
         self.store.create_account(Account(name=name, **fields), token_hash(token))
         self._synced(self._account(name), "created")
@@ -112,7 +111,7 @@ class Accounts:
     def rotate_token(self, caller: Account, name: str) -> AccountToken:
         """Give the account a new token; the old one stops working at once."""
         _admin_only(caller, "give accounts new tokens")
-        token = secrets.token_urlsafe(32)
+        token = new_account_token()
         self.store.set_token(name, token_hash(token))
         if name == ADMIN_ACCOUNT:  # the embedded backend's clients read it from $WML_HOME
             write_private(self.settings.home / "backend" / "token", token)

@@ -9,11 +9,10 @@ working at once.
 
 from __future__ import annotations
 
-import secrets
 from typing import Optional
 
 from wml_backend.accounts import ADMIN_ACCOUNT
-from wml_backend.lifecycle import token_hash
+from wml_backend.tokens import new_account_token, token_hash
 from wml_backend.rundb import connect
 from wml_backend.settings import Settings
 from wml_backend.store_command import store_command
@@ -26,7 +25,7 @@ def reset(settings: Settings) -> str:
     try:
         if not any(account.name == ADMIN_ACCOUNT for account in store.accounts()):
             raise InvalidInput(f"the database has no account {ADMIN_ACCOUNT!r}: start a backend against it first")
-        token = secrets.token_urlsafe(32)
+        token = new_account_token()
         store.set_token(ADMIN_ACCOUNT, token_hash(token))
         return token
     finally:

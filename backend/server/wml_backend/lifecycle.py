@@ -8,7 +8,6 @@ kills the runners past their deadline (stored with their runs: they hold through
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import threading
@@ -29,6 +28,7 @@ from wml_core.objectstore import StoreConfig
 from wml_backend.logs import run_fields
 from wml_backend.rundb import RunRow, RunStore
 from wml_backend.rundb.base import run_event
+from wml_backend.tokens import token_hash
 
 log = logging.getLogger("wml_backend")
 
@@ -76,11 +76,6 @@ def _volume_path(definition: Definition) -> Optional[str]:
     """The directory of a ``mount_volume`` data store, if the definition has one."""
     connection = definition.data_store.connection if definition.data_store else None
     return connection.path if connection else None
-
-
-def token_hash(token: str) -> str:
-    """How tokens are stored: never in plain text."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _waited(run: RunRow, until: float) -> float:

@@ -9,7 +9,7 @@ from typing import Optional
 from wml_core.errors import BackendUnavailable, Conflict, NotFound, Unauthorized
 from wml_core.objectstore import SCOPED_STORE
 from wml_backend import scoped_credentials
-from wml_backend.lifecycle import token_hash
+from wml_backend.tokens import token_hash
 from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport, StoreCredential
 from wml_backend.service import Service
 from wml_core.states import RunState

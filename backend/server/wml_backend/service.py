@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import secrets
 import threading
 import time
 from typing import Optional
@@ -17,7 +16,8 @@ from wml_backend.accounts import ADMIN_ACCOUNT, Accounts
 from wml_backend.eventbus import EventBus
 from wml_backend.executors import Executor
 from wml_backend.leadership import Leadership, this_replica
-from wml_backend.lifecycle import Lifecycle, token_hash
+from wml_backend.lifecycle import Lifecycle
+from wml_backend.tokens import new_account_token, token_hash
 from wml_backend.metrics import Metrics
 from wml_backend.ownership import DataOwnership
 from wml_core.models import (DataClaim, Experiment, ExperimentRequest, LogChunk, MetricPoint, Run, Usage)
@@ -90,7 +90,7 @@ class Service:
         token_file = self.settings.home / "backend" / "token"
         if self.store.accounts() and token_file.exists():
             return
-        token = secrets.token_urlsafe(32)
+        token = new_account_token()
         quota = max(len(self.executor.capacity().gpu_ids), 1)
         if not self.store.accounts():
             try:

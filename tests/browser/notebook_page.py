@@ -12,6 +12,8 @@ from playwright.sync_api import Error as PlaywrightError
 
 #: JupyterLab's themes by darkness.
 THEMES = {False: "JupyterLab Light", True: "JupyterLab Dark"}
+#: A JavaScript function: the panel open in JupyterLab's main area on the notebook at a path.
+OPEN_PANEL = "(path) => [...window.jupyterapp.shell.widgets('main')].find(w => w.context?.path === path)"
 
 
 def open_notebook(page, root: Path, name: str, cells: list[str]):
@@ -27,11 +29,13 @@ def open_notebook(page, root: Path, name: str, cells: list[str]):
 def reopen_notebook(page, name: str, cells: int):
     """Open notebook ``name`` (of ``cells`` cells) as saved, with a kernel; return its panel."""
     page.evaluate("(path) => { window.jupyterapp.commands.execute('docmanager:open', {path}); }", name)
-    panel = page.locator('.jp-NotebookPanel:visible:has(.jp-Cell)').last
+    # the panel of this path, not the last one shown: another notebook's panel may be the last for a while
+    panel_id = page.wait_for_function(f"(path) => ({OPEN_PANEL})(path)?.id", arg=name).json_value()
+    panel = page.locator(f'[id="{panel_id}"]')
     panel.locator(".jp-Cell").nth(cells - 1).wait_for()
-    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.ready.then(() => true)")
-    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session?.kernel?.status"
-                           " === 'idle'", timeout=60_000)
+    page.evaluate(f"(path) => ({OPEN_PANEL})(path).sessionContext.ready.then(() => true)", name)
+    page.wait_for_function(f"(path) => ({OPEN_PANEL})(path).sessionContext.session?.kernel?.status === 'idle'",
+                           arg=name, timeout=60_000)
     return panel
 
 

@@ -20,7 +20,8 @@ import psutil
 import pytest
 from executor_worlds import Exits, admit
 from test_executor_contract import backend, tiny_run  # noqa: F401  (the backend runners report to: a fixture)
-from wml_backend.executors.local import IDLE_RUNNERS, REFILL_QUIET_S, LocalExecutor
+from wml_backend.executors import local as local_executor
+from wml_backend.executors.local import IDLE_RUNNERS, REFILL_LATEST_S, REFILL_QUIET_S, LocalExecutor
 from wml_backend.lifecycle import STORE_CREDENTIAL_ENV
 from wml_backend.tokens import token_hash
 from wml_core.runner_channel import ChannelAnswer, decode_call, encode_answer
@@ -124,22 +125,27 @@ def test_runs_started_back_to_back_each_get_a_runner_of_their_own_that_ends_with
     ready(psutil.Process(), others)
 
 
-def test_the_runners_a_wave_of_starts_took_are_forked_again_once_the_starts_pause(backend, executor, others, tmp_path):
+def test_the_runners_a_wave_of_starts_took_are_forked_again_once_the_starts_pause(
+        backend, executor, others, tmp_path, monkeypatch):
     """Forking replacements while a wave of starts goes on slows the runners just launched: they
     are forked once no start has taken a runner for ``REFILL_QUIET_S``."""
+    # Pauses 10 times the product's, so that a start slowed by a busy machine is not taken for a pause.
+    quiet = 10 * REFILL_QUIET_S
+    monkeypatch.setattr(local_executor, "REFILL_QUIET_S", quiet)
+    monkeypatch.setattr(local_executor, "REFILL_LATEST_S", 10 * REFILL_LATEST_S)
     local, exits = executor
     ready(psutil.Process(), others)
     runs = [tiny_run(backend, tmp_path) for _ in range(SLOTS)]
     taken = set()
     for run in runs[:-1]:  # starts a little apart, as an admission pass makes them
         taken.add(admit(backend, run, local)[1]["pid"])
-        time.sleep(0.6 * REFILL_QUIET_S)
+        time.sleep(0.6 * quiet)
     with subprocess.Popen(["sleep", "1"]) as mark:  # the last runner is taken after this, timed on the same clock
         last_start = psutil.Process(mark.pid).create_time()
         taken.add(admit(backend, runs[-1], local)[1]["pid"])
     again = ready(psutil.Process(), others | taken)  # (a runner just launched may not have left the session yet)
     forked = min(psutil.Process(pid).create_time() for pid in again)
-    assert forked >= last_start + REFILL_QUIET_S - CREATE_TIME_GRAIN_S, \
+    assert forked >= last_start + quiet - CREATE_TIME_GRAIN_S, \
         f"a runner was forked {1000 * (forked - last_start):.0f} ms after the wave's last start began"
     assert {exits.next()[:2] for _ in runs} == {(run.id, 1) for run in runs}
 

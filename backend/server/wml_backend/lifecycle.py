@@ -113,10 +113,10 @@ class Lifecycle:
         #: How many runs' starts this process recorded (their handles), and who waits for the next.
         self.starts_recorded = 0
         self._start_recorded = threading.Condition()
-        #: The handle recorded for each run whose start is in flight (``_record_start``).
+        #: The handle recorded for each run whose start is in flight, said early (``_record_early``).
         self._recorded: dict[str, dict[str, Any]] = {}
         executor.on_exit = self.runner_exited
-        executor.on_handle = self._record_start
+        executor.on_handle = self._record_early
         executor.on_note = self.note
         executor.on_bound = self.gpus_bound
         executor.on_stopping = self.stopped_by_cluster
@@ -365,16 +365,19 @@ class Lifecycle:
             recorded = self._recorded.pop(run.id, None)
         if recorded != handle:  # the executor did not say it before its runner held the launch
             self._record_start(run.id, handle)
-            with self._starting_lock:
-                self._recorded.pop(run.id, None)
         self._stop_if_asked(run.id)
+
+    def _record_early(self, run_id: str, handle: dict[str, Any]) -> None:
+        """Record a start the executor says before its runner holds the launch (``on_handle``), and
+        remember it so that ``_launch`` does not record it again."""
+        self._record_start(run_id, handle)
+        with self._starting_lock:
+            self._recorded[run_id] = handle
 
     def _record_start(self, run_id: str, handle: dict[str, Any]) -> None:
         """Record the handle of the run's runner (its start: the spec is given from now on) and
         wake the spec calls that wait for it."""
         self.store.update_run(run_id, handle=handle)
-        with self._starting_lock:
-            self._recorded[run_id] = handle
         with self._start_recorded:
             self.starts_recorded += 1
             self._start_recorded.notify_all()

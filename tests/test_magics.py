@@ -153,6 +153,8 @@ def test_an_undefined_name_fails_the_cell_before_submitting(shell, server, capsy
     ("%wml train missing.yml", InvalidInput, "missing.yml: no such file"),
     ("%%wml train --sweep 'x=[1'\nprint(1)", InvalidInput, "--sweep"),
     ("%%wml train --gpus two\nprint(1)", InvalidInput, "invalid int value"),
+    ("%wml config --token -Abc", InvalidInput,  # a token made before tokens began with 'wml_'
+     "argument --token: expected one argument; a value that begins with '-' is given as --option=VALUE"),
 ])
 def test_errors_are_one_line_and_fail_the_cell(shell, capsys, source, kind, message):
     error, out = fails(shell, source, capsys)

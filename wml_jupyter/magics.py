@@ -89,7 +89,9 @@ def parse(handler: Handler, text: str) -> Any:
     except ValueError as exc:  # unbalanced quotes
         raise MagicUsageError(f"{prog}: {exc}") from None
     except IPythonUsageError as exc:
-        raise MagicUsageError(f"{prog}: {exc}") from None
+        # argparse reads a value that begins with '-' (an old token, a negative number) as an option
+        hint = "; a value that begins with '-' is given as --option=VALUE" if "expected one argument" in str(exc) else ""
+        raise MagicUsageError(f"{prog}: {exc}{hint}") from None
 
 
 # -- training ---------------------------------------------------------------------------------

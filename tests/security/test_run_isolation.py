@@ -39,7 +39,7 @@ from wml_core.models import AccountLimits
 #: Secrets planted in the backend's environment: no run output may hold them.
 PLANTED = {"WML_PLANTED_SECRET": f"planted-{secrets.token_hex(16)}",
            "AWS_SECRET_ACCESS_KEY": f"aws-{secrets.token_hex(16)}"}
-#: What a runner token looks like (``secrets.token_urlsafe(24)``), alone.
+#: What a runner token looks like (``tokens.new_runner_token``: 32 URL-safe characters), alone.
 TOKEN_LIKE = re.compile(rb"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{32}(?![A-Za-z0-9_-])")
 #: Seconds the local executor gives a runner that reported its end before it is killed.
 GRACE_S = 10.0

@@ -9,7 +9,6 @@ kills the runners past their deadline (stored with their runs: they hold through
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from datetime import datetime, timezone
@@ -28,7 +27,7 @@ from wml_core.objectstore import StoreConfig
 from wml_backend.logs import run_fields
 from wml_backend.rundb import RunRow, RunStore
 from wml_backend.rundb.base import run_event
-from wml_backend.tokens import token_hash
+from wml_backend.tokens import new_runner_token, token_hash
 
 log = logging.getLogger("wml_backend")
 
@@ -336,7 +335,7 @@ class Lifecycle:
         self._stop_now(run)
 
     def _launch(self, run: RunRow, gpu_ids: tuple[int, ...]) -> None:
-        token, now = secrets.token_urlsafe(24), time.time()
+        token, now = new_runner_token(), time.time()
         # An executor whose cluster binds GPUs later (Kueue, the pod scheduler) bills from then.
         waiting = {"waiting_since": now} if self.executor.binds_gpus_later else {}
         try:

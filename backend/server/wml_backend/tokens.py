@@ -15,6 +15,11 @@ def new_account_token() -> str:
     return ACCOUNT_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def new_runner_token() -> str:
+    """A new token for one attempt of a run, which its runner alone holds (only its hash is kept)."""
+    return secrets.token_urlsafe(24)
+
+
 def token_hash(token: str) -> str:
     """How tokens are stored: never in plain text."""
     return hashlib.sha256(token.encode()).hexdigest()

@@ -95,10 +95,18 @@ def serve(settings: Settings) -> None:
     gc.freeze()
     signal.signal(signal.SIGUSR1, lambda *_: threading.Thread(target=_drain, args=(service, server), daemon=True,
                                                               name="wml-drain").start())
+    # uvicorn stops on SIGTERM, then raises it again with the handler it found: this one, so that the
+    # service stops too and the process exits as a clean one (the default handler would kill it there).
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         server.run()
     finally:
         service.stop()
+
+
+def _exit_cleanly(*_) -> None:
+    """SIGTERM once the server has stopped: unwind (the service stops, exit handlers run), exit 0."""
+    raise SystemExit(0)
 
 
 def _server(config, service):

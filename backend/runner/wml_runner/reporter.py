@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
@@ -18,6 +17,7 @@ from wml_core.states import RunState
 from wml_core.runner_channel import (ASKED_AT_LAUNCH, ChannelAnswer, ChannelCall, decode_answer, decode_call,
                                      encode_answer, encode_call)
 from wml_runner.channel import PipeTransport
+from wml_runner.spare_threads import in_thread, start_spares
 from wml_runner.workspace import REHEARSAL_SPEC
 
 log = logging.getLogger("wml_runner")
@@ -34,25 +34,18 @@ FIRST_RETRY_S = 0.005
 _spare: Optional[tuple[httpx.Client, Optional[PipeTransport]]] = None
 #: The pipe to the executor that started this runner, if it has one (``wml_runner.channel``).
 _channel: Optional[Connection] = None
-#: Threads ``warm_up`` started, each waiting for the one job it will run (``_in_thread``).
-_spare_threads: list[queue.SimpleQueue] = []
-#: How many: one fetches the code, one sends the reports.
-SPARE_THREADS = 2
 
 
 def warm_up(channel: Optional[Connection] = None) -> None:
     """Make now, with no run in view, what a Reporter of this process needs first (its HTTP
-    client to a plain-HTTP backend, its threads: each takes milliseconds on a busy host), so that
-    it starts at once. ``channel``: the Reporter calls over this pipe to the executor, while it
+    client to a plain-HTTP backend, its threads and the shipper's: ``spare_threads``), so that it
+    starts at once. ``channel``: the Reporter calls over this pipe to the executor, while it
     is open, instead of over HTTP."""
     global _spare, _channel
     _channel = channel
     _spare = _new_client(https=False)
     _rehearse()
-    for _ in range(SPARE_THREADS):
-        jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=_spare_thread, args=(jobs,), name="wml-spare", daemon=True).start()
-        _spare_threads.append(jobs)
+    start_spares()
 
 
 def _rehearse() -> None:
@@ -69,21 +62,6 @@ def _rehearse() -> None:
     with httpx.Client(base_url="http://warm-up/v1/runner/warm-up", transport=httpx.MockTransport(backend)) as client:
         RunSpec.model_validate(client.get("/spec").json())
         client.post("/state", json=StateReport(state=RunState.DOWNLOADING).model_dump(mode="json"))
-
-
-def _spare_thread(jobs: queue.SimpleQueue) -> None:
-    target, name = jobs.get()
-    threading.current_thread().name = name
-    target()
-
-
-def _in_thread(target: Callable[[], Any], name: str) -> None:
-    """Run ``target`` in a thread of its own: a spare one (``warm_up``) while there are any, since
-    starting one waits until it is scheduled."""
-    try:
-        _spare_threads.pop().put((target, name))
-    except IndexError:
-        threading.Thread(target=target, name=name, daemon=True).start()
 
 
 def _take_client(https: bool) -> tuple[httpx.Client, Optional[PipeTransport]]:
@@ -190,7 +168,7 @@ class Reporter:
     def _start_sender(self) -> None:
         if not self._sending:
             self._sending = True
-            _in_thread(self._send, "wml-reports")
+            in_thread(self._send, "wml-reports")
 
     def _send(self) -> None:
         """Send the reports put in the outbox, in order (after a failure: none)."""
@@ -232,7 +210,7 @@ def _in_background(call: Callable[[], Any]) -> Future:
             future.set_result(call())
         except BaseException as exc:  # noqa: BLE001 - raised where the result is asked for
             future.set_exception(exc)
-    _in_thread(run, "wml-prefetch")
+    in_thread(run, "wml-prefetch")
     return future
 
 

@@ -18,6 +18,7 @@ from wml_core.metric_line import format_lines, parse_line
 from wml_core.models import MetricPoint
 from wml_runner.isolation import open_run_file, read_run_file
 from wml_runner.reporter import Reporter
+from wml_runner.spare_threads import in_thread
 from wml_runner.tensorboard import EventFileTail
 
 log = logging.getLogger("wml_runner")
@@ -53,26 +54,32 @@ class Shipper:
         # each attempt, and each learner in it, numbers its points apart
         self._seq = (attempt - 1) * ATTEMPT_SEQ_SPAN + (learner - 1) * LEARNER_SEQ_SPAN
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="wml-shipper", daemon=True)
+        #: Held by a round of shipping: the thread's, or ``finish``'s last one.
+        self._shipping = threading.Lock()
 
     def start(self) -> "Shipper":
-        """Start shipping in the background, after what earlier attempts left in the log (asked
-        before the first text is sent: the command does not wait for it)."""
-        self._thread.start()
+        """Start shipping in the background (a spare thread: the command does not wait for a
+        thread to start), after what earlier attempts left in the log (asked before the first
+        text is sent)."""
+        in_thread(self._loop, "wml-shipper")
         return self
 
     def finish(self) -> None:
-        """Stop the thread and send everything still unsent."""
+        """Stop shipping in the background and send everything still unsent (after the thread's
+        round, if one is under way: the thread ships no more once this has begun)."""
         self._stop.set()
-        self._thread.join()
-        self.ship()
+        with self._shipping:
+            self.ship()
 
     def _loop(self) -> None:
         while not self._stop.wait(SHIP_INTERVAL_S):
-            try:
-                self.ship()
-            except Exception as exc:  # keep training; the next round sends it
-                log.warning("shipping failed: %s", exc)
+            with self._shipping:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.ship()
+                except Exception as exc:  # keep training; the next round sends it
+                    log.warning("shipping failed: %s", exc)
 
     def ship(self) -> None:
         """Send what is new in the log and the metrics file (TensorBoard scalars joined to it)."""

@@ -151,10 +151,12 @@ class Reporter:
         self._raise_failure()
         body = StateReport(state=state, exit_code=exit_code, reason=reason,
                            log_tail=log_tail or []).model_dump(mode="json")
-        self._start_sender()
-        self._outbox.put(body)  # a report that waits too: sent as soon as the one before is answered
-        if wait:
+        if wait:  # sent from this thread once those before it are answered: not handed to the sender and back
             self.flush()
+            self._call("POST", "/state", json=body)
+            return
+        self._start_sender()
+        self._outbox.put(body)
 
     def flush(self) -> None:
         """Wait until every report sent in the background is answered; raise the first failure."""

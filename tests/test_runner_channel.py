@@ -208,6 +208,23 @@ def test_the_spec_asked_for_the_runner_at_its_launch_answers_its_own_ask_which_i
         assert not ours.poll(0.1), "the spec asked for the runner was asked again"
 
 
+def test_what_was_asked_at_the_launch_is_read_without_a_request_and_only_once():
+    """The runner reads the answers to the calls made for it at its launch as they are (no HTTP
+    request is made of them, nothing is sent); once read, the same call is an ordinary one."""
+    ours, theirs = Pipe()
+    transport = PipeTransport(theirs, httpx.MockTransport(lambda request: httpx.Response(503)))
+    transport.expect("GET", "/spec")
+    transport.expect("GET", "/code")
+    spec, code = (ChannelAnswer(200, "application/json", b'{"the": "spec"}'), ChannelAnswer(200, "application/zip", b"PK"))
+    for answer in (spec, code):
+        ours.send_bytes(encode_answer(answer))
+    assert transport.asked_at_launch("GET", "/code") == code, "the code's answer, though the spec's came first"
+    assert transport.asked_at_launch("GET", "/spec") == spec
+    assert transport.asked_at_launch("GET", "/spec") is None
+    assert transport.asked_at_launch("POST", "/state") is None
+    assert not ours.poll(0.1), "something was sent for what was asked at the launch"
+
+
 def test_a_runner_closing_its_pipe_says_its_last_word_which_no_call_can_be_taken_for():
     """Its last word says the exit code it exits with; a call, or a message that only looks like a
     last word, is not one (the executor answers it as a call)."""

@@ -62,12 +62,26 @@ class PipeTransport(httpx.BaseTransport):
         self._receive(awaited)
         return awaited.result() if not awaited.exception() else None
 
+    def asked_at_launch(self, method: str, path_end: str) -> Optional[ChannelAnswer]:
+        """The answer to the call ``expect`` said was made for this runner (as a request whose
+        path ends with ``path_end`` would get it, without one); None if none was, or the pipe failed."""
+        awaited = self._take_expected(method, path_end)
+        if awaited is None:
+            return None
+        self._receive(awaited)
+        return None if awaited.exception() else awaited.result()
+
     def _asked_already(self, request: httpx.Request) -> Optional[Future]:
         """The answer ``request`` awaits if it is a call ``expect`` said was made for it."""
+        return self._take_expected(request.method, request.url.path)
+
+    def _take_expected(self, method: str, path: str) -> Optional[Future]:
+        """The answer awaited by the call made for this runner that a ``method`` call to ``path``
+        is (no longer expected); None if none is."""
         with self._send_lock:
             for expected in self._expected:
-                method, path_end, answer = expected
-                if request.method == method and request.url.path.endswith(path_end):
+                expected_method, path_end, answer = expected
+                if method == expected_method and path.endswith(path_end):
                     self._expected.remove(expected)
                     return answer
             return None

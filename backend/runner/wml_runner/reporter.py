@@ -60,7 +60,7 @@ def _rehearse() -> None:
         status, content_type, body = decode_answer(answer)
         return httpx.Response(status, headers={"content-type": content_type}, content=body, request=request)
     with httpx.Client(base_url="http://warm-up/v1/runner/warm-up", transport=httpx.MockTransport(backend)) as client:
-        RunSpec.model_validate(client.get("/spec").json())
+        RunSpec.model_validate_json(client.get("/spec").content)
         client.post("/state", json=StateReport(state=RunState.DOWNLOADING).model_dump(mode="json"))
 
 
@@ -121,6 +121,9 @@ class Reporter:
 
     def spec(self) -> RunSpec:
         """What to run."""
+        asked = self._asked_at_launch_ok("GET", "/spec")
+        if asked is not None:
+            return RunSpec.model_validate_json(asked)
         return RunSpec.model_validate(self._call("GET", "/spec").json())
 
     def prefetch_code(self) -> None:
@@ -132,7 +135,19 @@ class Reporter:
 
     def code(self) -> bytes:
         """The code zip (as ``prefetch_code`` got it, if it was asked for)."""
-        return self._code.result() if self._code is not None else self._call("GET", "/code").content
+        if self._code is not None:
+            return self._code.result()
+        asked = self._asked_at_launch_ok("GET", "/code")
+        return asked if asked is not None else self._call("GET", "/code").content
+
+    def _asked_at_launch_ok(self, method: str, path_end: str) -> Optional[bytes]:
+        """The body of the successful answer to the call the executor made for this runner as it
+        launched it (read as it is: no HTTP request is made of it); None if there is none (not
+        asked, or it failed: the call is made again, as any call)."""
+        if not self._asked_at_launch:
+            return None
+        answer = self._pipe.asked_at_launch(method, path_end)
+        return answer.body if answer is not None and answer.status == 200 else None
 
     def credential(self) -> dict:
         """A fresh store credential scoped to this run (botocore's refresh format); a one-line

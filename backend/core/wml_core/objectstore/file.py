@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 from pathlib import Path
 
 from wml_core.errors import StorageError
@@ -30,14 +31,22 @@ def _hidden(name: str) -> bool:
 
 
 def _copy(src: Path, dst: Path, progress: Progress) -> None:
-    """Copy through a temporary name so a reader never sees half a file."""
+    """Copy ``src`` to ``dst`` (``_write_whole``)."""
+    with open(src, "rb") as fin:
+        def pump(out: BinaryIO) -> None:
+            while chunk := fin.read(_CHUNK):
+                out.write(chunk)
+                if progress:
+                    progress(len(chunk))
+        _write_whole(dst, pump)
+
+
+def _write_whole(dst: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``dst`` (``write`` fills it) through a temporary name, so a reader never sees half a file."""
     private_dir(dst.parent)
     tmp = dst.with_name(f".{dst.name}.part-{os.getpid()}")
-    with open(src, "rb") as fin, private_open(tmp) as fout:
-        while chunk := fin.read(_CHUNK):
-            fout.write(chunk)
-            if progress:
-                progress(len(chunk))
+    with private_open(tmp) as out:
+        write(out)
     os.replace(tmp, dst)
 
 
@@ -76,6 +85,11 @@ class FileStore(ObjectStore):
     def put_file(self, bucket: str, key: str, path: Path, progress: Progress = None) -> None:
         self.create_bucket(bucket)
         _copy(Path(path), self._object(bucket, key), progress)
+
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        """As the base class says, written in place (no temporary file to copy from)."""
+        self.create_bucket(bucket)
+        _write_whole(self._object(bucket, key), lambda out: out.write(data))
 
     def get_file(self, bucket: str, key: str, path: Path, progress: Progress = None) -> None:
         src = self._object(bucket, key)

@@ -88,11 +88,18 @@ REHEARSAL_SPEC = RunSpec(run_id="warm-up", experiment_id="warm-up", attempt=1, c
                          results_prefix="training-warm-up/")
 
 
+#: Where idle runners rehearse, if the host has it: in memory. What a rehearsal is for is the
+#: runner's own memory (``rehearse``); its dozens of folder operations cost milliseconds of CPU
+#: on a disk's file system, on every runner.
+REHEARSAL_PARENT = Path("/dev/shm")
+
+
 def rehearse() -> None:
     """Go once through what every run's folder sees (made fresh, its code unpacked, its results
     stored to a file store), in a folder of its own then deleted: the memory this touches is
     this process's own before a run waits on it (``wml_runner.reporter``'s rehearsal says why)."""
-    with tempfile.TemporaryDirectory(prefix="wml-warm-up-") as folder:
+    parent = REHEARSAL_PARENT if os.access(REHEARSAL_PARENT, os.W_OK | os.X_OK) else None
+    with tempfile.TemporaryDirectory(prefix="wml-warm-up-", dir=parent) as folder:
         ws = Workspace(Path(folder) / "run")
         ws.reset()
         code = io.BytesIO()

@@ -56,7 +56,7 @@ class PipeTransport(httpx.BaseTransport):
 
     def _over_pipe(self, request: httpx.Request) -> Optional[ChannelAnswer]:
         """The backend's answer to ``request`` over the pipe; None once the pipe has failed."""
-        awaited = self._asked_already(request) or self._send(request)
+        awaited = self._take_expected(request.method, request.url.path) or self._send(request)
         if awaited is None:
             return None
         self._receive(awaited)
@@ -70,10 +70,6 @@ class PipeTransport(httpx.BaseTransport):
             return None
         self._receive(awaited)
         return None if awaited.exception() else awaited.result()
-
-    def _asked_already(self, request: httpx.Request) -> Optional[Future]:
-        """The answer ``request`` awaits if it is a call ``expect`` said was made for it."""
-        return self._take_expected(request.method, request.url.path)
 
     def _take_expected(self, method: str, path: str) -> Optional[Future]:
         """The answer awaited by the call made for this runner that a ``method`` call to ``path``

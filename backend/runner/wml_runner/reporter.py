@@ -84,7 +84,8 @@ class Reporter:
 
     State reports are sent in order by a thread of their own on the kept-alive connection, so
     that the run goes on meanwhile (``state(..., wait=False)``); a report that waits (its end)
-    returns once it is answered, and the first of them that failed fails it."""
+    is sent by the thread that waits, once those are answered (the first of them that failed
+    fails it), and returns once it is answered itself."""
 
     def __init__(self, url: str, run_id: str, token: str, deadline_s: float = REPORT_DEADLINE_S,
                  asked_at_launch: bool = False):

@@ -6,8 +6,8 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from wml_core.errors import StorageError
 from wml_core.private_files import private_dir, private_open

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -93,3 +94,29 @@ def test_streams_that_keep_up_are_sent_from_memory_and_the_log_is_read_once_for_
     assert all([sent.seq for sent in got] == expected for got in received)
     assert counting.reads["events"] == 0, "a stream that kept up read the store"
     assert counting.reads["event_log"] <= 10  # once per wake of the bus: not once per stream
+
+
+def test_with_no_stream_the_log_is_looked_at_once_a_poll_not_at_each_change_and_a_later_stream_misses_nothing(store):
+    counting = CountingStore(store)
+    counting.reads["latest_event"] = 0
+    bus = EventBus(counting)
+    bus.start()
+    try:
+        started, looked = time.monotonic(), counting.reads["latest_event"]
+        for _ in range(50):  # the changes of a busy backend that nobody streams
+            record(store, 1)
+            bus.poke()
+        polls = (time.monotonic() - started) / eventbus.POLL_S
+        assert counting.reads["latest_event"] - looked <= polls + 2, "the log was read at each change"
+
+        async def main():
+            stream = asyncio.create_task(receive(bus, "alice", 2))
+            while not bus.subscribers:
+                await asyncio.sleep(0.01)
+            record(store, 3)  # alice, bob, alice
+            bus.poke()
+            return await asyncio.wait_for(stream, 10)
+        got = asyncio.run(main())
+    finally:
+        bus.close()
+    assert [sent.event["i"] for sent in got] == [0, 2]

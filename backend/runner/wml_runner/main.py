@@ -98,8 +98,19 @@ def main(token: Optional[str] = None, asked_at_launch: bool = False) -> int:
     reporter.prefetch_code()
     code = runner.run()
     reporter.close(exit_code=code)  # its last word: the executor need not wait for this process to end
+    _step_aside()
     runner.release()
     return code
+
+
+def _step_aside() -> None:
+    """Run at the lowest CPU priority from now on: what is left once the end is reported (what
+    the run's user left in /tmp cleared, this process's exit) waits for what needs the CPU now
+    (the backend ending this run and starting the next, the other runs)."""
+    try:
+        os.nice(19)
+    except OSError:
+        pass
 
 
 def learner_of_pod(env) -> int | None:

@@ -88,8 +88,13 @@ class EventBus:
             self._thread.join(timeout=5)
 
     def poke(self) -> None:
-        """Look at the log now: this replica has just recorded events."""
-        self._poke.set()
+        """Look at the log now, for the streams: this replica has just recorded events. With no
+        stream to serve, the next look (within ``POLL_S``) is soon enough: the ``listeners``
+        hear of this replica's own changes from itself (its scheduler wakes itself when a
+        change frees or queues runs), and waking this thread for each change of a run costs
+        every run's next change a GIL hand-over and a read of the log."""
+        if self.subscribers:
+            self._poke.set()
 
     def _watch(self) -> None:
         while not self._stop.is_set():

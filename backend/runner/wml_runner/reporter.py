@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import time
@@ -16,7 +17,7 @@ from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport, StoreC
 from wml_core.states import RunState
 from wml_core.runner_channel import (ASKED_AT_LAUNCH, ChannelAnswer, ChannelCall, decode_answer, decode_call,
                                      encode_answer, encode_call)
-from wml_runner.channel import PipeTransport
+from wml_runner.channel import PipeTransport, as_response
 from wml_runner.spare_threads import in_thread, start_spares
 from wml_runner.workspace import REHEARSAL_SPEC
 
@@ -97,18 +98,20 @@ class Reporter:
         for method, name in ASKED_AT_LAUNCH if self._asked_at_launch else ():
             self._pipe.expect(method, f"/{name}")
         self._http.base_url = f"{url.rstrip('/')}/v1/runner/{run_id}"
+        #: What a call over the pipe needs that the HTTP client adds to its requests.
+        self._path, self._token = self._http.base_url.path.rstrip("/"), token
         self._http.headers["Authorization"] = f"Bearer {token}"
         self._code: Optional[Future] = None
         self._outbox: queue.Queue = queue.Queue()
         self._sending = False
         self._failure: Optional[Exception] = None
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    def _call(self, method: str, path: str, json: Any = None) -> httpx.Response:
         deadline, delay = time.monotonic() + self.deadline_s, FIRST_RETRY_S
         while True:
             late = time.monotonic() > deadline
             try:
-                response = self._http.request(method, path, **kwargs)
+                response = self._try(method, path, json)
             except httpx.TransportError as exc:
                 if late:
                     raise
@@ -119,6 +122,16 @@ class Reporter:
                     return response
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _try(self, method: str, path: str, json: Any) -> httpx.Response:
+        """One try of a call: over the pipe while it lasts (made as it is, not through the HTTP
+        client), else over HTTP."""
+        if self._pipe is not None:
+            body = b"" if json is None else json_bytes(json)
+            answer = self._pipe.call(ChannelCall(method, self._path + path, self._token, body))
+            if answer is not None:
+                return as_response(answer, httpx.Request(method, self._http.base_url.join(path.lstrip("/"))))
+        return self._http.request(method, path, json=json)
 
     def spec(self) -> RunSpec:
         """What to run."""
@@ -238,3 +251,8 @@ def _message(response: httpx.Response) -> str:
         return str(response.json()["message"])
     except (ValueError, KeyError, TypeError):
         return f"the backend answered {response.status_code}"
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as a JSON body, encoded as the HTTP client encodes one."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

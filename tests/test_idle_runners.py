@@ -21,7 +21,7 @@ import pytest
 from executor_worlds import Exits, admit
 from test_executor_contract import backend, tiny_run  # noqa: F401  (the backend runners report to: a fixture)
 from wml_backend.executors import local as local_executor
-from wml_backend.executors.local import IDLE_RUNNERS, REFILL_LATEST_S, REFILL_QUIET_S, LocalExecutor
+from wml_backend.executors.local import IDLE_RUNNERS, MADE_AHEAD, REFILL_LATEST_S, REFILL_QUIET_S, LocalExecutor
 from wml_backend.lifecycle import STORE_CREDENTIAL_ENV
 from wml_backend.tokens import token_hash
 from wml_core.runner_channel import ChannelAnswer, decode_call, encode_answer
@@ -170,8 +170,10 @@ def test_closing_the_executor_ends_its_idle_runners_not_its_runs(backend, others
                  or row.reported_state is not None)
     local.close()
     assert all(gone(pid) for pid in idle - {handle["pid"]}), "an idle runner outlived its executor"
+    assert not any((tmp_path / "runs" / MADE_AHEAD).iterdir()), "the folders an idle runner made ahead outlived it"
     assert exits.next()[:2] == (run.id, 1), "a run's runner was ended with its executor"
     assert backend.store.run(run.id).reported_state is RunState.COMPLETED
+    assert {p.name for p in (tmp_path / "runs" / run.id).iterdir()} >= {"model", "results", "checkpoints", "runner.log"}
 
 
 def test_idle_runners_end_when_their_backend_dies(tmp_path):

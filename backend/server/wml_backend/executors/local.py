@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,7 +29,7 @@ from wml_core.runner_channel import ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall
 from wml_runner import enter
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
 from wml_runner.reporter import warm_up
-from wml_runner.workspace import rehearse
+from wml_runner.workspace import Workspace, rehearse
 from wml_runner.zygote import FRAMEWORK_MODULES, ZYGOTE_ENV
 
 log = logging.getLogger("wml_backend")
@@ -41,6 +42,9 @@ REATTACH_POLL_S = 0.2
 RUNNERS = ".runners"
 #: Idle runners a start tries before it fails (one that died while idle is passed over).
 LAUNCH_TRIES = 3
+#: The folder (in the work folder) where each idle runner makes the folders of its run ahead
+#: (``Workspace.make_ahead``), in one of its own that becomes the run's at its launch.
+MADE_AHEAD = ".made-ahead"
 
 
 def detect_gpus() -> int:
@@ -77,29 +81,64 @@ IDLE_RUNNERS = 8
 REFILL_QUIET_S, REFILL_LATEST_S = 0.05, 0.5
 
 
-def _idle_runner(channel: Connection) -> None:
-    """Body of an idle runner: made ready with no run in view (hardened first, then warm), it
-    waits on its pipe for one launch and runs it (``_run_runner``), calling the API over the
-    pipe when the executor answers there; it exits at once, quietly, when the pipe closes first
-    (the executor closed, or the backend is gone)."""
+def _idle_runner(channel: Connection, workspace: Optional[str]) -> None:
+    """Body of an idle runner: made ready with no run in view (hardened first, then warm, the
+    folders of its run made at ``workspace``), it waits on its pipe for one launch and runs it
+    (``_run_runner``), calling the API over the pipe when the executor answers there; it exits at
+    once, quietly, when the pipe closes first (the executor closed, or the backend is gone)."""
     harden_runner()  # before any secret (the launch) arrives
     warm_up(channel)
     rehearse()
+    workspace = _made_ahead(workspace)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the backend's terminal: the backend closes its pipe
     try:
         env, run_dir, token, answered = channel.recv()
     except (EOFError, OSError):
+        _drop(workspace)
         os._exit(0)
     if not answered:
         channel.close()  # its calls go over HTTP
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    _run_runner(env, run_dir, token, answered)
+    _run_runner(env, run_dir, token, answered, workspace)
 
 
-def _run_runner(env: dict[str, str], run_dir: str, token: str, asked_at_launch: bool) -> None:
-    """Body of a forked runner: its own session, environment, directory and log file
-    (``asked_at_launch``: the executor makes its first calls for it, over its pipe)."""
+def _made_ahead(workspace: Optional[str]) -> Optional[str]:
+    """``workspace``, its folders made (``Workspace.make_ahead``); None if they could not be."""
+    if workspace is None:
+        return None
+    try:
+        Workspace(Path(workspace)).make_ahead()
+    except OSError as exc:
+        print(f"wml-runner: the run's folders are made at its launch: {exc}", file=sys.stderr)
+        _drop(workspace)
+        return None
+    return workspace
+
+
+def _drop(workspace: Optional[str]) -> None:
+    """Delete a workspace made ahead that no run will use."""
+    if workspace is not None:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _move_in(workspace: Optional[str], run_dir: str) -> None:
+    """Make the workspace made ahead the run's folder, in place of the empty one the executor
+    made; a later attempt keeps the folder its run has (checkpoints and all): it is dropped."""
+    if workspace is None:
+        return
+    try:
+        os.rename(workspace, run_dir)
+    except OSError:
+        _drop(workspace)
+
+
+def _run_runner(env: dict[str, str], run_dir: str, token: str, asked_at_launch: bool,
+                workspace: Optional[str] = None) -> None:
+    """Body of a forked runner: its own session, environment, directory (``workspace`` made
+    ahead, if any) and log file (``asked_at_launch``: the executor makes its first calls for
+    it, over its pipe)."""
     os.setsid()
+    _move_in(workspace, run_dir)
     os.chdir(run_dir)
     os.environ.clear()
     os.environ.update(env)
@@ -126,13 +165,16 @@ class IdleRunner:
     the end is not kept waiting while the kernel frees its memory (~3 ms) and the fork server
     reaps it."""
 
-    def __init__(self, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None) -> None:
+    def __init__(self, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None,
+                 made_ahead: Optional[Path] = None) -> None:
+        """``made_ahead``: the folder it makes the folders of its run in, ahead, if any."""
         self._channel, theirs = _FORKSERVER.Pipe(duplex=True)
         self._answer = answer
+        self.workspace = str(made_ahead / secrets.token_hex(8)) if made_ahead else None
         #: The calls to answer first, once launched; and what wakes the thread for them.
         self._asked: list[bytes] = []
         self._woken, self._wake = os.pipe()
-        self.process = _FORKSERVER.Process(target=_idle_runner, args=(theirs,), daemon=False)
+        self.process = _FORKSERVER.Process(target=_idle_runner, args=(theirs, self.workspace), daemon=False)
         self.process.start()
         theirs.close()
         self.create_time = psutil.Process(self.process.pid).create_time()
@@ -155,6 +197,7 @@ class IdleRunner:
             exit_code = self.process.exitcode
         self._ended(exit_code)
         self.process.join()  # after a last word: its process ends, and the fork server reaps it
+        _drop(self.workspace)  # made ahead, and left there by a runner killed before its launch
 
     @property
     def exited(self) -> bool:
@@ -253,8 +296,10 @@ class IdleRunners:
     """The idle runners of one executor: ``keep`` of them, forked again in the background as they
     are taken, so that a start finds one ready."""
 
-    def __init__(self, keep: int = IDLE_RUNNERS, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None):
-        self.keep, self._answer = keep, answer
+    def __init__(self, keep: int = IDLE_RUNNERS, answer: Callable[[], Optional[RunnerCallCallback]] = lambda: None,
+                 made_ahead: Optional[Path] = None):
+        """``made_ahead``: the folder they make the folders of their runs in, ahead, if any."""
+        self.keep, self._answer, self._made_ahead = keep, answer, made_ahead
         self._idle: list[IdleRunner] = []
         self._taken_at = 0.0  # (monotonic) when a start last took one
         self._lock = threading.Lock()
@@ -271,7 +316,7 @@ class IdleRunners:
             runner = ready.pop(0) if ready else None
             self._idle = ready
             self._taken_at = time.monotonic()
-        return runner or IdleRunner(self._answer)
+        return runner or IdleRunner(self._answer)  # (no time to make its folders ahead)
 
     def refill(self) -> None:
         """Fork idle runners again, up to ``keep``, once starts pause (``REFILL_QUIET_S``: after a
@@ -284,7 +329,7 @@ class IdleRunners:
             self._wanted.clear()
             while len(self._idle) < self.keep and not self._closed:
                 try:
-                    runner = IdleRunner(self._answer)
+                    runner = IdleRunner(self._answer, self._made_ahead)
                 except Exception:  # the fork server failed: starts fork their runners themselves
                     log.exception("local: could not fork an idle runner")
                     time.sleep(1.0)
@@ -335,7 +380,11 @@ class LocalExecutor(Executor):
         self.isolation_gap = isolation_gap(self.work_dir)
         self.enter_helper = self._build_enter_helper() if self.isolation_gap is None else None
         # The fork server, and the first idle runners, start now, not with the first run (its imports take a second).
-        self.idle = IdleRunners(keep=min(self._capacity.slots, IDLE_RUNNERS), answer=lambda: self.on_runner_call)
+        made_ahead = self.work_dir / MADE_AHEAD
+        shutil.rmtree(made_ahead, ignore_errors=True)  # what runners killed while idle left
+        made_ahead.mkdir(mode=0o700, parents=True)
+        self.idle = IdleRunners(keep=min(self._capacity.slots, IDLE_RUNNERS), answer=lambda: self.on_runner_call,
+                                made_ahead=made_ahead)
 
     @staticmethod
     def _build_enter_helper() -> Optional[Path]:

@@ -149,6 +149,10 @@ class Command:
     def run(self) -> int:
         """Run to the end; return its exit code."""
         self.start()
+        return self.wait()
+
+    def wait(self) -> int:
+        """Its exit code, once it has ended (started, or stopped before it could be)."""
         return self._proc.wait() if self._proc else -signal.SIGTERM
 
     def stop(self, grace_s: float = 0.0) -> None:

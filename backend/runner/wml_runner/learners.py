@@ -7,7 +7,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from wml_runner.command import Command
 
@@ -75,13 +75,14 @@ class LearnerGroup:
         """Whether any learner had to be signalled to stop (had not ended by itself)."""
         return any(command.signalled for command in self.commands.values())
 
-    def run(self) -> Outcome:
-        """Run the learners to the end, all of them or until the first failure."""
-        if len(self.commands) == 1:  # no peers to watch: wait for it without polling
-            code = next(iter(self.commands.values())).run()
-            return Outcome(code)
+    def run(self, started: Callable[[], Any] = lambda: None) -> Outcome:
+        """Run the learners to the end, all of them or until the first failure; ``started()``
+        once they have all started."""
         for command in self.commands.values():
             command.start()
+        started()
+        if len(self.commands) == 1:  # no peers to watch: wait for it without polling
+            return Outcome(next(iter(self.commands.values())).wait())
         running = dict(self.commands)
         failure: Optional[Outcome] = None
         while running:

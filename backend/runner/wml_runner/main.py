@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +44,7 @@ from wml_runner.isolation import (
 from wml_runner.learners import LearnerGroup, free_port
 from wml_runner.reporter import Reporter
 from wml_runner.shipper import Shipper
+from wml_runner.spare_threads import in_background
 from wml_runner.zygote import ZYGOTE_ENV
 from wml_runner.workspace import (
     Workspace,
@@ -51,6 +53,7 @@ from wml_runner.workspace import (
     restore_checkpoints,
     scoped_env,
     store_checkpoints,
+    store_code,
     store_learner_log,
     store_results,
     unpack_code,
@@ -252,7 +255,10 @@ class Runner:
         shippers = [Shipper(self.reporter, self.ws.training_log(k), self.ws.metrics_file(k), learner=k,
                             tensorboard_dir=_tensorboard_dir(spec, env) if k == 1 else None,
                             attempt=spec.attempt, root=self.root).start() for k, env in envs.items()]
-        outcome = self.learners.run()
+        # The code is stored with the results while the commands run, not in the run's last steps.
+        storing_code: list[Future] = []
+        outcome = self.learners.run(started=lambda: storing_code.append(in_background(
+            lambda: _retry(lambda: store_code(store, spec, code), STORE_RETRY_S), "wml-store-code")))
         self._take_back()
         for shipper in shippers:
             shipper.finish()
@@ -260,7 +266,9 @@ class Runner:
         self.reporter.state(RunState.STORING, wait=False)
         if self.cancelled or outcome.exit_code != 0:  # first, within the grace: the next attempt resumes from them
             _retry(lambda: store_checkpoints(store, spec, self.ws), STORE_RETRY_S)
-        _retry(lambda: store_results(store, spec, self.ws, code), STORE_RETRY_S)
+        _retry(lambda: store_results(store, spec, self.ws), STORE_RETRY_S)
+        for storing in storing_code:
+            storing.result()
         return outcome.exit_code
 
     def _command(self, spec: RunSpec, env: dict[str, str], learner: int, sandbox: Sandbox | None) -> Command:

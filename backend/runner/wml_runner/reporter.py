@@ -18,7 +18,7 @@ from wml_core.states import RunState
 from wml_core.runner_channel import (ASKED_AT_LAUNCH, ChannelAnswer, ChannelCall, decode_answer, decode_call,
                                      encode_answer, encode_call)
 from wml_runner.channel import PipeTransport, as_response
-from wml_runner.spare_threads import in_thread, start_spares
+from wml_runner.spare_threads import in_background, in_thread, start_spares
 from wml_runner.workspace import REHEARSAL_SPEC
 
 log = logging.getLogger("wml_runner")
@@ -145,7 +145,7 @@ class Reporter:
         unless it was asked at the launch (its answer is on its way)."""
         if self._asked_at_launch:
             return
-        self._code = _in_background(lambda: self._call("GET", "/code").content)
+        self._code = in_background(lambda: self._call("GET", "/code").content, "wml-prefetch")
 
     def code(self) -> bytes:
         """The code zip (as ``prefetch_code`` got it, if it was asked for)."""
@@ -230,19 +230,6 @@ class Reporter:
         if self._pipe is not None and exit_code is not None:
             self._pipe.say_last_word(exit_code)
         self._http.close()
-
-
-def _in_background(call: Callable[[], Any]) -> Future:
-    """``call()`` in a thread of its own; its result (or exception) in the future."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(call())
-        except BaseException as exc:  # noqa: BLE001 - raised where the result is asked for
-            future.set_exception(exc)
-    in_thread(run, "wml-prefetch")
-    return future
 
 
 def _message(response: httpx.Response) -> str:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import Future
 from typing import Any, Callable
 
-#: How many: one fetches the code, one sends the reports, one ships the log and the metrics.
+#: How many: one fetches the code (unless the executor asked for it at the launch) or stores it
+#: with the results while the command runs, one sends the reports, one ships the log and the metrics.
 SPARE_THREADS = 3
 #: The spare threads, each waiting for the one job it will run.
 _spares: list[queue.SimpleQueue] = []
@@ -34,3 +36,16 @@ def in_thread(target: Callable[[], Any], name: str) -> None:
         _spares.pop().put((target, name))
     except IndexError:
         threading.Thread(target=target, name=name, daemon=True).start()
+
+
+def in_background(call: Callable[[], Any], name: str) -> Future:
+    """``call()`` in a thread of its own (``in_thread``); its result, or what it raised, in the future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:  # noqa: BLE001 - raised where the result is asked for
+            future.set_exception(exc)
+    in_thread(run, name)
+    return future

@@ -134,7 +134,9 @@ def rehearse() -> None:
         unpack_code(code.getvalue(), ws.model)
         spec = REHEARSAL_SPEC.model_copy(update={"store": {"kind": "file", "root": folder}})
         ws.training_log(1).write_text("")
-        store_results(open_run_store(spec), spec, ws, code.getvalue())
+        store = open_run_store(spec)
+        store_code(store, spec, code.getvalue())
+        store_results(store, spec, ws)
 
 
 def unpack_code(archive: bytes, dest: Path) -> None:
@@ -203,8 +205,14 @@ def fetch_data(store: ObjectStore, spec: RunSpec, ws: Workspace, in_place: bool 
     return ws.data
 
 
-def store_results(store: ObjectStore, spec: RunSpec, ws: Workspace, code: bytes) -> None:
-    """Upload ``RESULT_DIR``, the training logs and the submitted code under ``training-<id>/``."""
+def store_code(store: ObjectStore, spec: RunSpec, code: bytes) -> None:
+    """Upload the submitted code with the results (under ``training-<id>/``: ``store_results``)."""
+    store.put_bytes(spec.results_bucket, f"{spec.results_prefix}_submitted_code/model.zip", code)
+
+
+def store_results(store: ObjectStore, spec: RunSpec, ws: Workspace) -> None:
+    """Upload ``RESULT_DIR`` and the training logs under ``training-<id>/`` (the submitted code
+    beside them: ``store_code``)."""
     from wml_core.objectstore.sync import upload
     prefix = spec.results_prefix
     if _holds_files(ws.results):  # nothing to sync otherwise (the logs below make the bucket)
@@ -213,7 +221,6 @@ def store_results(store: ObjectStore, spec: RunSpec, ws: Workspace, code: bytes)
         log = ws.training_log(learner)
         if log.exists():
             store.put_file(spec.results_bucket, f"{prefix}learner-{learner}/training-log.txt", log)
-    store.put_bytes(spec.results_bucket, f"{prefix}_submitted_code/model.zip", code)
 
 
 def _holds_files(folder: Path) -> bool:

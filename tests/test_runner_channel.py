@@ -30,6 +30,7 @@ from wml_backend.settings import Settings
 from wml_core.runner_channel import (ChannelAnswer, ChannelCall, decode_answer, decode_call, encode_answer,
                                      encode_call, last_word)
 from wml_core.states import RunState
+from wml_runner import reporter as reporter_module
 from wml_runner.channel import PipeTransport
 
 #: What a runner may send, right and wrong: (method, call, body), each sent with the run's token.
@@ -238,6 +239,25 @@ def test_a_runner_closing_its_pipe_says_its_last_word_which_no_call_can_be_taken
     assert last_word(call) is None
     assert [last_word(message) for message in (b'{"exit":"0"}\n', b'{"exit":true}\n', b'{"exit":', b'{"exit":1}')] \
         == [None, None, None, None]
+
+
+def test_the_end_report_says_the_last_word_at_once_which_counts_once_the_report_is_answered_with_success():
+    """The runner does not wait for its end report's answer to say its last word (one hop less at
+    the end of every run); a report the backend failed is made again, last word and all, and the
+    pipe is closed once one succeeds."""
+    ours, theirs = Pipe()
+    reporter_module.warm_up(theirs)
+    reporter = reporter_module.Reporter("http://backend", "r1", "t0k3n", deadline_s=10)
+    with ThreadPoolExecutor(1) as pool:
+        end = pool.submit(reporter.state, RunState.COMPLETED, exit_code=0, last_word=0)
+        for status in (503, 200):
+            call = decode_call(ours.recv_bytes())
+            assert (call.path, json.loads(call.body)["state"]) == ("/v1/runner/r1/state", "COMPLETED")
+            assert ours.poll(5) and last_word(ours.recv_bytes()) == 0, "the last word waited for the answer"
+            ours.send_bytes(encode_answer(ChannelAnswer(status, "application/json", b'{"count": 1}')))
+        end.result(10)
+    with pytest.raises(EOFError):  # it counted: nothing more comes over the pipe
+        ours.recv_bytes()
 
 
 def test_a_runner_whose_backend_is_gone_closes_its_pipe_without_a_last_word_or_a_failure():

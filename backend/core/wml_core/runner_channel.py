@@ -8,8 +8,11 @@ Both sides take it from here; nothing in it is unpickled, so a runner can make t
 nothing but JSON and bytes.
 
 A runner's last message is its last word, ``{"exit": N}``: it makes no more calls, its run is over
-(its end reported and answered, its user's processes gone), and it exits with N. Its executor
-need not wait for the process to be gone, and reaped, to say that it ended.
+(its end reported, its user's processes gone), and it exits with N. Its executor need not wait
+for the process to be gone, and reaped, to say that it ended. The last word may follow the end
+report at once, before its answer (one hop less at the end of every run): it counts only if the
+call before it was answered with success (``last_word_counts``); else the runner makes that call
+again, and says its last word again.
 """
 
 from __future__ import annotations
@@ -91,6 +94,12 @@ def last_word(message: bytes) -> Optional[int]:
 
 
 _LAST_WORD = b'{"exit":'
+
+
+def last_word_counts(status_before: Optional[int]) -> bool:
+    """Whether a last word ends the runner's calls, the call before it answered with HTTP
+    ``status_before`` (None: none before it)."""
+    return status_before is None or 200 <= status_before < 300
 
 
 def _message(head: dict, body: bytes) -> bytes:

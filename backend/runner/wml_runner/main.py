@@ -73,6 +73,9 @@ STEP_STOP_GRACE_S = 0.5
 STORE_RETRY_S = 300.0
 
 
+#: The runner's exit code once it has reported its run's end, however the run ended (its last word).
+REPORTED = 0
+
 #: What the executor gives every runner (the token: in the environment, a file it names, or in
 #: the process, as the local executor does).
 REQUIRED_ENV = ("WML_BACKEND_URL", "WML_RUN_ID", "WML_RUNNER_TOKEN")
@@ -80,7 +83,7 @@ REQUIRED_ENV = ("WML_BACKEND_URL", "WML_RUN_ID", "WML_RUNNER_TOKEN")
 
 def main(token: Optional[str] = None, asked_at_launch: bool = False) -> int:
     """Run the run named by the environment with ``token`` (None: taken out of the environment);
-    the exit code is 0 whenever the end was reported. ``asked_at_launch``: the local executor made
+    the exit code is ``REPORTED`` whenever the end was reported. ``asked_at_launch``: the local executor made
     the runner's first calls for it (``Reporter``)."""
     harden_runner()  # first: from now on nothing of this process is readable through /proc
     token = token or take_token(os.environ)
@@ -185,7 +188,7 @@ class Runner:
             log.exception("run failed")
             self._take_back()
             self._end(RunState.FAILED, None, f"{type(exc).__name__}: {exc}")
-            return 0
+            return REPORTED
         if self.cancelled and self._mine(spec):
             pass  # a pod of a distributed run: the executor knows why it was stopped (cancel, a peer failed)
         elif self.cancelled and not self._finished_first(exit_code):
@@ -195,7 +198,7 @@ class Runner:
         else:
             who = f"learner {self.failed_learner}: " if self.failed_learner else ""
             self._end(RunState.FAILED, exit_code, who + _exit_reason(exit_code))
-        return 0
+        return REPORTED
 
     def _finished_first(self, exit_code: int) -> bool:
         """Whether the command had ended all its steps, successfully, before the stop took effect."""
@@ -309,7 +312,7 @@ class Runner:
 
     def _end(self, state: RunState, exit_code: int | None, reason: str | None) -> None:
         tail = _tail(self.ws.training_log(self.failed_learner or 1), self.root) if state is RunState.FAILED else []
-        self.reporter.state(state, exit_code=exit_code, reason=reason, log_tail=tail)
+        self.reporter.state(state, exit_code=exit_code, reason=reason, log_tail=tail, last_word=REPORTED)
 
 
 def _master() -> tuple[str, int]:

@@ -106,12 +106,12 @@ class Reporter:
         self._sending = False
         self._failure: Optional[Exception] = None
 
-    def _call(self, method: str, path: str, json: Any = None) -> httpx.Response:
+    def _call(self, method: str, path: str, json: Any = None, last_word: Optional[int] = None) -> httpx.Response:
         deadline, delay = time.monotonic() + self.deadline_s, FIRST_RETRY_S
         while True:
             late = time.monotonic() > deadline
             try:
-                response = self._try(method, path, json)
+                response = self._try(method, path, json, last_word)
             except httpx.TransportError as exc:
                 if late:
                     raise
@@ -123,12 +123,12 @@ class Reporter:
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    def _try(self, method: str, path: str, json: Any) -> httpx.Response:
+    def _try(self, method: str, path: str, json: Any, last_word: Optional[int] = None) -> httpx.Response:
         """One try of a call: over the pipe while it lasts (made as it is, not through the HTTP
-        client), else over HTTP."""
+        client; ``last_word``, if any, said right after it: ``PipeTransport.call``), else over HTTP."""
         if self._pipe is not None:
             body = b"" if json is None else json_bytes(json)
-            answer = self._pipe.call(ChannelCall(method, self._path + path, self._token, body))
+            answer = self._pipe.call(ChannelCall(method, self._path + path, self._token, body), last_word)
             if answer is not None:
                 return as_response(answer, httpx.Request(method, self._http.base_url.join(path.lstrip("/"))))
         return self._http.request(method, path, json=json)
@@ -174,15 +174,17 @@ class Reporter:
                 "expiry_time": found.expires.isoformat()}
 
     def state(self, state: RunState, exit_code: Optional[int] = None, reason: Optional[str] = None,
-              log_tail: Optional[list[str]] = None, wait: bool = True) -> None:
+              log_tail: Optional[list[str]] = None, wait: bool = True, last_word: Optional[int] = None) -> None:
         """Report that the run entered ``state``, after the reports before it; ``wait`` False:
-        return at once (the report is sent in the background; a failure surfaces at the next)."""
+        return at once (the report is sent in the background; a failure surfaces at the next).
+        ``last_word`` (with ``wait``): this report is the runner's last call, and it exits with
+        this code; over a pipe, its last word is said with it (``PipeTransport.call``)."""
         self._raise_failure()
         body = StateReport(state=state, exit_code=exit_code, reason=reason,
                            log_tail=log_tail or []).model_dump(mode="json")
         if wait:  # sent from this thread once those before it are answered: not handed to the sender and back
             self.flush()
-            self._call("POST", "/state", json=body)
+            self._call("POST", "/state", json=body, last_word=last_word)
             return
         self._start_sender()
         self._outbox.put(body)

@@ -25,7 +25,8 @@ import psutil
 from wml_core.private_files import write_private
 from wml_backend.executors.base import Capacity, Executor, Launch, RunnerCallCallback
 from wml_backend.executors.zygotes import Zygotes
-from wml_core.runner_channel import ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall, encode_call, last_word
+from wml_core.runner_channel import (ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall, decode_answer, encode_call,
+                                     last_word, last_word_counts)
 from wml_runner import enter
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
 from wml_runner.reporter import warm_up
@@ -214,35 +215,39 @@ class IdleRunner:
     def _serve(self) -> Optional[int]:
         """Answer the runner's calls over the pipe, one at a time, until it exits (or the pipe
         closes); those made on its behalf before any. The exit code its last word says, if it
-        said one: its run is over then, though its process may take milliseconds more to end
-        (its memory freed) and be reaped."""
+        said one (that counts: ``last_word_counts``): its run is over then, though its process
+        may take milliseconds more to end (its memory freed) and be reaped."""
+        status = None  # of the last answer sent
         try:
             while True:
                 ready = wait([self._channel, self.process.sentinel, self._woken])
                 if self._woken in ready:
                     os.read(self._woken, 1)
                 asked, self._asked = self._asked, []
-                if not all(self._answer_call(call) for call in asked):
-                    return None
+                for call in asked:
+                    if (status := self._answer_call(call)) is None:
+                        return None
                 if self._channel in ready:
                     message = self._channel.recv_bytes(MAX_CALL_BYTES)
                     said = last_word(message)
-                    if said is not None:
+                    if said is not None and last_word_counts(status):
                         return said
-                    if not self._answer_call(message):
+                    if said is None and (status := self._answer_call(message)) is None:
                         return None
                 elif self.process.sentinel in ready:
                     return None
         except (EOFError, OSError):
             return None
 
-    def _answer_call(self, message: bytes) -> bool:
-        """Send the answer to the call ``message``; False if none can be given (the executor closed)."""
+    def _answer_call(self, message: bytes) -> Optional[int]:
+        """Send the answer to the call ``message``; its HTTP status, None if none can be given
+        (the executor closed)."""
         answer = self._answer()
         if answer is None:
-            return False
-        self._channel.send_bytes(answer(message))
-        return True
+            return None
+        answered = answer(message)
+        self._channel.send_bytes(answered)
+        return decode_answer(answered).status
 
     def _hang_up(self) -> None:
         """Shut the pipe both ways: the runner reads its end, and the thread answering it wakes

@@ -92,8 +92,7 @@ def main(token: Optional[str] = None, asked_at_launch: bool = False) -> int:
         print(f"wml-runner: {missing[0]} is not set: the executor starts the runner with "
               f"{', '.join(REQUIRED_ENV[:-1])} and {REQUIRED_ENV[-1]}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s: %(message)s", force=True)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging()
     reporter = Reporter(os.environ["WML_BACKEND_URL"], os.environ["WML_RUN_ID"], token, asked_at_launch=asked_at_launch)
     ws = Workspace(Path(os.environ.get("WML_WORK_DIR") or "/job"))
     runner = Runner(reporter, ws, learner_of_pod(os.environ), isolate=os.environ.get(RUN_USER_ENV) == POOL)
@@ -107,6 +106,19 @@ def main(token: Optional[str] = None, asked_at_launch: bool = False) -> int:
     _step_aside()
     runner.release()
     return code
+
+
+def configure_logging() -> None:
+    """Log as a runner does (to stderr, from INFO on; not each request of the HTTP client): once
+    a process, ahead of its run where it can be (an idle runner)."""
+    global _logging_configured
+    if not _logging_configured:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s: %(message)s", force=True)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+        _logging_configured = True
+
+
+_logging_configured = False
 
 
 def _step_aside() -> None:

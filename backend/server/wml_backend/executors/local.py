@@ -91,6 +91,8 @@ def _idle_runner(channel: Connection, workspace: Optional[str]) -> None:
     warm_up(channel)
     rehearse()
     workspace = _made_ahead(workspace)
+    from wml_runner.main import configure_logging
+    configure_logging()  # (its stderr is the run's log once launched: ``_run_runner``)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the backend's terminal: the backend closes its pipe
     try:
         env, run_dir, token, answered = channel.recv()

@@ -300,8 +300,9 @@ def hand_over(root: Path, folders: list[Path], user: RunUser) -> None:
     os.chown(root, os.geteuid(), os.getegid())
     os.chmod(root, 0o711)
     for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o700)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(folder.stat().st_mode) != 0o700:  # (looked at first: a change of mode is a write)
+            folder.chmod(0o700)
         _chown_tree(folder, user.uid, user.gid)
 
 
@@ -309,6 +310,7 @@ def take_back(root: Path, user: RunUser) -> None:
     """Make everything under ``root`` the runner's again (``root`` 0700 again), once ``user`` runs
     nothing: links, FIFOs, sockets and devices are deleted, and files another user owns that are
     linked from elsewhere too (nothing there can lead the runner outside ``root``)."""
+    mine = os.geteuid(), os.getegid()
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
             path = os.path.join(folder, name)
@@ -318,7 +320,9 @@ def take_back(root: Path, user: RunUser) -> None:
                 os.unlink(path)
                 if name in dirs:  # a link to a folder: os.walk would not enter it anyway
                     dirs.remove(name)
-    _chown_tree(root, os.geteuid(), os.getegid())
+            elif (info.st_uid, info.st_gid) != mine:  # (nothing of the user runs: it stays so until then)
+                os.chown(path, *mine, follow_symlinks=False)
+    os.chown(root, *mine, follow_symlinks=False)
     os.chmod(root, 0o700)
 
 

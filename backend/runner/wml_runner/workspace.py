@@ -83,7 +83,7 @@ class Workspace:
         view (each takes a journal write: ~1 ms in all); the next ``reset`` keeps them."""
         self.root.mkdir(mode=0o700)
         for path in self.folders():
-            path.mkdir()
+            path.mkdir(mode=0o700)  # the command's alone (``isolation.hand_over``)
         self._made_ahead.touch(mode=0o600)
 
     def reset(self, learners: int = 1) -> None:

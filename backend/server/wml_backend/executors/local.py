@@ -46,6 +46,8 @@ LAUNCH_TRIES = 3
 #: The folder (in the work folder) where each idle runner makes the folders of its run ahead
 #: (``Workspace.make_ahead``), in one of its own that becomes the run's at its launch.
 MADE_AHEAD = ".made-ahead"
+#: The runner's own log, in its run's folder (where its stdout and stderr go).
+RUNNER_LOG = "runner.log"
 
 
 def detect_gpus() -> int:
@@ -106,11 +108,13 @@ def _idle_runner(channel: Connection, workspace: Optional[str]) -> None:
 
 
 def _made_ahead(workspace: Optional[str]) -> Optional[str]:
-    """``workspace``, its folders made (``Workspace.make_ahead``); None if they could not be."""
+    """``workspace``, its folders and the runner's log made (``Workspace.make_ahead``); None if
+    they could not be."""
     if workspace is None:
         return None
     try:
         Workspace(Path(workspace)).make_ahead()
+        os.close(os.open(os.path.join(workspace, RUNNER_LOG), os.O_WRONLY | os.O_CREAT, 0o600))
     except OSError as exc:
         print(f"wml-runner: the run's folders are made at its launch: {exc}", file=sys.stderr)
         _drop(workspace)
@@ -145,7 +149,7 @@ def _run_runner(env: dict[str, str], run_dir: str, token: str, asked_at_launch: 
     os.chdir(run_dir)
     os.environ.clear()
     os.environ.update(env)
-    log = os.open("runner.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log = os.open(RUNNER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(log, 1)

@@ -8,6 +8,7 @@ from contextlib import closing
 from pathlib import Path
 
 import httpx
+from wml_backend.executors.local import MADE_AHEAD
 
 #: Text that means a user is looking at Python internals rather than a message.
 NOISE = ("Traceback", 'File "', "object at 0x", "<class ", "<function ", "Error(", "Exception(",
@@ -46,8 +47,10 @@ class StateProbe:
         self.baseline = self.files()
 
     def files(self) -> set[str]:
-        """Every file and folder in the store and the runs' work folder."""
-        return {str(p) for folder in self.folders if folder.exists() for p in folder.rglob("*")}
+        """Every file and folder in the store and the runs' work folder, but the folders idle
+        runners make ahead for the runs they will be given (as they are forked, whatever comes in)."""
+        return {str(p) for folder in self.folders if folder.exists() for p in folder.rglob("*")
+                if MADE_AHEAD not in p.relative_to(folder).parts}
 
     def rows(self) -> dict[str, int]:
         """Rows per table of the run store."""

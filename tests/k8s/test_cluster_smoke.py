@@ -132,8 +132,9 @@ def test_deleting_a_running_pod_sends_sigterm_then_the_pod_goes(api, ns, tmp_pat
         core.delete_namespaced_pod("sleeper", ns)
     else:  # as a node drain does
         core.create_namespaced_pod_eviction("sleeper", ns, {"metadata": {"name": "sleeper", "namespace": ns}})
-    wait_for("the SIGTERM marker", marker.exists, timeout=20)
-    assert marker.read_text() == "TERM"
+    # (waited for with what the handler wrote: the file is there, empty, a moment before)
+    said = wait_for("the SIGTERM marker", lambda: marker.exists() and marker.read_text(), timeout=20)
+    assert said == "TERM"
 
     def gone() -> bool:
         try:

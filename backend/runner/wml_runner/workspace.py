@@ -73,10 +73,10 @@ class Workspace:
         return self.root / "stop"
 
     @property
-    def _made_ahead(self) -> Path:
+    def _fresh_mark(self) -> Path:
         """Says that the folders were made by ``make_ahead`` and nothing has used them since; in the
         root, which only the runner may write in."""
-        return self.root / ".made-ahead"
+        return self.root / ".fresh"
 
     def make_ahead(self) -> None:
         """Make the root and the folders of an attempt of one learner now, before any run is in
@@ -84,12 +84,12 @@ class Workspace:
         self.root.mkdir(mode=0o700)
         for path in self.folders():
             path.mkdir(mode=0o700)  # the command's alone (``isolation.hand_over``)
-        self._made_ahead.touch(mode=0o600)
+        self._fresh_mark.touch(mode=0o600)
 
     def reset(self, learners: int = 1) -> None:
         """Fresh directories for an attempt (checkpoints excepted), not asked to stop: those that
         ``make_ahead`` made are fresh already."""
-        made = self._take_made_ahead()
+        made = self._take_fresh()
         if not made:
             self.stop_file.unlink(missing_ok=True)
         for path in self.folders(learners):
@@ -99,10 +99,10 @@ class Workspace:
                 shutil.rmtree(path, ignore_errors=True)
             path.mkdir(parents=True, exist_ok=path == self.checkpoints)
 
-    def _take_made_ahead(self) -> list[Path]:
+    def _take_fresh(self) -> list[Path]:
         """The folders ``make_ahead`` made, if nothing has used them yet (none then, from now on)."""
         try:
-            self._made_ahead.unlink()
+            self._fresh_mark.unlink()
         except FileNotFoundError:
             return []
         return self.folders()

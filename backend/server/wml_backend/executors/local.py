@@ -92,7 +92,7 @@ def _idle_runner(channel: Connection, workspace: Optional[str]) -> None:
     harden_runner()  # before any secret (the launch) arrives
     warm_up(channel)
     rehearse()
-    workspace = _made_ahead(workspace)
+    workspace = _make_ahead(workspace)
     from wml_runner.main import configure_logging
     configure_logging()  # (its stderr is the run's log once launched: ``_run_runner``)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the backend's terminal: the backend closes its pipe
@@ -107,7 +107,7 @@ def _idle_runner(channel: Connection, workspace: Optional[str]) -> None:
     _run_runner(env, run_dir, token, answered, workspace)
 
 
-def _made_ahead(workspace: Optional[str]) -> Optional[str]:
+def _make_ahead(workspace: Optional[str]) -> Optional[str]:
     """``workspace``, its folders and the runner's log made (``Workspace.make_ahead``); None if
     they could not be."""
     if workspace is None:

@@ -140,6 +140,34 @@ def test_the_pipe_refuses_what_http_refuses_a_wrong_token_another_runs_token_an_
     assert decode_answer(answer(b"not a call")).status == 400
 
 
+def test_an_end_report_saying_the_last_word_ends_the_run_in_the_step_that_answers_it(backend, service, tmp_path):
+    """No call follows a runner's last word, so its end report, saying it, ends the run as it is
+    answered (with what it reported, billed), not at the runner's exit, which then changes
+    nothing; a failure ends as it would at an exit. Over HTTP the same report waits for the exit
+    (the first test)."""
+    create_app(service)
+    answer = service.executor.on_runner_call
+
+    def report(run_id: str, token: str, state: str, last: bool, **fields) -> int:
+        body = json.dumps({"state": state, **fields}).encode()
+        call = ChannelCall("POST", f"/v1/runner/{run_id}/state", token, body, 0 if last else None)
+        return decode_answer(answer(encode_call(call))).status
+
+    for name, end in (("completed", {"state": "COMPLETED", "exit_code": 0}),
+                      ("failed", {"state": "FAILED", "exit_code": 3, "reason": "the command exited with code 3",
+                                  "log_tail": ["Traceback...", "ValueError: nan"]})):
+        run_id, token = started(backend, tmp_path, name)
+        assert report(run_id, token, "PROCESSING", last=False) == 200
+        assert report(run_id, token, **end, last=True) == 200
+        run = backend.store.run(run_id)
+        assert run.state.value == end["state"], "the run waited for its runner's exit"
+        assert (run.exit_code, run.reason, run.log_tail) == (end["exit_code"], end.get("reason"), end.get("log_tail", []))
+        assert run.gpu_seconds is not None and run.runner_token_hash is None
+        service.lifecycle.runner_exited(run_id, 1, 0)
+        assert backend.store.run(run_id).state.value == end["state"]
+        assert report(run_id, token, **end, last=True) == 401, "the ended attempt's token still moves its run"
+
+
 def test_a_runner_whose_pipe_is_gone_calls_over_http(tmp_path):
     """The backend restarted (the pipe closed), or went away while a call was on its way: the
     call, and every one after it, goes over HTTP to the backend's URL (another process serves it)."""
@@ -235,25 +263,26 @@ def test_a_runner_closing_its_pipe_says_its_last_word_which_no_call_can_be_taken
     with pytest.raises(EOFError):  # nothing more: the pipe is closed
         ours.recv_bytes()
 
-    call = encode_call(ChannelCall("POST", "/v1/runner/r1/state", "t0k3n", b'{"exit": 0}'))
+    call = encode_call(ChannelCall("POST", "/v1/runner/r1/state", "t0k3n", b'{"exit": 0, "last": 0}'))
     assert last_word(call) is None
     assert [last_word(message) for message in (b'{"exit":"0"}\n', b'{"exit":true}\n', b'{"exit":', b'{"exit":1}')] \
         == [None, None, None, None]
 
 
-def test_the_end_report_says_the_last_word_at_once_which_counts_once_the_report_is_answered_with_success():
-    """The runner does not wait for its end report's answer to say its last word (one hop less at
-    the end of every run); a report the backend failed is made again, last word and all, and the
-    pipe is closed once one succeeds."""
+def test_the_end_report_says_the_last_word_itself_which_counts_once_the_report_is_answered_with_success():
+    """The end report says the runner's last word itself (one hop less at the end of every run);
+    a report the backend failed is made again, last word and all, and the pipe is closed once one
+    succeeds."""
     ours, theirs = Pipe()
     reporter_module.warm_up(theirs)
     reporter = reporter_module.Reporter("http://backend", "r1", "t0k3n", deadline_s=10)
     with ThreadPoolExecutor(1) as pool:
         end = pool.submit(reporter.state, RunState.COMPLETED, exit_code=0, last_word=0)
         for status in (503, 200):
-            call = decode_call(ours.recv_bytes())
+            message = ours.recv_bytes()
+            call = decode_call(message)
             assert (call.path, json.loads(call.body)["state"]) == ("/v1/runner/r1/state", "COMPLETED")
-            assert ours.poll(5) and last_word(ours.recv_bytes()) == 0, "the last word waited for the answer"
+            assert call.last_word == last_word(message) == 0
             ours.send_bytes(encode_answer(ChannelAnswer(status, "application/json", b'{"count": 1}')))
         end.result(10)
     with pytest.raises(EOFError):  # it counted: nothing more comes over the pipe

@@ -7,12 +7,13 @@ would send over HTTP), then the request's body as it is. An answer is one messag
 Both sides take it from here; nothing in it is unpickled, so a runner can make the backend parse
 nothing but JSON and bytes.
 
-A runner's last message is its last word, ``{"exit": N}``: it makes no more calls, its run is over
-(its end reported, its user's processes gone), and it exits with N. Its executor need not wait
-for the process to be gone, and reaped, to say that it ended. The last word may follow the end
-report at once, before its answer (one hop less at the end of every run): it counts only if the
-call before it was answered with success (``last_word_counts``); else the runner makes that call
-again, and says its last word again.
+A runner's last message is its last word: it makes no more calls, its run is over (its end
+reported, its user's processes gone), and it exits with N. Its executor need not wait for the
+process to be gone, and reaped, to say that it ended. The last word is said alone,
+``{"exit": N}``, or by the end report itself (``"last": N`` in the call's line): then it counts
+only if that call is answered with success (``last_word_counts``), else the runner makes the call
+again, last word and all; and the backend, which knows that no call follows, ends the run as
+reported in the step that answers it (one hop and one write less at the end of every run).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class ChannelCall(NamedTuple):
     path: str
     token: Optional[str]
     body: bytes
+    #: The runner's last word, if the call says it (its end report): the exit code it exits with
+    #: once the call is answered with success; None: calls follow.
+    last_word: Optional[int] = None
 
 
 class ChannelAnswer(NamedTuple):
@@ -52,7 +56,8 @@ class ChannelAnswer(NamedTuple):
 
 def encode_call(call: ChannelCall) -> bytes:
     """``call`` as one message."""
-    return _message({"method": call.method, "path": call.path, "token": call.token}, call.body)
+    head = {"method": call.method, "path": call.path, "token": call.token}
+    return _message(head if call.last_word is None else {**head, "last": call.last_word}, call.body)
 
 
 def decode_call(message: bytes) -> ChannelCall:
@@ -61,7 +66,9 @@ def decode_call(message: bytes) -> ChannelCall:
     if not isinstance(head.get("method"), str) or not isinstance(head.get("path"), str) \
             or not isinstance(head.get("token"), (str, type(None))):
         raise ValueError("a runner call needs a method, a path and a token")
-    return ChannelCall(head["method"], head["path"], head["token"], body)
+    if type(head.get("last", 0)) is not int:
+        raise ValueError("a runner call's last word is an exit code")
+    return ChannelCall(head["method"], head["path"], head["token"], body, head.get("last"))
 
 
 def encode_answer(answer: ChannelAnswer) -> bytes:
@@ -82,13 +89,20 @@ def encode_last_word(exit_code: int) -> bytes:
     return _message({"exit": exit_code}, b"")
 
 
+def is_call(message: bytes) -> bool:
+    """Whether ``message`` is to be answered as a call (anything but a last word said alone)."""
+    return not message.startswith(_LAST_WORD)  # a call's header begins with its method
+
+
 def last_word(message: bytes) -> Optional[int]:
-    """The exit code a runner's last word says; None if ``message`` is not one (a call)."""
-    if not message.startswith(_LAST_WORD):  # a call's header begins with its method
+    """The exit code a runner's last word says, alone or in the call ``message`` (read from its
+    line alone: its body may be megabytes); None if ``message`` says none."""
+    alone, line = not is_call(message), message[:message.find(b"\n") + 1]
+    if not alone and b'"last"' not in line:
         return None
     try:
-        exit_code = _parts(message)[0]["exit"]
-    except ValueError:
+        exit_code = _parts(line)[0]["exit" if alone else "last"]
+    except (ValueError, KeyError):
         return None
     return exit_code if type(exit_code) is int else None
 
@@ -97,8 +111,8 @@ _LAST_WORD = b'{"exit":'
 
 
 def last_word_counts(status_before: Optional[int]) -> bool:
-    """Whether a last word ends the runner's calls, the call before it answered with HTTP
-    ``status_before`` (None: none before it)."""
+    """Whether a last word ends the runner's calls, the call that said it (or, said alone, the
+    call before it) answered with HTTP ``status_before`` (None: none before it)."""
     return status_before is None or 200 <= status_before < 300
 
 

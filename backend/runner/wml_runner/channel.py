@@ -57,22 +57,22 @@ class PipeTransport(httpx.BaseTransport):
             return self._fallback.handle_request(request)
         return as_response(answer, request)
 
-    def call(self, call: ChannelCall, last_word: Optional[int] = None) -> Optional[ChannelAnswer]:
+    def call(self, call: ChannelCall) -> Optional[ChannelAnswer]:
         """The backend's answer to ``call`` over the pipe; None once the pipe has failed (make it
         over HTTP then). What an HTTP client adds to a call (~0.1 ms of CPU) is not needed here:
-        the ``Reporter`` makes its calls so while the pipe lasts. ``last_word``: the runner's
-        last word follows the call at once; it counts if the call succeeds (the pipe is closed
-        then), else the call may be made again (``wml_core.runner_channel``)."""
+        the ``Reporter`` makes its calls so while the pipe lasts. A call that says the runner's
+        last word closes the pipe once it succeeds; else it may be made again
+        (``wml_core.runner_channel``)."""
         if self._channel is None:
             return None
-        awaited = self._take_expected(call.method, call.path) or self._send(call, last_word)
+        awaited = self._take_expected(call.method, call.path) or self._send(call)
         if awaited is None:
             return None
         self._receive(awaited)
         if awaited.exception():
             return None
         answer = awaited.result()
-        if last_word is not None and last_word_counts(answer.status):
+        if call.last_word is not None and last_word_counts(answer.status):
             with self._send_lock:
                 self._fail()
         return answer
@@ -97,9 +97,8 @@ class PipeTransport(httpx.BaseTransport):
                     return answer
             return None
 
-    def _send(self, call: ChannelCall, last_word: Optional[int] = None) -> Optional[Future]:
-        """Send ``call`` (and the ``last_word`` after it, if any); the answer it awaits (None once
-        the pipe has failed)."""
+    def _send(self, call: ChannelCall) -> Optional[Future]:
+        """Send ``call``; the answer it awaits (None once the pipe has failed)."""
         message = encode_call(call)
         awaited: Future = Future()
         with self._send_lock:
@@ -107,8 +106,6 @@ class PipeTransport(httpx.BaseTransport):
                 return None
             try:
                 self._channel.send_bytes(message)
-                if last_word is not None:
-                    self._channel.send_bytes(encode_last_word(last_word))
             except PIPE_ERRORS:
                 self._fail()
                 return None

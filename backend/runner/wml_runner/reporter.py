@@ -125,10 +125,10 @@ class Reporter:
 
     def _try(self, method: str, path: str, json: Any, last_word: Optional[int] = None) -> httpx.Response:
         """One try of a call: over the pipe while it lasts (made as it is, not through the HTTP
-        client; ``last_word``, if any, said right after it: ``PipeTransport.call``), else over HTTP."""
+        client; saying ``last_word``, if any: ``PipeTransport.call``), else over HTTP."""
         if self._pipe is not None:
             body = b"" if json is None else json_bytes(json)
-            answer = self._pipe.call(ChannelCall(method, self._path + path, self._token, body), last_word)
+            answer = self._pipe.call(ChannelCall(method, self._path + path, self._token, body, last_word))
             if answer is not None:
                 return as_response(answer, httpx.Request(method, self._http.base_url.join(path.lstrip("/"))))
         return self._http.request(method, path, json=json)
@@ -178,7 +178,7 @@ class Reporter:
         """Report that the run entered ``state``, after the reports before it; ``wait`` False:
         return at once (the report is sent in the background; a failure surfaces at the next).
         ``last_word`` (with ``wait``): this report is the runner's last call, and it exits with
-        this code; over a pipe, its last word is said with it (``PipeTransport.call``)."""
+        this code; over a pipe, the report says its last word (``PipeTransport.call``)."""
         self._raise_failure()
         body = StateReport(state=state, exit_code=exit_code, reason=reason,
                            log_tail=log_tail or []).model_dump(mode="json")

@@ -479,12 +479,20 @@ class Lifecycle:
             self.events.poke()
 
     def reported_end(self, run: RunRow, state: RunState, exit_code: Optional[int] = None,
-                     reason: Optional[str] = None, log_tail: Optional[list[str]] = None) -> None:
+                     reason: Optional[str] = None, log_tail: Optional[list[str]] = None, last: bool = False) -> None:
         """Its runner says the run ended as ``state``: recorded now, and the run ends so when the
         executor says the runner has exited (until then it holds its GPUs and is billed, by the
-        backend's clock); a runner still alive after the grace is killed."""
+        backend's clock); a runner still alive after the grace is killed. A report that is the
+        runner's ``last`` word (it makes no more calls, and exits at once) ends the run now, in
+        the same write."""
         if run.reported_state is not None or run.state.terminal:
             return  # a resent report
+        if last:
+            self._runner_gone(run.id, run.attempt)
+            self._end_reported(run.model_copy(update={"reported_state": state, "exit_code": exit_code,
+                                                      "reason": reason, "log_tail": log_tail or []}),
+                               DRAINED if self._draining.is_set() else None)
+            return
         self.store.update_run(run.id, reported_state=state.value, exit_code=exit_code, reason=reason,
                               log_tail=log_tail or [], deadline=time.time() + self.executor.cancel_grace_s)
 
@@ -498,15 +506,23 @@ class Lifecycle:
         """
         run = self.store.run(run_id, transitions="none")
         current = run is not None and run.attempt == attempt  # not a retry's earlier runner
-        with self._starting_lock:
-            if current and run_id in self._starting:  # its start is still in flight
-                self._starting[run_id] = True
+        if current:
+            self._runner_gone(run_id, attempt)
         if self._draining.is_set():
             disruption = disruption or DRAINED
         if current and not run.state.terminal and run.state is not RunState.QUEUED:
             self._end_lost(run, exit_code, reason, log_tail, disruption)
         self._freed.set()
         self._wake.set()
+
+    def _runner_gone(self, run_id: str, attempt: int) -> None:
+        """The runner of the run's current ``attempt`` has ended (or ends now, its last word said):
+        a start of it still in flight leaves it be (``_stop_if_asked``), and the scheduler looks
+        at the queue at once (its GPUs are free)."""
+        with self._starting_lock:
+            if run_id in self._starting:
+                self._starting[run_id] = True
+        self._freed.set()
 
     def _end_lost(self, run: RunRow, exit_code: Optional[int], reason: Optional[str] = None,
                   log_tail: Optional[list[str]] = None, disruption: Optional[str] = None) -> None:
@@ -531,16 +547,16 @@ class Lifecycle:
         retried; a HALTED runner ends its run as it was asked to stop (STOPPED by its search...),
         and one that nobody here asked to stop (no stop recorded: a SIGTERM of a node drain, of
         Kueue, of a ``backend stop --drain``) was preempted: it is queued again."""
-        state = run.reported_state
+        state, reported = run.reported_state, {"exit_code": run.exit_code, "log_tail": run.log_tail}
         try:
             if state is RunState.FAILED:
                 self.fail(run, run.reason or "the command failed", run.exit_code, run.log_tail)
             elif state is RunState.HALTED and run.stop_state is not None:
-                self.move(run.id, run.stop_state, reason=run.stop_reason)
+                self.move(run.id, run.stop_state, reason=run.stop_reason, **reported)
             elif state is RunState.HALTED:
                 self.preempt(run, disruption)
             else:
-                self.move(run.id, state)
+                self.move(run.id, state, reason=run.reason, **reported)
         except Conflict:
             pass  # ended meanwhile
 

@@ -99,9 +99,10 @@ class RunnerReports:
         """The experiment's code zip."""
         return self.store.code(run.experiment_id)
 
-    def state(self, run: RunRow, report: StateReport) -> None:
+    def state(self, run: RunRow, report: StateReport, last: bool = False) -> None:
         """Record the progress a runner reports (forward only); its end is recorded as reported and
-        the run ends so once the executor says the runner has exited (``Lifecycle.reported_end``)."""
+        the run ends so once the executor says the runner has exited, or at once when the report
+        is the runner's ``last`` word (``Lifecycle.reported_end``)."""
         if report.state not in RUNNER_STATES:
             raise Conflict(f"run {run.id}: a runner reports DOWNLOADING, PROCESSING, STORING or how its run "
                            f"ended, never {report.state.value}")
@@ -109,7 +110,7 @@ class RunnerReports:
             return  # a resent report
         life = self.service.lifecycle
         if report.state.terminal:
-            life.reported_end(run, report.state, report.exit_code, report.reason, report.log_tail)
+            life.reported_end(run, report.state, report.exit_code, report.reason, report.log_tail, last=last)
             return
         try:
             life.move(run.id, report.state, exit_code=report.exit_code, reason=report.reason,

@@ -37,13 +37,16 @@ class Count(BaseModel):
 @dataclass(frozen=True)
 class RunnerCall:
     """One call: its method and name, what its body holds (None: none), how large it may be,
-    and what it does for the run that makes it (its answer: a model, or bytes of a zip)."""
+    and what it does for the run that makes it (its answer: a model, or bytes of a zip); and what
+    it does instead when it says the runner's last word (``ChannelCall.last_word``: no call follows
+    it), if that differs."""
 
     method: str
     name: str
     body: Optional[TypeAdapter]
     max_body: int
     do: Callable[[RunnerReports, RunRow, Any], Any]
+    do_last: Optional[Callable[[RunnerReports, RunRow, Any], Any]] = None
 
     @property
     def path(self) -> str:
@@ -51,8 +54,8 @@ class RunnerCall:
         return f"/v1/runner/{{run_id}}/{self.name}"
 
 
-def _state(reports: RunnerReports, run: RunRow, report: StateReport) -> Count:
-    reports.state(run, report)
+def _state(reports: RunnerReports, run: RunRow, report: StateReport, last: bool = False) -> Count:
+    reports.state(run, report, last=last)
     return Count(count=1)
 
 
@@ -60,7 +63,8 @@ RUNNER_CALLS = (
     RunnerCall("GET", "spec", None, SMALL_BODY_BYTES, lambda reports, run, _: reports.spec(run)),
     RunnerCall("GET", "code", None, SMALL_BODY_BYTES, lambda reports, run, _: reports.code(run)),
     RunnerCall("GET", "credential", None, SMALL_BODY_BYTES, lambda reports, run, _: reports.credential(run)),
-    RunnerCall("POST", "state", TypeAdapter(StateReport), SMALL_BODY_BYTES, _state),
+    RunnerCall("POST", "state", TypeAdapter(StateReport), SMALL_BODY_BYTES, _state,
+               lambda reports, run, report: _state(reports, run, report, last=True)),
     RunnerCall("POST", "metrics", TypeAdapter(list[MetricPoint]), REPORT_BODY_BYTES,
                lambda reports, run, points: Count(count=reports.metrics(run, points))),
     RunnerCall("POST", "logs", TypeAdapter(LogAppend), REPORT_BODY_BYTES,
@@ -69,10 +73,12 @@ RUNNER_CALLS = (
 _BY_ROUTE = {(call.method, call.name): call for call in RUNNER_CALLS}
 
 
-def respond(call: RunnerCall, reports: RunnerReports, run: RunRow, body: bytes) -> Response:
-    """The answer to ``call`` with ``body`` by the runner of ``run`` (authenticated)."""
+def respond(call: RunnerCall, reports: RunnerReports, run: RunRow, body: bytes, last: bool = False) -> Response:
+    """The answer to ``call`` with ``body`` by the runner of ``run`` (authenticated); ``last``:
+    the call says the runner's last word."""
+    do = call.do_last if last and call.do_last else call.do
     try:
-        value = call.do(reports, run, _parsed(call, body))
+        value = do(reports, run, _parsed(call, body))
     except ValidationError as exc:
         return validation_response(exc.errors())
     except WmlError as exc:
@@ -123,7 +129,7 @@ def _response(reports: RunnerReports, route: RunnerCall, run_id: str, call: Chan
         return error_response(exc)
     if len(call.body) > route.max_body:
         return http_error_response(413, too_large_message(route.max_body))
-    return respond(route, reports, run, call.body)
+    return respond(route, reports, run, call.body, last=call.last_word is not None)
 
 
 def _answer(response: Response) -> bytes:

@@ -26,7 +26,7 @@ from wml_core.private_files import write_private
 from wml_backend.executors.base import Capacity, Executor, Launch, RunnerCallCallback
 from wml_backend.executors.zygotes import Zygotes
 from wml_core.runner_channel import (ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall, decode_answer, encode_call,
-                                     last_word, last_word_counts)
+                                     is_call, last_word, last_word_counts)
 from wml_runner import enter
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
 from wml_runner.reporter import warm_up
@@ -235,11 +235,11 @@ class IdleRunner:
                         return None
                 if self._channel in ready:
                     message = self._channel.recv_bytes(MAX_CALL_BYTES)
+                    if is_call(message) and (status := self._answer_call(message)) is None:
+                        return None
                     said = last_word(message)
                     if said is not None and last_word_counts(status):
                         return said
-                    if said is None and (status := self._answer_call(message)) is None:
-                        return None
                 elif self.process.sentinel in ready:
                     return None
         except (EOFError, OSError):

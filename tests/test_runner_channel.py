@@ -146,12 +146,9 @@ def test_an_end_report_saying_the_last_word_ends_the_run_in_the_step_that_answer
     nothing; a failure ends as it would at an exit. Over HTTP the same report waits for the exit
     (the first test)."""
     create_app(service)
-    answer = service.executor.on_runner_call
 
     def report(run_id: str, token: str, state: str, last: bool, **fields) -> int:
-        body = json.dumps({"state": state, **fields}).encode()
-        call = ChannelCall("POST", f"/v1/runner/{run_id}/state", token, body, 0 if last else None)
-        return decode_answer(answer(encode_call(call))).status
+        return reported(service, run_id, token, {"state": state, **fields}, last)
 
     for name, end in (("completed", {"state": "COMPLETED", "exit_code": 0}),
                       ("failed", {"state": "FAILED", "exit_code": 3, "reason": "the command exited with code 3",
@@ -166,6 +163,72 @@ def test_an_end_report_saying_the_last_word_ends_the_run_in_the_step_that_answer
         service.lifecycle.runner_exited(run_id, 1, 0)
         assert backend.store.run(run_id).state.value == end["state"]
         assert report(run_id, token, **end, last=True) == 401, "the ended attempt's token still moves its run"
+
+
+def reported(service: Service, run_id: str, token: str, report: dict, last: bool = False) -> int:
+    """The status of the state ``report`` of a run's runner over its pipe (saying its last word if ``last``)."""
+    call = ChannelCall("POST", f"/v1/runner/{run_id}/state", token, json.dumps(report).encode(), 0 if last else None)
+    return decode_answer(service.executor.on_runner_call(encode_call(call))).status
+
+
+def test_the_states_a_report_says_the_run_passed_through_are_recorded_first_at_the_times_they_were_entered(
+        backend, service, tmp_path):
+    """A runner holds back a state its run may leave soon (``Reporter.state(hold=True)``); the next
+    report says it, with how long ago it was entered by the runner's clock (not compared with
+    the backend's). Resent, it changes nothing; an end is never a state passed through."""
+    create_app(service)
+    run_id, token = started(backend, tmp_path, "held")
+    time.sleep(0.3)
+    said = time.time()
+    assert reported(service, run_id, token, {"state": "PROCESSING", "entered": [{"state": "DOWNLOADING", "ago_s": 0.2}]}) == 200
+    assert reported(service, run_id, token, {"state": "PROCESSING", "entered": [{"state": "DOWNLOADING", "ago_s": 0.2}]}) == 200
+    run = backend.store.run(run_id)
+    assert [t.state for t in run.transitions] == [RunState.QUEUED, RunState.PENDING, RunState.DOWNLOADING, RunState.PROCESSING]
+    downloading, processing = (t.time.timestamp() for t in run.transitions[2:])
+    assert said - 0.2 <= downloading <= said - 0.2 + 0.1 and downloading + 0.2 <= processing + 0.001
+    for wrong in ({"state": "STORING", "entered": [{"state": "COMPLETED", "ago_s": 0}]},
+                  {"state": "STORING", "entered": [{"state": "QUEUED", "ago_s": 0}]}):
+        assert reported(service, run_id, token, wrong) == 409
+    assert reported(service, run_id, token, {"state": "STORING", "entered": [{"state": "STORING", "ago_s": -1}]}) == 422
+    assert backend.store.run(run_id).state is RunState.PROCESSING
+
+
+def test_a_state_held_is_said_by_the_next_report_or_on_its_own_once_it_has_lasted():
+    """A state held is not a call of its own when the run leaves it soon: the next report says
+    it (the end report too); one the run stays in is reported once it has lasted ``HOLD_S``."""
+    ours, theirs = Pipe()
+    reporter_module.warm_up(theirs)
+    reporter = reporter_module.Reporter("http://backend", "r1", "t0k3n", deadline_s=10)
+    ok = encode_answer(ChannelAnswer(200, "application/json", b'{"count": 1}'))
+
+    def next_report() -> dict:
+        assert ours.poll(5), "no report came"
+        message = ours.recv_bytes()
+        ours.send_bytes(ok)
+        return json.loads(decode_call(message).body)
+
+    reporter.state(RunState.DOWNLOADING, hold=True)
+    time.sleep(0.02)
+    reporter.state(RunState.PROCESSING, wait=False)
+    body = next_report()
+    assert body["state"] == "PROCESSING" and [e["state"] for e in body["entered"]] == ["DOWNLOADING"]
+    assert 0.02 <= body["entered"][0]["ago_s"] < reporter_module.HOLD_S
+
+    held = time.monotonic()
+    reporter.state(RunState.STORING, hold=True)
+    body = next_report()
+    assert (body["state"], body["entered"]) == ("STORING", []), "a state the run stays in went unreported"
+    assert time.monotonic() - held >= reporter_module.HOLD_S and body["ago_s"] >= reporter_module.HOLD_S
+    assert not ours.poll(2 * reporter_module.HOLD_S), "a held state was reported twice"
+
+    reporter.state(RunState.STORING, hold=True)
+    with ThreadPoolExecutor(1) as pool:
+        end = pool.submit(reporter.state, RunState.COMPLETED, exit_code=0, last_word=0)
+        body = next_report()
+        end.result(10)
+    assert body["state"] == "COMPLETED" and [e["state"] for e in body["entered"]] == ["STORING"]
+    with pytest.raises(EOFError):  # the end report said the last word: nothing more comes
+        ours.recv_bytes()
 
 
 def test_a_runner_whose_pipe_is_gone_calls_over_http(tmp_path):

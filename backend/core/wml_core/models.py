@@ -217,13 +217,25 @@ class DataClaim(BaseModel):
     prefix: str = Field("", max_length=1024)
 
 
+class StateEntered(BaseModel):
+    """A state a run entered ``ago_s`` seconds before its runner's report said so (by the runner's
+    own clock, so that no two hosts' clocks are compared)."""
+
+    state: RunState
+    ago_s: float = Field(ge=0)
+
+
 class StateReport(BaseModel):
-    """A runner telling the backend its run entered ``state``."""
+    """A runner telling the backend its run entered ``state`` (``ago_s`` seconds ago: the state was
+    held back, ``entered``'s says why); and, first, the states it passed through since its last
+    report, which it left too soon to report each on its own (``entered``)."""
 
     state: RunState
     exit_code: Optional[int] = None
     reason: Optional[str] = None
     log_tail: list[str] = Field(default_factory=list)
+    ago_s: float = Field(default=0.0, ge=0)
+    entered: list[StateEntered] = Field(default_factory=list, max_length=4)
 
 
 class LogAppend(BaseModel):

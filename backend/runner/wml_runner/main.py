@@ -247,7 +247,7 @@ class Runner:
         return code if 0 < code < 256 else 128 + (-code if code < 0 else 1)
 
     def _train(self, spec: RunSpec) -> int:
-        self.reporter.state(RunState.DOWNLOADING, wait=False)
+        self.reporter.state(RunState.DOWNLOADING, hold=True)
         self.ws.reset(spec.learners)
         code = self.reporter.code()
         unpack_code(code, self.ws.model)
@@ -278,7 +278,7 @@ class Runner:
         for shipper in shippers:
             shipper.finish()
         self.failed_learner = outcome.failed_learner or (1 if self._mine(spec) and outcome.exit_code else None)
-        self.reporter.state(RunState.STORING, wait=False)
+        self.reporter.state(RunState.STORING, hold=True)
         if self.cancelled or outcome.exit_code != 0:  # first, within the grace: the next attempt resumes from them
             _retry(lambda: store_checkpoints(store, spec, self.ws), STORE_RETRY_S)
         _retry(lambda: store_results(store, spec, self.ws), STORE_RETRY_S)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import threading
 import time
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
@@ -13,7 +14,7 @@ from typing import Any, Callable, Optional
 import httpx
 
 from wml_core.errors import StorageError
-from wml_core.models import LogAppend, MetricPoint, RunSpec, StateReport, StoreCredential
+from wml_core.models import LogAppend, MetricPoint, RunSpec, StateEntered, StateReport, StoreCredential
 from wml_core.states import RunState
 from wml_core.runner_channel import (ASKED_AT_LAUNCH, ChannelAnswer, ChannelCall, decode_answer, decode_call,
                                      encode_answer, encode_call)
@@ -28,6 +29,12 @@ REPORT_DEADLINE_S = 600.0
 #: Seconds before the first retry of a call (doubling up to a second): short, because the
 #: likeliest refusal is the spec asked for a few milliseconds before the runner's start is recorded.
 FIRST_RETRY_S = 0.005
+#: How long a state the run may leave soon (``Reporter.state(..., hold=True)``) goes unreported:
+#: left sooner, it is said by the next report (``StateReport.entered``), so that a quick run's
+#: DOWNLOADING and STORING cost no call, and no wait for one, of their own.
+HOLD_S = 0.1
+#: What the sender finds in its outbox when a state is held: the time to report it is now counted.
+_HELD = object()
 
 
 #: The HTTP client ``warm_up`` made ahead, for this process's first Reporter to a plain-HTTP
@@ -86,7 +93,8 @@ class Reporter:
     State reports are sent in order by a thread of their own on the kept-alive connection, so
     that the run goes on meanwhile (``state(..., wait=False)``); a report that waits (its end)
     is sent by the thread that waits, once those are answered (the first of them that failed
-    fails it), and returns once it is answered itself."""
+    fails it), and returns once it is answered itself. A state held (``hold``) is said by the
+    next report, or by one of its own once it has lasted ``HOLD_S``."""
 
     def __init__(self, url: str, run_id: str, token: str, deadline_s: float = REPORT_DEADLINE_S,
                  asked_at_launch: bool = False):
@@ -105,6 +113,9 @@ class Reporter:
         self._outbox: queue.Queue = queue.Queue()
         self._sending = False
         self._failure: Optional[Exception] = None
+        #: The states held, not reported yet, each with when it was entered (``time.monotonic``).
+        self._held: list[tuple[RunState, float]] = []
+        self._held_lock = threading.Lock()
 
     def _call(self, method: str, path: str, json: Any = None, last_word: Optional[int] = None) -> httpx.Response:
         deadline, delay = time.monotonic() + self.deadline_s, FIRST_RETRY_S
@@ -174,20 +185,46 @@ class Reporter:
                 "expiry_time": found.expires.isoformat()}
 
     def state(self, state: RunState, exit_code: Optional[int] = None, reason: Optional[str] = None,
-              log_tail: Optional[list[str]] = None, wait: bool = True, last_word: Optional[int] = None) -> None:
+              log_tail: Optional[list[str]] = None, wait: bool = True, last_word: Optional[int] = None,
+              hold: bool = False) -> None:
         """Report that the run entered ``state``, after the reports before it; ``wait`` False:
         return at once (the report is sent in the background; a failure surfaces at the next).
         ``last_word`` (with ``wait``): this report is the runner's last call, and it exits with
-        this code; over a pipe, the report says its last word (``PipeTransport.call``)."""
+        this code; over a pipe, the report says its last word (``PipeTransport.call``).
+        ``hold``: a state the run may leave soon, reported by the next report or after ``HOLD_S``."""
         self._raise_failure()
-        body = StateReport(state=state, exit_code=exit_code, reason=reason,
-                           log_tail=log_tail or []).model_dump(mode="json")
-        if wait:  # sent from this thread once those before it are answered: not handed to the sender and back
-            self.flush()
-            self._call("POST", "/state", json=body, last_word=last_word)
+        with self._held_lock:
+            if hold:
+                self._held.append((state, time.monotonic()))
+            body = _HELD if hold else self._report(state, exit_code, reason, log_tail)
+        if hold or not wait:
+            self._start_sender()
+            self._outbox.put(body)
             return
-        self._start_sender()
-        self._outbox.put(body)
+        # Sent from this thread once those before it are answered: not handed to the sender and back.
+        self.flush()
+        self._call("POST", "/state", json=body, last_word=last_word)
+
+    def _report(self, state: RunState, exit_code: Optional[int] = None, reason: Optional[str] = None,
+                log_tail: Optional[list[str]] = None, ago_s: float = 0.0) -> dict:
+        """The body of a report of ``state``, saying the states held so far (no longer held);
+        called holding ``_held_lock``."""
+        now, held, self._held = time.monotonic(), self._held, []
+        entered = [StateEntered(state=passed, ago_s=now - at) for passed, at in held]
+        return StateReport(state=state, exit_code=exit_code, reason=reason, log_tail=log_tail or [], ago_s=ago_s,
+                           entered=entered).model_dump(mode="json")
+
+    def _until_release(self) -> Optional[float]:
+        """Seconds until the first state held has lasted ``HOLD_S`` (None: none is held)."""
+        with self._held_lock:
+            return max(0.0, self._held[0][1] + HOLD_S - time.monotonic()) if self._held else None
+
+    def _release_held(self) -> None:
+        """Report the states held (the last one as the report's state) once the first has lasted ``HOLD_S``."""
+        with self._held_lock:
+            if self._held and time.monotonic() >= self._held[0][1] + HOLD_S:
+                state, at = self._held.pop()
+                self._outbox.put(self._report(state, ago_s=time.monotonic() - at))
 
     def flush(self) -> None:
         """Wait until every report sent in the background is answered; raise the first failure."""
@@ -204,11 +241,16 @@ class Reporter:
             in_thread(self._send, "wml-reports")
 
     def _send(self) -> None:
-        """Send the reports put in the outbox, in order (after a failure: none)."""
+        """Send the reports put in the outbox, in order (after a failure: none); and those of the
+        states held for ``HOLD_S`` that no report said meanwhile."""
         while True:
-            body = self._outbox.get()
             try:
-                if self._failure is None:
+                body = self._outbox.get(timeout=self._until_release())
+            except queue.Empty:
+                self._release_held()
+                continue
+            try:
+                if body is not _HELD and self._failure is None:  # (_HELD: the wait above is counted again)
                     self._call("POST", "/state", json=body)
             except Exception as exc:  # said by the next report, or the end
                 log.warning("reporting %s failed: %s", body["state"], exc)

@@ -20,6 +20,8 @@ from wml_backend.rundb import RunRow
 #: backend's to decide: a run that said QUEUED was started again), nor STOPPED (its search's).
 RUNNER_STATES = frozenset({RunState.DOWNLOADING, RunState.PROCESSING, RunState.STORING,
                            RunState.COMPLETED, RunState.FAILED, RunState.HALTED})
+#: Those a report may say the run passed through before the one it reports (``StateReport.entered``).
+PASSED_STATES = frozenset(state for state in RUNNER_STATES if not state.terminal)
 
 
 #: How long a runner's ask for its spec waits for its start to be recorded before it is refused
@@ -103,17 +105,25 @@ class RunnerReports:
         """Record the progress a runner reports (forward only); its end is recorded as reported and
         the run ends so once the executor says the runner has exited, or at once when the report
         is the runner's ``last`` word (``Lifecycle.reported_end``)."""
-        if report.state not in RUNNER_STATES:
+        wrong = [e.state for e in report.entered if e.state not in PASSED_STATES] + \
+            ([report.state] if report.state not in RUNNER_STATES else [])
+        if wrong:
             raise Conflict(f"run {run.id}: a runner reports DOWNLOADING, PROCESSING, STORING or how its run "
-                           f"ended, never {report.state.value}")
+                           f"ended (after the states it passed), never {wrong[0].value}")
         if run.state is report.state:
             return  # a resent report
         life = self.service.lifecycle
+        now = time.time()
+        for entered in report.entered:
+            try:
+                life.move(run.id, entered.state, at=now - entered.ago_s)
+            except Conflict:
+                pass  # the run is past it: recorded by an earlier try of this report (or it ended)
         if report.state.terminal:
             life.reported_end(run, report.state, report.exit_code, report.reason, report.log_tail, last=last)
             return
         try:
-            life.move(run.id, report.state, exit_code=report.exit_code, reason=report.reason,
+            life.move(run.id, report.state, at=now - report.ago_s, exit_code=report.exit_code, reason=report.reason,
                       log_tail=report.log_tail)
         except Conflict:
             if not self.store.run(run.id).state.terminal:

@@ -129,14 +129,16 @@ def _drop(workspace: Optional[str]) -> None:
 
 
 def _move_in(workspace: Optional[str], run_dir: str) -> None:
-    """Make the workspace made ahead the run's folder, in place of the empty one the executor
-    made; a later attempt keeps the folder its run has (checkpoints and all): it is dropped."""
-    if workspace is None:
-        return
-    try:
-        os.rename(workspace, run_dir)
-    except OSError:
-        _drop(workspace)
+    """Make the workspace made ahead the run's folder (a rename, where making it would be a
+    journaled write or two more: in every run's path); a later attempt keeps the folder its run
+    has (checkpoints and all): it is dropped. With none, the run's folder is made if new."""
+    if workspace is not None:
+        try:
+            os.rename(workspace, run_dir)
+            return
+        except OSError:
+            _drop(workspace)
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
 
 
 def _run_runner(env: dict[str, str], run_dir: str, token: str, asked_at_launch: bool,
@@ -409,8 +411,7 @@ class LocalExecutor(Executor):
         return self._capacity
 
     def start(self, launch: Launch) -> dict[str, Any]:
-        run_dir = self.work_dir / launch.run_id
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run_dir = self.work_dir / launch.run_id  # (made by its runner: ``_move_in``)
         env = {**os.environ, **{k: v for k, v in launch.env.items() if k != TOKEN_ENV}, "WML_WORK_DIR": str(run_dir),
                "CUDA_VISIBLE_DEVICES": ",".join(map(str, launch.gpu_ids))}
         if not self._real:

@@ -266,14 +266,19 @@ class Runner:
         self.learners = LearnerGroup({k: self._command(spec, env, k, sandbox) for k, env in envs.items()})
         if self.cancelled:
             self.learners.stop()
-        self.reporter.state(RunState.PROCESSING, wait=False)
-        shippers = [Shipper(self.reporter, self.ws.training_log(k), self.ws.metrics_file(k), learner=k,
-                            tensorboard_dir=_tensorboard_dir(spec, env) if k == 1 else None,
-                            attempt=spec.attempt, root=self.root).start() for k, env in envs.items()]
-        # The code is stored with the results while the commands run, not in the run's last steps.
+        shippers: list[Shipper] = []
         storing_code: list[Future] = []
-        outcome = self.learners.run(started=lambda: storing_code.append(in_background(
-            lambda: _retry(lambda: store_code(store, spec, code), STORE_RETRY_S), "wml-store-code")))
+
+        def started() -> None:
+            """Once the commands have started (their start shares the CPU with none of this):
+            PROCESSING, the shippers, and the code stored with the results while they run."""
+            self.reporter.state(RunState.PROCESSING, wait=False)
+            shippers.extend(Shipper(self.reporter, self.ws.training_log(k), self.ws.metrics_file(k), learner=k,
+                                    tensorboard_dir=_tensorboard_dir(spec, env) if k == 1 else None,
+                                    attempt=spec.attempt, root=self.root).start() for k, env in envs.items())
+            storing_code.append(in_background(lambda: _retry(lambda: store_code(store, spec, code), STORE_RETRY_S),
+                                              "wml-store-code"))
+        outcome = self.learners.run(started=started)
         self._take_back()
         for shipper in shippers:
             shipper.finish()

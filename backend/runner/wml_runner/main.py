@@ -49,6 +49,7 @@ from wml_runner.zygote import ZYGOTE_ENV
 from wml_runner.workspace import (
     Workspace,
     fetch_data,
+    make_file,
     open_run_store,
     restore_checkpoints,
     scoped_env,
@@ -305,7 +306,7 @@ class Runner:
         else:
             lease_in_use(self._lease)
         for learner in range(1, learners + 1):  # the command's, though the runner may append to it first
-            self.ws.metrics_file(learner).touch()
+            make_file(self.ws.metrics_file(learner))
         hand_over(self.ws.root, self.ws.folders(learners), self.user)
         self._handed = True
         helper = os.environ.get(ENTER_ENV)

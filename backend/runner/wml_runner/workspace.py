@@ -79,11 +79,13 @@ class Workspace:
         return self.root / ".fresh"
 
     def make_ahead(self) -> None:
-        """Make the root and the folders of an attempt of one learner now, before any run is in
-        view (each takes a journal write: ~1 ms in all); the next ``reset`` keeps them."""
+        """Make the root, the folders and the files of an attempt of one learner now, before any
+        run is in view (each takes a journal write: ~1 ms in all); the next ``reset`` keeps them."""
         self.root.mkdir(mode=0o700)
         for path in self.folders():
             path.mkdir(mode=0o700)  # the command's alone (``isolation.hand_over``)
+        for path in (self.training_log(1), self.metrics_file(1)):
+            make_file(path)
         self._fresh_mark.touch(mode=0o600)
 
     def reset(self, learners: int = 1) -> None:
@@ -106,6 +108,12 @@ class Workspace:
         except FileNotFoundError:
             return []
         return self.folders()
+
+
+def make_file(path: Path) -> None:
+    """Make ``path`` an empty file unless it is a file already, which is left as it is (a
+    ``touch`` of it would change its time: a write to the disk's journal)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644))
 
 
 #: The spec of the run of nothing that idle runners rehearse with (``rehearse``, ``reporter.warm_up``).

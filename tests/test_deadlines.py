@@ -21,7 +21,7 @@ from pgserver import postgres_server  # noqa: F401 (fixture)
 from ha_campaign import write_sweep
 from ha_cluster import Cluster
 from wml_backend.executors.base import CANCEL_GRACE_S
-from wml_backend.executors.local import RUNNERS
+from wml_backend.executors.local import runner_notes
 
 #: Seconds after the grace within which the leader's pass (every second) ends the run.
 SLACK_S = 4.0
@@ -50,7 +50,7 @@ def _frozen_run(cluster: Cluster, folder) -> tuple[str, psutil.Process]:
 
 def _runner_of(cluster: Cluster, run_id: str) -> psutil.Process:
     """The runner process of ``run_id``, from the note the local executor of its replica keeps."""
-    [note] = [n for r in cluster.replicas for n in (r.home / "backend" / "runs" / RUNNERS).glob(f"{run_id}.json")]
+    [note] = [n for r in cluster.replicas for n in runner_notes(r.home / "backend" / "runs").glob(f"{run_id}.json")]
     return psutil.Process(json.loads(note.read_text())["pid"])
 
 

@@ -26,7 +26,7 @@ from s3server import ANY_KEY, ANY_SECRET, running_moto
 from test_cli_e2e import TINY, definition, submit
 from wml_backend.eventbus import EventBus
 from wml_backend.executors.base import Launch
-from wml_backend.executors.local import RUNNERS, LocalExecutor
+from wml_backend.executors.local import LocalExecutor, runner_notes
 from wml_backend.lifecycle import Lifecycle
 from wml_backend.rundb import SqliteRunStore
 from wml_core.states import RunState
@@ -127,7 +127,7 @@ def test_runners_of_runs_that_ended_while_the_backend_was_down_are_killed_at_sta
     run_id = f"{exp_id}-01"
     backend.wait_state(run_id, "PROCESSING")
     backend.kill()
-    note = backend.home / "backend" / "runs" / RUNNERS / f"{run_id}.json"
+    note = runner_notes(backend.home / "backend" / "runs") / f"{run_id}.json"
     runner = psutil.Process(json.loads(note.read_text())["pid"])
     family = [runner, *runner.children(recursive=True)]
     assert len(family) > 1, "the runner and its command outlive the backend"

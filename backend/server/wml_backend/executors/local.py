@@ -188,10 +188,11 @@ class IdleRunner:
     its own (started with it, not with its run: starting one waits until it is scheduled)
     answers its calls over the pipe (``answer``: see ``Executor.on_runner_call``) until it exits.
 
-    The first calls it answers are the runner's first calls (its spec, its code), made on the
-    runner's behalf as it is launched (``ASKED_AT_LAUNCH``): their answers are waiting when the
-    runner needs them, rather than a round trip later. They are answered as the runner's own
-    would be (its token; the spec not before the start is recorded).
+    The runner's first calls (its spec, its code) are made on its behalf as it is launched
+    (``ASKED_AT_LAUNCH``), and answered by the thread that launches it, right behind the launch:
+    their answers are waiting when the runner needs them, rather than a round trip (and a wait for
+    another thread) later. They are answered as the runner's own would be (its token; the spec not
+    before the start is recorded).
 
     Its run is over when it says its last word (``wml_core.runner_channel``), else when it exits:
     the end is not kept waiting while the kernel frees its memory (~3 ms) and the fork server
@@ -203,9 +204,6 @@ class IdleRunner:
         self._channel, theirs = _FORKSERVER.Pipe(duplex=True)
         self._answer = answer
         self.workspace = str(made_ahead / secrets.token_hex(8)) if made_ahead else None
-        #: The calls to answer first, once launched; and what wakes the thread for them.
-        self._asked: list[bytes] = []
-        self._woken, self._wake = os.pipe()
         self.process = _FORKSERVER.Process(target=_idle_runner, args=(theirs, self.workspace), daemon=False)
         self.process.start()
         theirs.close()
@@ -219,11 +217,8 @@ class IdleRunner:
 
     def _wait(self) -> None:
         exit_code = self._serve()  # as its last word says, if it said one
-        with self._lock:  # not while a launch may still wake the thread (``launch``)
+        with self._lock:  # not while a launch is sent (``launch``)
             self._channel.close()
-            os.close(self._woken)
-            os.close(self._wake)
-            self._wake = None
         if exit_code is None:  # as its exit says
             self.process.join()
             exit_code = self.process.exitcode
@@ -245,19 +240,13 @@ class IdleRunner:
 
     def _serve(self) -> Optional[int]:
         """Answer the runner's calls over the pipe, one at a time, until it exits (or the pipe
-        closes); those made on its behalf before any. The exit code its last word says, if it
-        said one (that counts: ``last_word_counts``): its run is over then, though its process
-        may take milliseconds more to end (its memory freed) and be reaped."""
+        closes). The exit code its last word says, if it said one (that counts:
+        ``last_word_counts``): its run is over then, though its process may take milliseconds
+        more to end (its memory freed) and be reaped."""
         status = None  # of the last answer sent
         try:
             while True:
-                ready = wait([self._channel, self.process.sentinel, self._woken])
-                if self._woken in ready:
-                    os.read(self._woken, 1)
-                asked, self._asked = self._asked, []
-                for call in asked:
-                    if (status := self._answer_call(call)) is None:
-                        return None
+                ready = wait([self._channel, self.process.sentinel])
                 if self._channel in ready:
                     message = self._channel.recv_bytes(MAX_CALL_BYTES)
                     if is_call(message) and (status := self._answer_call(message)) is None:
@@ -277,7 +266,8 @@ class IdleRunner:
         if answer is None:
             return None
         answered = answer(message)
-        self._channel.send_bytes(answered)
+        with self._lock:  # not amid a launch's answers (``_hand``)
+            self._channel.send_bytes(answered)
         return decode_answer(answered).status
 
     def _hang_up(self) -> None:
@@ -292,11 +282,11 @@ class IdleRunner:
     def launch(self, env: dict[str, str], run_dir: str, token: str, then: Callable[[Optional[int]], None]) -> bool:
         """Hand it its run (it runs none other), and ``then`` its exit code once it exits; False
         if it was gone (``then`` is not called)."""
-        answered = self._answer() is not None
+        answer = self._answer()
         asked = [encode_call(ChannelCall(method, f"/v1/runner/{env['WML_RUN_ID']}/{name}", token, b""))
-                 for method, name in ASKED_AT_LAUNCH] if answered else []
+                 for method, name in ASKED_AT_LAUNCH] if answer else []
         with self._lock:  # the thread answering the pipe closes it under this lock, once the runner is gone
-            handed = self._hand((env, run_dir, token, answered), asked)
+            handed = self._hand((env, run_dir, token, answer is not None), asked, answer)
             if handed:
                 self._then, exited = then, self.exited
         if not handed:
@@ -307,16 +297,15 @@ class IdleRunner:
             then(self.exit_code)
         return True
 
-    def _hand(self, launch: tuple, asked: list[bytes]) -> bool:
-        """Send ``launch`` over the pipe, the calls ``asked`` to be answered there before any of the
-        runner's (holding the lock); False if the runner is gone."""
-        self._asked = asked
+    def _hand(self, launch: tuple, asked: list[bytes], answer: Optional[RunnerCallCallback]) -> bool:
+        """Send ``launch`` over the pipe, then ``answer`` to each call ``asked`` (holding the lock:
+        no answer to a call of the runner's comes between them); False if the runner is gone."""
         try:
             self._channel.send(launch)
+            for call in asked:
+                self._channel.send_bytes(answer(call))
         except OSError:
             return False
-        if asked and self._wake is not None:  # (None: its thread ended: the runner is gone)
-            os.write(self._wake, b"\0")
         return True
 
     def end(self, timeout_s: float = 5.0) -> None:

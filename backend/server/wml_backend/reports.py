@@ -105,11 +105,12 @@ class RunnerReports:
         """Record the progress a runner reports (forward only); its end is recorded as reported and
         the run ends so once the executor says the runner has exited, or at once when the report
         is the runner's ``last`` word (``Lifecycle.reported_end``)."""
-        wrong = [e.state for e in report.entered if e.state not in PASSED_STATES] + \
-            ([report.state] if report.state not in RUNNER_STATES else [])
-        if wrong:
+        if report.state not in RUNNER_STATES:
             raise Conflict(f"run {run.id}: a runner reports DOWNLOADING, PROCESSING, STORING or how its run "
-                           f"ended (after the states it passed), never {wrong[0].value}")
+                           f"ended, never {report.state.value}")
+        passed = next((e.state for e in report.entered if e.state not in PASSED_STATES), None)
+        if passed is not None:
+            raise Conflict(f"run {run.id}: a run passes through DOWNLOADING, PROCESSING or STORING, never {passed.value}")
         if run.state is report.state:
             return  # a resent report
         life = self.service.lifecycle

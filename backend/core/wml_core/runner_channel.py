@@ -84,6 +84,11 @@ def decode_answer(message: bytes) -> ChannelAnswer:
     return ChannelAnswer(head["status"], head["type"], body)
 
 
+def answer_status(message: bytes) -> int:
+    """The HTTP status of the answer ``message``, read from its line alone (its body may be megabytes)."""
+    return decode_answer(_line(message)).status
+
+
 def encode_last_word(exit_code: int) -> bytes:
     """A runner's last word: it exits with ``exit_code``."""
     return _message({"exit": exit_code}, b"")
@@ -97,7 +102,7 @@ def is_call(message: bytes) -> bool:
 def last_word(message: bytes) -> Optional[int]:
     """The exit code a runner's last word says, alone or in the call ``message`` (read from its
     line alone: its body may be megabytes); None if ``message`` says none."""
-    alone, line = not is_call(message), message[:message.find(b"\n") + 1]
+    alone, line = not is_call(message), _line(message)
     if not alone and b'"last"' not in line:
         return None
     try:
@@ -114,6 +119,11 @@ def last_word_counts(status_before: Optional[int]) -> bool:
     """Whether a last word ends the runner's calls, the call that said it (or, said alone, the
     call before it) answered with HTTP ``status_before`` (None: none before it)."""
     return status_before is None or 200 <= status_before < 300
+
+
+def _line(message: bytes) -> bytes:
+    """The header line of ``message``, its newline included (empty if it has none)."""
+    return message[:message.find(b"\n") + 1]
 
 
 def _message(head: dict, body: bytes) -> bytes:

@@ -27,7 +27,7 @@ import psutil
 from wml_core.private_files import write_private
 from wml_backend.executors.base import Capacity, Executor, Launch, RunnerCallCallback
 from wml_backend.executors.zygotes import Zygotes
-from wml_core.runner_channel import (ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall, decode_answer, encode_call,
+from wml_core.runner_channel import (ASKED_AT_LAUNCH, MAX_CALL_BYTES, ChannelCall, answer_status, encode_call,
                                      is_call, last_word, last_word_counts)
 from wml_runner import enter
 from wml_runner.isolation import POOL, RUN_USER_ENV, harden_runner, isolation_gap
@@ -268,7 +268,7 @@ class IdleRunner:
         answered = answer(message)
         with self._lock:  # not amid a launch's answers (``_hand``)
             self._channel.send_bytes(answered)
-        return decode_answer(answered).status
+        return answer_status(answered)
 
     def _hang_up(self) -> None:
         """Shut the pipe both ways: the runner reads its end, and the thread answering it wakes
